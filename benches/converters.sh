@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Times converto's STL -> OBJ against `assimp export` on the same generated binary STL, in one
+# run, and prints the ratio. Downloads nothing: needs the Rust toolchain and `assimp`
+# (Debian package assimp-utils).
+#
+#   benches/converters.sh                 # 1,000,000 triangles, best of 3 runs each
+#   TRIANGLES=200000 RUNS=5 benches/converters.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+triangles=${TRIANGLES:-1000000}
+runs=${RUNS:-3}
+
+if ! command -v assimp >/dev/null; then
+  echo "needs the assimp command (Debian package assimp-utils)" >&2
+  exit 1
+fi
+
+cargo build --release --quiet --features mesh --example mesh_convert
+ours=target/release/examples/mesh_convert
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+"$ours" generate "$work/in.stl" "$triangles"
+size=$(stat -c %s "$work/in.stl")
+echo "input: binary STL, $(( (size - 84) / 50 )) triangles, $size bytes"
+
+# Prints the best wall time in seconds of $runs runs of the command.
+best_of() {
+  local best="" start end elapsed
+  for _ in $(seq "$runs"); do
+    start=$(date +%s%N)
+    "$@" >/dev/null 2>&1
+    end=$(date +%s%N)
+    elapsed=$(( end - start ))
+    if [ -z "$best" ] || [ "$elapsed" -lt "$best" ]; then best=$elapsed; fi
+  done
+  awk -v ns="$best" 'BEGIN { printf "%.3f", ns / 1e9 }'
+}
+
+t_ours=$(best_of "$ours" "$work/in.stl" "$work/ours.obj")
+t_assimp=$(best_of assimp export "$work/in.stl" "$work/assimp.obj")
+
+faces() { assimp info "$1" -r 2>/dev/null | awk '/^Faces:/ { print $2 }'; }
+echo "converto: ${t_ours}s  -> $(faces "$work/ours.obj") faces (assimp info -r), $(stat -c %s "$work/ours.obj") bytes"
+echo "assimp:   ${t_assimp}s  -> $(faces "$work/assimp.obj") faces (assimp info -r), $(stat -c %s "$work/assimp.obj") bytes"
+awk -v a="$t_assimp" -v o="$t_ours" 'BEGIN { printf "ratio: converto is %.1fx faster than assimp export (best of '"$runs"' runs each)\n", a / o }'
+
+# ---------------------------------------------------------------------------------------------
+# Image: a 24-megapixel JPEG (6000x4000, a synthetic photo) to 240p and 720p JPEGs at quality 85:
+# converto (one conversion, both variants, examples/image_thumbs.rs) against vipsthumbnail (one
+# run per size, as it makes one size a run), best of $runs each. Needs vipsthumbnail (Debian
+# package libvips-tools).
+#
+#   RUNS=5 benches/converters.sh
+
+if ! command -v vipsthumbnail >/dev/null; then
+  echo "image: needs the vipsthumbnail command (Debian package libvips-tools)" >&2
+  exit 1
+fi
+
+cargo build --release --quiet --features image --example image_thumbs
+thumbs=target/release/examples/image_thumbs
+
+"$thumbs" generate "$work/photo.jpeg" 6000x4000
+mkdir -p "$work/thumbs"
+
+vips_720p() { vipsthumbnail "$work/photo.jpeg" -s x720 -o "$work/vips_720p.jpeg[Q=85]"; }
+vips_both() {
+  vips_720p && vipsthumbnail "$work/photo.jpeg" -s x240 -o "$work/vips_240p.jpeg[Q=85]"
+}
+
+t_ours_img=$(best_of "$thumbs" thumbs "$work/photo.jpeg" "$work/thumbs" 240p,720p 85)
+t_vips=$(best_of vips_both)
+t_vips_720=$(best_of vips_720p)
+
+sizes() { for f in "$@"; do vipsheader "$f" | awk '{ printf "%s ", $2 }'; done; }
+echo "converto:      ${t_ours_img}s  -> $(sizes "$work"/thumbs/out/240p.jpeg "$work"/thumbs/out/720p.jpeg)"
+echo "vipsthumbnail: ${t_vips}s  -> $(sizes "$work/vips_240p.jpeg" "$work/vips_720p.jpeg")(720p alone: ${t_vips_720}s)"
+awk -v v="$t_vips" -v o="$t_ours_img" 'BEGIN { printf "ratio: converto takes %.2fx the time of vipsthumbnail for both sizes (goal: at most 1.5x; best of '"$runs"' runs each)\n", o / v }'

@@ -1,0 +1,466 @@
+//! Job queue throughput: no-op jobs through each `JobQueue` backend, beside a raw-SQL ceiling.
+//!
+//! ```text
+//! cargo bench --bench queues --features postgres
+//! ```
+//!
+//! Each backend is a section (a module with a `bench` function, listed in `main`), measured with
+//! criterion (`thrpt` is jobs per second) and summarised at the end as jobs/s and as a fraction
+//! of its ceiling. A backend whose server cannot be reached is skipped with a message.
+//!
+//! `CONVERTO_POSTGRES_QUEUE_SYNCHRONOUS_COMMIT=off` measures the queue (and the raw loops) with
+//! asynchronous commits (`PostgresConfig::queue_synchronous_commit`).
+//!
+//! PostgreSQL (`CONVERTO_BENCH_POSTGRES_URL`, else `CONVERTO_TEST_POSTGRES_URL`, else
+//! `postgres://postgres@127.0.0.1:5432/test`; a throwaway schema is created and dropped):
+//! - `enqueue`: `JobQueue::enqueue` one job at a time (insert + notify);
+//! - `reserve1_ack`: one consumer, `reserve(1)` then `ack`, one job at a time;
+//! - `reserve1_ack_x8`: eight such consumers at once (a worker pool whose slots each reserve
+//!   one job: how `converto worker` reserves);
+//! - `reserve64_ack_each`: `reserve(64)`, then 64 single `ack`s;
+//! - `reserve64_ack_many`: `reserve(64)`, then one `ack_many`;
+//! - `raw_claim1_complete`, `raw_claim1_complete_x8`, `raw_claim64_complete`: the same loops as
+//!   bare `SKIP LOCKED` SQL on a minimal table, over the queue's pool: the ceiling;
+//! - `*_after_100k`: the one-at-a-time and batched loops again after 100,000 jobs were completed
+//!   (deleted) with autovacuum off, so their dead tuples are all still there.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use criterion::{Criterion, SamplingMode, Throughput};
+
+/// Throughput measured in this run, by `section/bench`, for the summary.
+static MEASURED: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
+
+fn record(name: &str, jobs: u64, took: Duration) {
+    let mut m = MEASURED.lock().expect("results lock");
+    let e = m.entry(name.to_owned()).or_default();
+    e.0 += jobs;
+    e.1 += took;
+}
+
+fn jobs_per_sec(name: &str) -> Option<f64> {
+    let m = MEASURED.lock().expect("results lock");
+    m.get(name)
+        .map(|(jobs, took)| *jobs as f64 / took.as_secs_f64().max(1e-9))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_queue {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use converto::adapters::postgres::sqlx;
+    use converto::adapters::postgres::{PostgresBackend, PostgresConfig, PostgresJobQueue};
+    use converto::queue::{JobQueue, JobSpec};
+    use converto::{ConversionId, core::queue::Lease};
+    use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
+
+    use super::{SamplingMode, Throughput, record};
+
+    const LEASE: Duration = Duration::from_secs(60);
+    /// Jobs per measured iteration.
+    const ONE_BY_ONE: usize = 300;
+    const BATCHED: usize = 1_920;
+    /// Concurrent consumers in the `_x8` loops, as a worker pool's slots reserving one job each.
+    const CONSUMERS: usize = 8;
+
+    struct Bench {
+        pg: PostgresBackend,
+        queue: Arc<PostgresJobQueue>,
+        admin: sqlx::PgPool,
+        schema: String,
+    }
+
+    async fn setup() -> Option<Bench> {
+        let url = std::env::var("CONVERTO_BENCH_POSTGRES_URL")
+            .or_else(|_| std::env::var("CONVERTO_TEST_POSTGRES_URL"))
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let schema = format!("converto_bench_{}", ConversionId::new().as_uuid().simple());
+        // The URL, schema and pool size are the bench's; the rest (such as
+        // CONVERTO_POSTGRES_QUEUE_SYNCHRONOUS_COMMIT) comes from the environment as in production.
+        let config = PostgresConfig::from_env_with_url(&url)
+            .expect("CONVERTO_POSTGRES_* settings")
+            .schema(schema.clone())
+            .max_connections(CONSUMERS as u32 + 2);
+        let pg = match PostgresBackend::connect(config.clone()).await {
+            Ok(pg) => pg,
+            Err(e) => {
+                eprintln!(
+                    "postgres queue bench SKIPPED: cannot connect ({config:?}): {e}; set \
+                     CONVERTO_BENCH_POSTGRES_URL"
+                );
+                return None;
+            }
+        };
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("admin pool");
+        for ddl in [
+            "CREATE TABLE raw_jobs (id bigserial PRIMARY KEY, claimed boolean NOT NULL DEFAULT false)",
+            "CREATE INDEX raw_jobs_ready ON raw_jobs (id) WHERE NOT claimed",
+        ] {
+            sqlx::query(ddl)
+                .execute(pg.pool())
+                .await
+                .expect("raw table");
+        }
+        Some(Bench {
+            queue: pg.queue(),
+            pg,
+            admin,
+            schema,
+        })
+    }
+
+    impl Bench {
+        /// Puts `n` ready jobs in the queue in one statement (setup, not measured).
+        async fn fill(&self, n: usize) {
+            sqlx::query(
+                "INSERT INTO jobs (id, priority, not_before) \
+                 SELECT gen_random_uuid(), 0, now() - interval '1 second' \
+                 FROM generate_series(1, $1)",
+            )
+            .bind(n as i64)
+            .execute(self.pg.pool())
+            .await
+            .expect("fill");
+        }
+
+        async fn fill_raw(&self, n: usize) {
+            sqlx::query("INSERT INTO raw_jobs (claimed) SELECT false FROM generate_series(1, $1)")
+                .bind(n as i64)
+                .execute(self.pg.queue_pool())
+                .await
+                .expect("fill raw");
+        }
+
+        async fn reserve(&self, n: usize) -> Vec<Lease> {
+            self.queue
+                .reserve(n, LEASE, Duration::ZERO)
+                .await
+                .expect("reserve")
+        }
+
+        /// Drains the queue one job at a time.
+        async fn drain_one_by_one(&self) -> usize {
+            let mut done = 0;
+            loop {
+                let leases = self.reserve(1).await;
+                let Some(lease) = leases.first() else {
+                    return done;
+                };
+                self.queue.ack(lease).await.expect("ack");
+                done += 1;
+            }
+        }
+
+        /// `CONSUMERS` one-at-a-time loops at once (a worker pool whose slots each reserve one
+        /// job), over the queue or (`raw`) the bare SQL.
+        async fn drain_concurrently(&self, raw: bool) -> usize {
+            let drains = (0..CONSUMERS).map(|_| async move {
+                if raw {
+                    self.drain_raw(1).await
+                } else {
+                    self.drain_one_by_one().await
+                }
+            });
+            futures::future::join_all(drains).await.into_iter().sum()
+        }
+
+        async fn drain_batched(&self, ack_many: bool) -> usize {
+            let mut done = 0;
+            loop {
+                let leases = self.reserve(64).await;
+                if leases.is_empty() {
+                    return done;
+                }
+                if ack_many {
+                    let lost = self.queue.ack_many(&leases).await.expect("ack many");
+                    assert!(lost.is_empty());
+                } else {
+                    for lease in &leases {
+                        self.queue.ack(lease).await.expect("ack");
+                    }
+                }
+                done += leases.len();
+            }
+        }
+
+        async fn drain_raw(&self, batch: i64) -> usize {
+            let mut done = 0;
+            loop {
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "UPDATE raw_jobs SET claimed = true WHERE id IN ( \
+                         SELECT id FROM raw_jobs WHERE NOT claimed ORDER BY id \
+                         LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id",
+                )
+                .bind(batch)
+                .fetch_all(self.pg.queue_pool())
+                .await
+                .expect("claim");
+                if ids.is_empty() {
+                    return done;
+                }
+                if batch == 1 {
+                    sqlx::query("DELETE FROM raw_jobs WHERE id = $1")
+                        .bind(ids[0])
+                        .execute(self.pg.queue_pool())
+                        .await
+                        .expect("complete");
+                } else {
+                    sqlx::query("DELETE FROM raw_jobs WHERE id = ANY($1)")
+                        .bind(&ids)
+                        .execute(self.pg.queue_pool())
+                        .await
+                        .expect("complete");
+                }
+                done += ids.len();
+            }
+        }
+
+        async fn cleanup(&self) {
+            self.pg.close().await;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                self.schema
+            )))
+            .execute(&self.admin)
+            .await
+            .expect("drop schema");
+        }
+    }
+
+    /// One measured loop: `fill` jobs (not timed), then time `drain`.
+    fn drain_bench<F>(
+        group: &mut BenchmarkGroup<'_, WallTime>,
+        rt: &tokio::runtime::Runtime,
+        b: &Bench,
+        name: &str,
+        jobs: usize,
+        raw: bool,
+        drain: F,
+    ) where
+        F: for<'a> Fn(&'a Bench) -> futures::future::BoxFuture<'a, usize>,
+    {
+        group.throughput(Throughput::Elements(jobs as u64));
+        group.bench_function(name, |bencher| {
+            bencher.to_async(rt).iter_custom(|iters| {
+                let drain = &drain;
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        if raw {
+                            b.fill_raw(jobs).await;
+                        } else {
+                            b.fill(jobs).await;
+                        }
+                        let t = Instant::now();
+                        let done = drain(b).await;
+                        let took = t.elapsed();
+                        assert_eq!(done, jobs, "{name}: drained {done} of {jobs}");
+                        record(&format!("postgres/{name}"), jobs as u64, took);
+                        total += took;
+                    }
+                    total
+                }
+            });
+        });
+    }
+
+    pub(super) fn bench(c: &mut Criterion) {
+        use futures::FutureExt;
+
+        let rt = super::runtime();
+        let Some(b) = rt.block_on(setup()) else {
+            return;
+        };
+        let mut group = c.benchmark_group("postgres");
+        group
+            .sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3));
+
+        group.throughput(Throughput::Elements(ONE_BY_ONE as u64));
+        group.bench_function("enqueue", |bencher| {
+            bencher.to_async(&rt).iter_custom(|iters| {
+                let b = &b;
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        for _ in 0..ONE_BY_ONE {
+                            b.queue
+                                .enqueue(JobSpec::now(ConversionId::new(), 0))
+                                .await
+                                .expect("enqueue");
+                        }
+                        let took = t.elapsed();
+                        record("postgres/enqueue", ONE_BY_ONE as u64, took);
+                        total += took;
+                        sqlx::query("DELETE FROM jobs")
+                            .execute(b.pg.pool())
+                            .await
+                            .expect("clear");
+                    }
+                    total
+                }
+            });
+        });
+
+        let loops = |group: &mut BenchmarkGroup<'_, WallTime>, suffix: &str| {
+            drain_bench(
+                group,
+                &rt,
+                &b,
+                &format!("reserve1_ack{suffix}"),
+                ONE_BY_ONE,
+                false,
+                |b| b.drain_one_by_one().boxed(),
+            );
+            drain_bench(
+                group,
+                &rt,
+                &b,
+                &format!("reserve1_ack_x8{suffix}"),
+                ONE_BY_ONE * 4,
+                false,
+                |b| b.drain_concurrently(false).boxed(),
+            );
+            drain_bench(
+                group,
+                &rt,
+                &b,
+                &format!("raw_claim1_complete_x8{suffix}"),
+                ONE_BY_ONE * 4,
+                true,
+                |b| b.drain_concurrently(true).boxed(),
+            );
+            drain_bench(
+                group,
+                &rt,
+                &b,
+                &format!("reserve64_ack_each{suffix}"),
+                BATCHED,
+                false,
+                |b| b.drain_batched(false).boxed(),
+            );
+            drain_bench(
+                group,
+                &rt,
+                &b,
+                &format!("reserve64_ack_many{suffix}"),
+                BATCHED,
+                false,
+                |b| b.drain_batched(true).boxed(),
+            );
+            drain_bench(
+                group,
+                &rt,
+                &b,
+                &format!("raw_claim1_complete{suffix}"),
+                ONE_BY_ONE,
+                true,
+                |b| b.drain_raw(1).boxed(),
+            );
+            drain_bench(
+                group,
+                &rt,
+                &b,
+                &format!("raw_claim64_complete{suffix}"),
+                BATCHED,
+                true,
+                |b| b.drain_raw(64).boxed(),
+            );
+        };
+        loops(&mut group, "");
+
+        // 100,000 completed jobs, their dead tuples left in place (autovacuum off): the reserve
+        // index must keep reserves from wading through them.
+        rt.block_on(async {
+            for sql in [
+                "ALTER TABLE jobs SET (autovacuum_enabled = false)",
+                "ALTER TABLE raw_jobs SET (autovacuum_enabled = false)",
+            ] {
+                sqlx::query(sql).execute(b.pg.pool()).await.expect("alter");
+            }
+            b.fill(100_000).await;
+            b.fill_raw(100_000).await;
+            let drained = b.drain_batched(true).await;
+            assert_eq!(drained, 100_000);
+            assert_eq!(b.drain_raw(64).await, 100_000);
+        });
+        loops(&mut group, "_after_100k");
+        group.finish();
+        rt.block_on(b.cleanup());
+    }
+
+    /// Jobs/s of each loop, and as a fraction of the raw `SKIP LOCKED` loop of the same shape.
+    pub(super) fn summary() -> Vec<String> {
+        let rate = |n: &str| super::jobs_per_sec(&format!("postgres/{n}"));
+        let mut lines = Vec::new();
+        if let Some(r) = rate("enqueue") {
+            lines.push(format!(
+                "postgres enqueue                   {r:>9.0} jobs/s"
+            ));
+        }
+        for suffix in ["", "_after_100k"] {
+            for (name, ceiling) in [
+                ("reserve1_ack", "raw_claim1_complete"),
+                ("reserve1_ack_x8", "raw_claim1_complete_x8"),
+                ("raw_claim1_complete_x8", "raw_claim1_complete_x8"),
+                ("reserve64_ack_each", "raw_claim64_complete"),
+                ("reserve64_ack_many", "raw_claim64_complete"),
+                ("raw_claim1_complete", "raw_claim1_complete"),
+                ("raw_claim64_complete", "raw_claim64_complete"),
+            ] {
+                let (name, ceiling) = (format!("{name}{suffix}"), format!("{ceiling}{suffix}"));
+                if let (Some(r), Some(c)) = (rate(&name), rate(&ceiling)) {
+                    lines.push(format!(
+                        "postgres {name:<34} {r:>9.0} jobs/s  {:>5.1}% of {ceiling}",
+                        100.0 * r / c
+                    ));
+                }
+            }
+        }
+        for name in ["reserve1_ack", "reserve64_ack_many"] {
+            if let (Some(fresh), Some(aged)) = (rate(name), rate(&format!("{name}_after_100k"))) {
+                lines.push(format!(
+                    "postgres {name}: after 100k completed jobs {:.0}% of the fresh rate",
+                    100.0 * aged / fresh
+                ));
+            }
+        }
+        lines
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let mut summary: Vec<String> = Vec::new();
+    #[cfg(feature = "postgres")]
+    {
+        postgres_queue::bench(&mut c);
+        summary.extend(postgres_queue::summary());
+    }
+    // Further backends (e.g. a `redis_queue` section) go here, each behind its feature.
+    c.final_summary();
+    if !summary.is_empty() {
+        println!("\nqueue throughput (mean over every measured iteration):");
+        for line in summary {
+            println!("  {line}");
+        }
+    }
+}

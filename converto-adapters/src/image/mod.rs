@@ -1,0 +1,245 @@
+//! The built-in image converter: JPEG, PNG, WebP, GIF, BMP and TIFF in; JPEG, PNG and WebP out,
+//! resized with SIMD (`fast_image_resize`), one artifact per requested size.
+//!
+//! ```no_run
+//! # use converto_adapters::image::{ImageConfig, ImageConverter};
+//! let converter = ImageConverter::new(ImageConfig::default().with_max_pixels(50_000_000));
+//! ```
+//!
+//! # Options
+//!
+//! A JSON object (or null); unknown keys and bad values fail with `InvalidOptions`.
+//!
+//! | key | value | default |
+//! |---|---|---|
+//! | `width`, `height` | integers 1..=16384: the box to fit | the source size |
+//! | `fit` | `contain` (inside the box), `cover` (fill the box, crop the centre), `fill` (stretch) | `contain` |
+//! | `quality` | 1..=100, for `jpeg` and `webp` output (WebP is lossy) | 85 (JPEG), 80 (WebP) |
+//! | `variants` | `"240p,720p"` or `["240p", "1280x720"]`: `Np` is N pixels high, width by aspect ratio; `WxH` is a box fitted by `fit` | one output |
+//! | `upscale` | `true` lets outputs be larger than the source | `false` |
+//!
+//! Without variants the conversion has one artifact, `output.<ext>`; with variants, one per
+//! variant, named after it (`240p.jpeg`, `1280x720.jpeg`), at most 16. `variants` cannot be
+//! combined with `width`/`height`.
+//!
+//! **No upscaling by default**: a thumbnail service should not invent pixels. `contain` never
+//! scales above 1 (a `720p` variant of a 480-pixel-high image is 480 high, still named
+//! `720p.<ext>`); `cover` and `fill` clamp each side of the box to the source's side, so `cover`
+//! still crops rather than distorts. `"upscale": true` lifts this.
+//!
+//! # Behaviour
+//!
+//! - The pixel count is read from the header and checked against [`ImageConfig::max_pixels`]
+//!   before any pixel buffer is allocated (decompression bombs fail with `TooLarge`).
+//! - Large JPEGs that are only wanted smaller are decoded at 1/2, 1/4 or 1/8 scale in the DCT
+//!   domain (`jpeg-decoder`), never below the size the largest variant needs; all variants are
+//!   resized from that one decode.
+//! - EXIF orientation (JPEG, WebP, TIFF) is applied: outputs are upright.
+//! - Alpha is kept for PNG and WebP and composited onto white for JPEG.
+//! - Animated GIF and WebP: the first frame. Metadata (EXIF, ICC) is not copied.
+//! - Corrupt or truncated input fails with `InvalidInput` naming the reason; nothing panics (a
+//!   panicking decoder is caught and reported as `InvalidInput` too).
+
+mod decode;
+mod error;
+mod geometry;
+mod options;
+mod render;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use converto_core::{
+    ConvertContext, ConvertError, ConvertRequest, Converter, Format, Output, Route,
+};
+
+use self::decode::{Decoded, Probe};
+use self::error::ImageFailure;
+use self::geometry::Plan;
+use self::options::ImageOptions;
+use self::render::Target;
+
+/// The formats the converter reads.
+pub const INPUT_FORMATS: [&str; 6] = ["jpeg", "png", "webp", "gif", "bmp", "tiff"];
+/// The formats the converter writes.
+pub const OUTPUT_FORMATS: [&str; 3] = ["jpeg", "png", "webp"];
+
+/// Limits and defaults of an [`ImageConverter`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ImageConfig {
+    /// The most pixels (width x height) an input may have; checked from the header, before
+    /// decoding. Default 100 megapixels.
+    pub max_pixels: u64,
+    /// The largest input file, in bytes. Default 256 MiB.
+    pub max_input_bytes: u64,
+    /// JPEG quality when the options give none (1..=100). Default 85.
+    pub default_jpeg_quality: u8,
+    /// WebP quality when the options give none (1..=100). Default 80.
+    pub default_webp_quality: u8,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            max_pixels: 100_000_000,
+            max_input_bytes: 256 << 20,
+            default_jpeg_quality: 85,
+            default_webp_quality: 80,
+        }
+    }
+}
+
+impl ImageConfig {
+    /// Sets [`ImageConfig::max_pixels`].
+    pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_pixels = max_pixels;
+        self
+    }
+
+    /// Sets [`ImageConfig::max_input_bytes`].
+    pub fn with_max_input_bytes(mut self, max_input_bytes: u64) -> Self {
+        self.max_input_bytes = max_input_bytes;
+        self
+    }
+
+    /// Sets the default JPEG and WebP qualities (each clamped to 1..=100).
+    pub fn with_default_quality(mut self, jpeg: u8, webp: u8) -> Self {
+        self.default_jpeg_quality = jpeg.clamp(1, 100);
+        self.default_webp_quality = webp.clamp(1, 100);
+        self
+    }
+}
+
+/// Converts and resizes images; see the [module documentation](self) for the options.
+#[derive(Debug, Clone, Default)]
+pub struct ImageConverter {
+    config: Arc<ImageConfig>,
+}
+
+impl ImageConverter {
+    /// A converter with these limits.
+    pub fn new(config: ImageConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &ImageConfig {
+        &self.config
+    }
+}
+
+/// Runs blocking image work off the async threads; a panicking decoder becomes an error.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ImageFailure> + Send + 'static,
+) -> Result<T, ConvertError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(ConvertError::from),
+        Err(e) if e.is_panic() => Err(ConvertError::InvalidInput(
+            "the image decoder or encoder crashed on this file".into(),
+        )),
+        Err(e) => Err(ConvertError::temporary("image_task_failed", e.to_string())),
+    }
+}
+
+#[async_trait]
+impl Converter for ImageConverter {
+    fn name(&self) -> &str {
+        "image"
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        let format = |s: &str| Format::new(s).ok();
+        INPUT_FORMATS
+            .iter()
+            .filter_map(|s| format(s))
+            .flat_map(|source| {
+                OUTPUT_FORMATS
+                    .iter()
+                    .filter_map(|t| format(t))
+                    .map(move |target| Route::new(source.clone(), target))
+            })
+            .collect()
+    }
+
+    async fn convert(
+        &self,
+        request: &ConvertRequest,
+        ctx: &ConvertContext,
+    ) -> Result<Vec<Output>, ConvertError> {
+        let unsupported = || ConvertError::Unsupported {
+            source_format: request.source.clone(),
+            target_format: request.target.clone(),
+        };
+        if !INPUT_FORMATS.contains(&request.source.as_str()) {
+            return Err(unsupported());
+        }
+        let target = Target::from_name(request.target.as_str()).ok_or_else(unsupported)?;
+        let options = ImageOptions::parse(&request.options, target.name())?;
+        let quality = options.quality.unwrap_or(match target {
+            Target::WebP => self.config.default_webp_quality,
+            _ => self.config.default_jpeg_quality,
+        });
+
+        let size = ctx.input_size().await?;
+        if size > self.config.max_input_bytes {
+            return Err(ImageFailure::InputTooLarge {
+                size,
+                max: self.config.max_input_bytes,
+            }
+            .into());
+        }
+        let input = ctx.input_path().await?.to_path_buf();
+        let out_dir = ctx.output_dir().await?.to_path_buf();
+        if ctx.is_cancelled() {
+            return Err(ConvertError::Cancelled);
+        }
+        ctx.progress(5, Some("decoding"));
+
+        // Header, plan and decode in one blocking task: the plan decides how small the decoder
+        // may go, and the header alone is checked against the pixel limit first.
+        let max_pixels = self.config.max_pixels;
+        let cancel = ctx.cancel_token().clone();
+        let (decoded, plans) = blocking(move || {
+            let probe = Probe::open(&input, max_pixels)?;
+            let (w, h) = probe.upright_size();
+            let plans: Vec<Plan> = options
+                .variants
+                .iter()
+                .map(|v| geometry::plan(w, h, v, options.fit, options.upscale))
+                .collect();
+            let min_scale = plans
+                .iter()
+                .map(Plan::required_scale)
+                .fold(0.0_f64, f64::max)
+                .min(1.0);
+            if cancel.is_cancelled() {
+                return Err(ImageFailure::Cancelled);
+            }
+            Ok((Arc::new(probe.decode(min_scale)?), plans))
+        })
+        .await?;
+        ctx.progress(40, Some("decoded"));
+
+        let total = plans.len();
+        let mut outputs = Vec::with_capacity(total);
+        for (done, plan) in plans.into_iter().enumerate() {
+            if ctx.is_cancelled() {
+                return Err(ConvertError::Cancelled);
+            }
+            let file_name = format!("{}.{}", plan.name, target.name());
+            let path: PathBuf = out_dir.join(&file_name);
+            let decoded: Arc<Decoded> = Arc::clone(&decoded);
+            let out_path = path.clone();
+            blocking(move || render::render(&decoded, &plan, target, quality, &out_path)).await?;
+            let percent = 40 + (60 * (done + 1) / total) as u8;
+            ctx.progress(percent.min(100), Some(&format!("encoded {file_name}")));
+            outputs.push(Output::file(file_name, request.target.clone(), path));
+        }
+        Ok(outputs)
+    }
+}

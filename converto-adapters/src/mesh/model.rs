@@ -1,0 +1,342 @@
+//! The in-memory mesh, the formats and encodings, and the progress/cancellation monitor.
+
+use std::fmt;
+use std::io::{self, Read};
+
+use converto_core::Format;
+use tokio_util::sync::CancellationToken;
+
+use super::error::{CancelledMarker, MeshError};
+
+/// An indexed triangle mesh: positions and triangles over them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Mesh {
+    /// Vertex positions (x, y, z), all finite.
+    pub positions: Vec<[f32; 3]>,
+    /// Triangles as indices into `positions`, counter-clockwise as read.
+    pub triangles: Vec<[u32; 3]>,
+}
+
+impl Mesh {
+    /// Checks the invariants the writers rely on: at least one triangle, every index in range,
+    /// every coordinate finite.
+    pub fn validate(&self, format: MeshFormat) -> Result<(), MeshError> {
+        use super::error::{Location, Reason};
+        if self.triangles.is_empty() {
+            return Err(MeshError::NoFaces {
+                format,
+                detail: String::new(),
+            });
+        }
+        let vertices = self.positions.len() as u64;
+        for (i, t) in self.triangles.iter().enumerate() {
+            for &index in t {
+                if u64::from(index) >= vertices {
+                    return Err(MeshError::malformed(
+                        format,
+                        Location::Record {
+                            element: "triangle".into(),
+                            index: i as u64,
+                        },
+                        Reason::IndexOutOfRange {
+                            index: i64::from(index),
+                            vertices,
+                        },
+                    ));
+                }
+            }
+        }
+        for (i, p) in self.positions.iter().enumerate() {
+            if let Some(v) = p.iter().find(|v| !v.is_finite()) {
+                return Err(MeshError::malformed(
+                    format,
+                    Location::Record {
+                        element: "vertex".into(),
+                        index: i as u64,
+                    },
+                    Reason::NonFinite {
+                        value: v.to_string(),
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The mesh file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MeshFormat {
+    /// STL, ASCII or binary.
+    Stl,
+    /// Wavefront OBJ.
+    Obj,
+    /// PLY (Stanford polygon format): ASCII, binary little or big endian.
+    Ply,
+}
+
+impl MeshFormat {
+    /// All of them.
+    pub const ALL: [MeshFormat; 3] = [MeshFormat::Stl, MeshFormat::Obj, MeshFormat::Ply];
+
+    /// The mesh format a converto [`Format`] names, if any.
+    pub fn from_format(format: &Format) -> Option<Self> {
+        match format.as_str() {
+            "stl" => Some(MeshFormat::Stl),
+            "obj" => Some(MeshFormat::Obj),
+            "ply" => Some(MeshFormat::Ply),
+            _ => None,
+        }
+    }
+
+    /// The file extension (and converto format identifier).
+    pub fn extension(self) -> &'static str {
+        match self {
+            MeshFormat::Stl => "stl",
+            MeshFormat::Obj => "obj",
+            MeshFormat::Ply => "ply",
+        }
+    }
+
+    /// The converto [`Format`].
+    pub fn format(self) -> Format {
+        Format::new(self.extension()).unwrap_or_else(|_| unreachable!("stl, obj and ply are valid"))
+    }
+}
+
+impl fmt::Display for MeshFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MeshFormat::Stl => "STL",
+            MeshFormat::Obj => "OBJ",
+            MeshFormat::Ply => "PLY",
+        })
+    }
+}
+
+/// How STL and PLY are written (OBJ is always text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// Binary (little endian): compact and fast. The default.
+    #[default]
+    Binary,
+    /// Human-readable text.
+    Ascii,
+}
+
+/// Which half of a conversion a progress report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Parsing the input (percent of its bytes read).
+    Reading,
+    /// Writing the output (percent of the triangles written).
+    Writing,
+}
+
+impl Stage {
+    /// A short label for progress reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Reading => "reading mesh",
+            Stage::Writing => "writing mesh",
+        }
+    }
+}
+
+type ReportFn<'a> = Box<dyn FnMut(Stage, u8) + Send + 'a>;
+
+/// Watches a long read or write: receives progress in whole percent (reported only when it
+/// changes) and stops the work with [`MeshError::Cancelled`] once its token is cancelled.
+#[derive(Default)]
+pub struct Monitor<'a> {
+    cancel: Option<CancellationToken>,
+    report: Option<ReportFn<'a>>,
+    last: Option<(Stage, u8)>,
+}
+
+impl fmt::Debug for Monitor<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Monitor")
+            .field("cancel", &self.cancel)
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Monitor<'a> {
+    /// A monitor that reports nowhere and never cancels.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stops the work once `token` is cancelled.
+    pub fn with_cancel(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Calls `report(stage, percent)` whenever the percentage changes.
+    pub fn on_progress(mut self, report: impl FnMut(Stage, u8) + Send + 'a) -> Self {
+        self.report = Some(Box::new(report));
+        self
+    }
+
+    /// Reports `done` of `total` and checks for cancellation.
+    pub(crate) fn update(&mut self, stage: Stage, done: u64, total: u64) -> Result<(), MeshError> {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
+            return Err(MeshError::Cancelled);
+        }
+        let percent = done
+            .min(total)
+            .saturating_mul(100)
+            .checked_div(total)
+            .map_or(100, |p| p as u8);
+        if self.last != Some((stage, percent)) {
+            self.last = Some((stage, percent));
+            if let Some(report) = self.report.as_mut() {
+                report(stage, percent);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A reader that reports the bytes read to a monitor on every read (the `BufReader` above it
+/// reads in large blocks) and fails with a cancellation marker once cancelled.
+pub(crate) struct ProgressReader<'m, 'a, R> {
+    pub(crate) inner: R,
+    pub(crate) done: u64,
+    pub(crate) total: u64,
+    pub(crate) monitor: &'m mut Monitor<'a>,
+}
+
+impl<R: Read> Read for ProgressReader<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done = self.done.saturating_add(n as u64);
+        match self.monitor.update(Stage::Reading, self.done, self.total) {
+            Ok(()) => Ok(n),
+            Err(_) => Err(io::Error::other(CancelledMarker)),
+        }
+    }
+}
+
+/// Slots in [`VertexMerger`]'s cache of recent vertices (2^14: 256 KiB, fits in L2).
+const CACHE_BITS: u32 = 12;
+/// A NaN bit pattern: coordinates are checked finite before merging, so it never matches.
+const EMPTY_KEY: [u32; 3] = [0x7FC0_0000; 3];
+/// An empty slot of the index table.
+const EMPTY_SLOT: u64 = u64::MAX;
+
+/// Builds an indexed mesh from triangle soup, merging vertices with identical bit patterns.
+///
+/// Merging is memory-bound, so the table is compact: open addressing over slots holding a
+/// vertex index and 32 bits of its hash (8 bytes a slot, at most half full; the hash bits spare
+/// most reads of `positions` on collisions, which would each miss the cache), with a
+/// per-process random hash seed (foldhash) so crafted inputs cannot force collisions. Triangles
+/// sharing a vertex are usually close together in a file, so a small direct-mapped cache of
+/// recent vertices answers most lookups before the table is touched; it changes no result.
+pub(crate) struct VertexMerger {
+    hasher: foldhash::fast::RandomState,
+    slots: Vec<u64>,
+    recent: Vec<([u32; 3], u32)>,
+    pub(crate) positions: Vec<[f32; 3]>,
+}
+
+fn bits(p: [f32; 3]) -> [u32; 3] {
+    [p[0].to_bits(), p[1].to_bits(), p[2].to_bits()]
+}
+
+impl VertexMerger {
+    /// Room for about `triangles` triangles (already capped by the input size).
+    pub(crate) fn with_capacity(triangles: usize) -> Self {
+        // Closed meshes have about half as many vertices as triangles.
+        let vertices = triangles / 2 + 3;
+        Self {
+            hasher: foldhash::fast::RandomState::default(),
+            slots: vec![EMPTY_SLOT; (vertices * 2).next_power_of_two()],
+            recent: vec![(EMPTY_KEY, 0); 1 << CACHE_BITS],
+            positions: Vec::with_capacity(vertices),
+        }
+    }
+
+    /// The index of `p` (finite), adding it if new.
+    pub(crate) fn index(&mut self, p: [f32; 3], format: MeshFormat) -> Result<u32, MeshError> {
+        let key = bits(p);
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, key);
+        let recent = (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CACHE_BITS)) as usize;
+        if let Some(&(cached, index)) = self.recent.get(recent) {
+            if cached == key {
+                return Ok(index);
+            }
+        }
+        let mask = self.slots.len() - 1;
+        let mut slot = hash as usize & mask;
+        let tag = hash >> 32;
+        let index = loop {
+            match self.slots.get(slot).copied() {
+                Some(EMPTY_SLOT) | None => break self.insert(p, slot, tag, format)?,
+                Some(entry) => {
+                    let index = entry as u32;
+                    if entry >> 32 == tag
+                        && self.positions.get(index as usize).map(|q| bits(*q)) == Some(key)
+                    {
+                        break index;
+                    }
+                }
+            }
+            slot = (slot + 1) & mask;
+        };
+        if let Some(entry) = self.recent.get_mut(recent) {
+            *entry = (key, index);
+        }
+        Ok(index)
+    }
+
+    fn insert(
+        &mut self,
+        p: [f32; 3],
+        slot: usize,
+        tag: u64,
+        format: MeshFormat,
+    ) -> Result<u32, MeshError> {
+        let index = u32::try_from(self.positions.len())
+            .ok()
+            .filter(|&i| i != u32::MAX)
+            .ok_or(MeshError::TooLarge {
+                format,
+                what: "vertices",
+                limit: u64::from(u32::MAX - 1),
+            })?;
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = tag << 32 | u64::from(index);
+        }
+        self.positions.push(p);
+        if self.positions.len() * 2 > self.slots.len() {
+            self.grow();
+        }
+        Ok(index)
+    }
+
+    /// Doubles the table and re-inserts every vertex.
+    fn grow(&mut self) {
+        let mut slots = vec![EMPTY_SLOT; self.slots.len() * 2];
+        let mask = slots.len() - 1;
+        for (index, p) in self.positions.iter().enumerate() {
+            let hash = std::hash::BuildHasher::hash_one(&self.hasher, bits(*p));
+            let mut slot = hash as usize & mask;
+            while slots.get(slot).is_some_and(|&s| s != EMPTY_SLOT) {
+                slot = (slot + 1) & mask;
+            }
+            if let Some(s) = slots.get_mut(slot) {
+                *s = (hash >> 32) << 32 | index as u64;
+            }
+        }
+        self.slots = slots;
+    }
+}

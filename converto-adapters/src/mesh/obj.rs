@@ -1,0 +1,160 @@
+//! Wavefront OBJ: positions and polygon faces, read and written.
+
+use std::io::{BufRead, Write};
+
+use super::error::{Location, MeshError, Reason, excerpt};
+use super::model::{Mesh, MeshFormat, Monitor};
+use super::stl::fan;
+use super::text::{LineReader, coordinate, parse_i64, tokens};
+use super::write::{Chunked, push_f32, push_u64};
+
+const FORMAT: MeshFormat = MeshFormat::Obj;
+
+/// Reads an OBJ file's positions (`v`) and faces (`f`).
+///
+/// Faces may use the `v`, `v/vt`, `v//vn` and `v/vt/vn` forms and negative (relative) indices;
+/// polygons are fan-triangulated. Texture coordinates, normals, groups, objects, materials,
+/// smoothing groups, free-form geometry and unknown statements are ignored; points (`p`) and
+/// lines (`l`) are not triangles and are dropped. Coordinates are read like C's `strtod`, as
+/// other OBJ readers do (`3.1+e2` is 3.1).
+pub fn read_obj<R: BufRead>(reader: R) -> Result<Mesh, MeshError> {
+    let mut lines = LineReader::new(reader, FORMAT);
+    let mut positions: Vec<[f32; 3]> = Vec::new();
+    let mut triangles: Vec<[u32; 3]> = Vec::new();
+    let mut polygon: Vec<u32> = Vec::new();
+    // The largest index and the line using it, to blame if it ends up out of range.
+    let mut max_index: Option<(u32, u64)> = None;
+    let mut points_and_lines = 0u64;
+    while let Some((line_no, line)) = lines.next_line()? {
+        let mut words = tokens(line);
+        let at = |reason| MeshError::malformed(FORMAT, Location::Line(line_no), reason);
+        match words.next() {
+            Some(b"v") => {
+                let p = [
+                    coordinate(words.next(), "x coordinate", true, at)?,
+                    coordinate(words.next(), "y coordinate", true, at)?,
+                    coordinate(words.next(), "z coordinate", true, at)?,
+                ];
+                positions.push(p);
+            }
+            Some(b"f") => {
+                polygon.clear();
+                for corner in words {
+                    let mut parts = corner.split(|&b| b == b'/');
+                    let vertex = parts.next().unwrap_or_default();
+                    let index = parse_i64(vertex).ok_or_else(|| {
+                        at(Reason::BadNumber {
+                            what: "face vertex index",
+                            token: excerpt(corner),
+                        })
+                    })?;
+                    for part in parts.filter(|p| !p.is_empty()) {
+                        if parse_i64(part).is_none() {
+                            return Err(at(Reason::BadNumber {
+                                what: "face texture/normal index",
+                                token: excerpt(corner),
+                            }));
+                        }
+                    }
+                    let count = positions.len() as i64;
+                    let resolved = match index {
+                        0 => return Err(at(Reason::ZeroIndex)),
+                        i if i < 0 => count + i,
+                        i => i - 1,
+                    };
+                    let out_of_range = || {
+                        at(Reason::IndexOutOfRange {
+                            index,
+                            vertices: positions.len() as u64,
+                        })
+                    };
+                    if resolved < 0 {
+                        return Err(out_of_range());
+                    }
+                    let resolved = u32::try_from(resolved).map_err(|_| out_of_range())?;
+                    // Positive indices may refer to vertices defined later; checked at the end.
+                    if max_index.is_none_or(|(m, _)| resolved > m) {
+                        max_index = Some((resolved, line_no));
+                    }
+                    polygon.push(resolved);
+                }
+                if polygon.len() < 3 {
+                    return Err(at(Reason::TooFewCorners {
+                        corners: polygon.len() as u64,
+                    }));
+                }
+                fan(&polygon, &mut triangles);
+            }
+            Some(b"p" | b"l") => points_and_lines += 1,
+            // vt, vn, vp, g, o, s, usemtl, mtllib, comments, free-form surfaces, unknown.
+            _ => {}
+        }
+    }
+    if triangles.is_empty() {
+        let detail = match (positions.len(), points_and_lines) {
+            (0, 0) => " (no vertices either)".to_string(),
+            (v, 0) => format!(" ({v} vertices but no f statements)"),
+            (_, pl) => format!(" ({pl} point/line elements, which are not triangles)"),
+        };
+        return Err(MeshError::NoFaces {
+            format: FORMAT,
+            detail,
+        });
+    }
+    if let Some((max, line)) = max_index {
+        if max as usize >= positions.len() {
+            return Err(MeshError::malformed(
+                FORMAT,
+                Location::Line(line),
+                Reason::IndexOutOfRange {
+                    index: i64::from(max) + 1,
+                    vertices: positions.len() as u64,
+                },
+            ));
+        }
+    }
+    Ok(Mesh {
+        positions,
+        triangles,
+    })
+}
+
+/// Writes OBJ: a `v` line per vertex, then an `f` line per triangle.
+pub fn write_obj<W: Write>(
+    mesh: &Mesh,
+    writer: W,
+    monitor: &mut Monitor<'_>,
+) -> Result<(), MeshError> {
+    let total = (mesh.positions.len() + mesh.triangles.len()) as u64;
+    let mut out = Chunked::new(writer, total, monitor);
+    let mut floats = ryu::Buffer::new();
+    let mut ints = itoa::Buffer::new();
+    out.buf.extend_from_slice(b"# written by converto\n");
+    out.buf.extend_from_slice(
+        format!(
+            "# {} vertices, {} triangles\n",
+            mesh.positions.len(),
+            mesh.triangles.len()
+        )
+        .as_bytes(),
+    );
+    for p in &mesh.positions {
+        out.buf.push(b'v');
+        for &c in p {
+            out.buf.push(b' ');
+            push_f32(&mut out.buf, &mut floats, c);
+        }
+        out.buf.push(b'\n');
+        out.item()?;
+    }
+    for t in &mesh.triangles {
+        out.buf.push(b'f');
+        for &i in t {
+            out.buf.push(b' ');
+            push_u64(&mut out.buf, &mut ints, u64::from(i) + 1);
+        }
+        out.buf.push(b'\n');
+        out.item()?;
+    }
+    out.finish()
+}

@@ -1,0 +1,81 @@
+//! Shared pieces of the writers.
+
+use std::io::Write;
+
+use super::error::MeshError;
+use super::model::{Monitor, Stage};
+
+/// Flush to the writer in blocks of about this many bytes.
+const BLOCK: usize = 256 * 1024;
+/// Report progress and check cancellation every this many items.
+const TICK: u64 = 16 * 1024;
+
+/// Output assembled in a byte buffer and written in large blocks, with progress per item.
+pub(crate) struct Chunked<'m, 'a, W> {
+    writer: W,
+    pub(crate) buf: Vec<u8>,
+    done: u64,
+    total: u64,
+    monitor: &'m mut Monitor<'a>,
+}
+
+impl<'m, 'a, W: Write> Chunked<'m, 'a, W> {
+    pub(crate) fn new(writer: W, total: u64, monitor: &'m mut Monitor<'a>) -> Self {
+        Self {
+            writer,
+            buf: Vec::with_capacity(BLOCK + 4096),
+            done: 0,
+            total,
+            monitor,
+        }
+    }
+
+    /// One item (vertex or triangle) was appended to `buf`.
+    pub(crate) fn item(&mut self) -> Result<(), MeshError> {
+        self.done += 1;
+        if self.buf.len() >= BLOCK {
+            self.writer.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        if self.done % TICK == 0 {
+            self.monitor.update(Stage::Writing, self.done, self.total)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> Result<(), MeshError> {
+        self.writer.write_all(&self.buf)?;
+        self.writer.flush()?;
+        self.monitor.update(Stage::Writing, self.total, self.total)
+    }
+}
+
+/// Appends a float in the shortest form that reads back to the same `f32`.
+pub(crate) fn push_f32(buf: &mut Vec<u8>, floats: &mut ryu::Buffer, v: f32) {
+    let text = floats.format(v);
+    // ryu writes whole numbers as "1.0"; "1" is shorter and reads back the same.
+    let text = text.strip_suffix(".0").unwrap_or(text);
+    buf.extend_from_slice(text.as_bytes());
+}
+
+/// Appends an unsigned integer.
+pub(crate) fn push_u64(buf: &mut Vec<u8>, ints: &mut itoa::Buffer, v: u64) {
+    buf.extend_from_slice(ints.format(v).as_bytes());
+}
+
+/// The unit normal of a counter-clockwise triangle (zero when degenerate).
+pub(crate) fn normal(a: [f32; 3], b: [f32; 3], c: [f32; 3]) -> [f32; 3] {
+    let u = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
+    let v = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
+    let n = [
+        u[1] * v[2] - u[2] * v[1],
+        u[2] * v[0] - u[0] * v[2],
+        u[0] * v[1] - u[1] * v[0],
+    ];
+    let len = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
+    if len > 0.0 && len.is_finite() {
+        [n[0] / len, n[1] / len, n[2] / len]
+    } else {
+        [0.0; 3]
+    }
+}

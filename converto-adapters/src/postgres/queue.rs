@@ -1,0 +1,387 @@
+//! [`PostgresJobQueue`]: jobs in the `jobs` table, reserved with `FOR UPDATE SKIP LOCKED`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use converto_core::ConversionId;
+use converto_core::conversion::ErrorInfo;
+use converto_core::queue::{JobQueue, JobSpec, Lease, QueueError, QueueStats, new_lease_token};
+use sqlx::types::Json;
+use tokio::sync::{Notify, OnceCell};
+use uuid::Uuid;
+
+use super::{ListenerTask, PostgresError, Shared, micros, start_listener};
+
+/// Enqueue, and wake the reservers (of every process) waiting on this schema's channel. The
+/// notification also goes out for delayed jobs: a waiting reserver recomputes its timer.
+const ENQUEUE: &str = "WITH ins AS ( \
+         INSERT INTO jobs (id, priority, not_before, deliveries) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (id) DO NOTHING RETURNING id) \
+     SELECT ins.id FROM ins, pg_notify($5, '') AS n";
+
+/// Leases up to `$1` deliverable jobs (ready and due, or leased with an expired lease) in
+/// delivery order, in one statement. `$2` holds one fresh token per row, `$3` the lease in
+/// microseconds. Rows another reserver has locked are skipped, never waited for.
+///
+/// The `state IN ('ready', 'leased')` predicate is the `jobs_reserve` index's own, so the
+/// planner walks that partial index in order however many dead letters the table holds.
+const RESERVE_SQL: &str = "WITH picked AS ( \
+         SELECT id FROM jobs \
+         WHERE state IN ('ready', 'leased') \
+           AND ((state = 'ready' AND not_before <= now()) \
+             OR (state = 'leased' AND expires_at <= now())) \
+         ORDER BY priority DESC, not_before, seq \
+         LIMIT $1 \
+         FOR UPDATE SKIP LOCKED), \
+     numbered AS (SELECT id, row_number() OVER () AS n FROM picked) \
+     UPDATE jobs AS j \
+     SET state = 'leased', deliveries = j.deliveries + 1, token = ($2::bigint[])[numbered.n], \
+         expires_at = now() + $3 * interval '1 microsecond' \
+     FROM numbered WHERE j.id = numbered.id \
+     RETURNING j.id, j.deliveries, j.priority, j.token, j.expires_at, j.not_before, j.seq";
+
+/// Microseconds until the next delayed job or lease comes due (negative if one is due now but
+/// locked by a concurrent reserver), or NULL when there is none. Both halves use an index.
+const NEXT_DUE: &str = "SELECT (EXTRACT(EPOCH FROM (least( \
+         (SELECT min(not_before) FROM jobs WHERE state = 'ready' AND token IS NULL), \
+         (SELECT min(expires_at) FROM jobs WHERE state = 'leased' AND token IS NOT NULL)) \
+         - now())) * 1000000)::bigint";
+
+/// The fence every lease holder's call passes: the job is leased, to this token, and the lease
+/// has not run out.
+macro_rules! fenced {
+    () => {
+        "id = $1 AND state = 'leased' AND token = $2 AND expires_at > now()"
+    };
+}
+
+const HEARTBEAT: &str = concat!(
+    "UPDATE jobs SET expires_at = now() + $3 * interval '1 microsecond' WHERE ",
+    fenced!(),
+    " RETURNING expires_at"
+);
+const ACK: &str = concat!("DELETE FROM jobs WHERE ", fenced!());
+const ACK_MANY: &str = "DELETE FROM jobs AS j USING unnest($1::uuid[], $2::bigint[]) AS a(id, token) \
+     WHERE j.id = a.id AND j.state = 'leased' AND j.token = a.token AND j.expires_at > now() \
+     RETURNING j.id";
+const RETRY: &str = concat!(
+    "WITH u AS (UPDATE jobs SET state = 'ready', not_before = $3, seq = nextval('jobs_seq'), \
+         token = NULL, expires_at = NULL WHERE ",
+    fenced!(),
+    " RETURNING id) SELECT u.id FROM u, pg_notify($4, '') AS n"
+);
+const DEAD_LETTER: &str = concat!(
+    "UPDATE jobs SET state = 'dead', error = $3, token = NULL, expires_at = NULL WHERE ",
+    fenced!(),
+    " RETURNING id"
+);
+const REMOVE: &str = "DELETE FROM jobs WHERE id = $1";
+const CONTAINS: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND state <> 'dead')";
+const STATS: &str = "SELECT \
+     count(*) FILTER (WHERE (state = 'ready' AND not_before <= now()) \
+                         OR (state = 'leased' AND expires_at <= now())), \
+     count(*) FILTER (WHERE state = 'ready' AND not_before > now()), \
+     count(*) FILTER (WHERE state = 'leased' AND expires_at > now()), \
+     count(*) FILTER (WHERE state = 'dead') \
+     FROM jobs";
+
+/// The most jobs one reserve leases.
+const MAX_BATCH: usize = 1000;
+/// When a due job exists but another reserver holds it, look again this soon.
+const LOCKED_RETRY: Duration = Duration::from_millis(5);
+/// Slack after a due time, so the job is due when we look again.
+const DUE_SLACK: Duration = Duration::from_millis(1);
+
+/// A job queue in PostgreSQL.
+///
+/// Reservers lease jobs with one `UPDATE … FOR UPDATE SKIP LOCKED` statement, so concurrent
+/// reservers (in any number of processes) never wait for or share a job. A reserver with
+/// nothing to do sleeps until a `NOTIFY` from an enqueue or retry (received by one listening
+/// connection per queue, started by the first waiting reserve) or until the next delayed job or
+/// lease comes due. Acked jobs are deleted; dead letters stay, out of the reserve index.
+#[derive(Debug)]
+pub struct PostgresJobQueue {
+    shared: Shared,
+    channel: String,
+    wake: Arc<Notify>,
+    listener: OnceCell<ListenerTask>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Reserved {
+    id: Uuid,
+    deliveries: i64,
+    priority: i32,
+    token: i64,
+    expires_at: DateTime<Utc>,
+    not_before: DateTime<Utc>,
+    seq: i64,
+}
+
+fn sql(e: sqlx::Error) -> QueueError {
+    PostgresError::Sql(e).into()
+}
+
+impl PostgresJobQueue {
+    pub(super) fn new(shared: Shared) -> Self {
+        let channel = shared.channel("jobs");
+        Self {
+            shared,
+            channel,
+            wake: Arc::new(Notify::new()),
+            listener: OnceCell::new(),
+        }
+    }
+
+    /// Starts the listener that wakes waiting reservers, once; returns when it listens.
+    async fn ensure_listener(&self) -> Result<(), QueueError> {
+        self.listener
+            .get_or_try_init(|| {
+                let wake = Arc::clone(&self.wake);
+                // A lost connection may have lost notifications too: wake everyone to look.
+                start_listener(&self.shared.listen_pool, self.channel.clone(), move |_| {
+                    wake.notify_waiters()
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// One reserve statement.
+    async fn try_reserve(&self, max: usize, lease_for: Duration) -> Result<Vec<Lease>, QueueError> {
+        let n = max.clamp(1, MAX_BATCH);
+        let tokens: Vec<i64> = (0..n)
+            // new_lease_token() stays below 2^63, so the conversion never fails.
+            .map(|_| i64::try_from(new_lease_token()).unwrap_or(i64::MAX))
+            .collect();
+        let mut rows: Vec<Reserved> = sqlx::query_as(RESERVE_SQL)
+            .bind(i64::try_from(n).unwrap_or(1))
+            .bind(tokens)
+            .bind(micros(lease_for))
+            .fetch_all(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        rows.sort_by(|a, b| {
+            (std::cmp::Reverse(a.priority), a.not_before, a.seq).cmp(&(
+                std::cmp::Reverse(b.priority),
+                b.not_before,
+                b.seq,
+            ))
+        });
+        rows.into_iter()
+            .map(|r| {
+                Ok(Lease {
+                    id: ConversionId::from_uuid(r.id),
+                    attempt: u32::try_from(r.deliveries).unwrap_or(u32::MAX),
+                    priority: r.priority,
+                    token: u64::try_from(r.token).unwrap_or(0),
+                    expires_at: r.expires_at,
+                })
+            })
+            .collect()
+    }
+
+    /// How long until the next delayed job or lease comes due, if any.
+    async fn next_due(&self) -> Result<Option<Duration>, QueueError> {
+        let us: Option<i64> = sqlx::query_scalar(NEXT_DUE)
+            .fetch_one(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        Ok(us.map(|us| {
+            if us <= 0 {
+                LOCKED_RETRY
+            } else {
+                Duration::from_micros(us.unsigned_abs()) + DUE_SLACK
+            }
+        }))
+    }
+
+    /// Acks many leases in one statement (the batched form of [`JobQueue::ack`]). Returns the
+    /// ids whose lease was no longer held; those jobs were left alone.
+    pub async fn ack_many(&self, leases: &[Lease]) -> Result<Vec<ConversionId>, QueueError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = leases.iter().map(|l| *l.id.as_uuid()).collect();
+        let tokens: Vec<i64> = leases
+            .iter()
+            .map(|l| i64::try_from(l.token).unwrap_or(-1))
+            .collect();
+        let acked: Vec<Uuid> = sqlx::query_scalar(ACK_MANY)
+            .bind(ids)
+            .bind(tokens)
+            .fetch_all(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        Ok(leases
+            .iter()
+            .map(|l| l.id)
+            .filter(|id| !acked.contains(id.as_uuid()))
+            .collect())
+    }
+
+    /// The plan PostgreSQL would use for the reserve statement now (`EXPLAIN` output, one line
+    /// per row), for checking that reserves walk the `jobs_reserve` index.
+    pub async fn explain_reserve(&self, max: usize) -> Result<String, QueueError> {
+        let n = max.clamp(1, MAX_BATCH);
+        let lines: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {RESERVE_SQL}")))
+                .bind(i64::try_from(n).unwrap_or(1))
+                .bind(vec![1_i64; n])
+                .bind(micros(Duration::from_secs(30)))
+                .fetch_all(&self.shared.queue_pool)
+                .await
+                .map_err(sql)?;
+        Ok(lines.join("\n"))
+    }
+
+    fn token(lease: &Lease) -> i64 {
+        // Tokens we hand out fit; anything else cannot match a stored token.
+        i64::try_from(lease.token).unwrap_or(-1)
+    }
+}
+
+#[async_trait]
+impl JobQueue for PostgresJobQueue {
+    async fn enqueue(&self, job: JobSpec) -> Result<bool, QueueError> {
+        let inserted: Option<Uuid> = sqlx::query_scalar(ENQUEUE)
+            .bind(job.id.as_uuid())
+            .bind(job.priority)
+            .bind(job.not_before)
+            .bind(i64::from(job.attempts))
+            .bind(&self.channel)
+            .fetch_optional(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        Ok(inserted.is_some())
+    }
+
+    async fn reserve(
+        &self,
+        max: usize,
+        lease_for: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        if wait.is_zero() {
+            return self.try_reserve(max, lease_for).await;
+        }
+        self.ensure_listener().await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so a notification during the query is not lost.
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let leases = self.try_reserve(max, lease_for).await?;
+            if !leases.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(leases);
+            }
+            let until = match self.next_due().await? {
+                Some(d) => deadline.min(tokio::time::Instant::now() + d),
+                None => deadline,
+            };
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {
+        let expires_at: Option<DateTime<Utc>> = sqlx::query_scalar(HEARTBEAT)
+            .bind(lease.id.as_uuid())
+            .bind(Self::token(lease))
+            .bind(micros(lease_for))
+            .fetch_optional(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        match expires_at {
+            Some(expires_at) => Ok(Lease {
+                expires_at,
+                ..lease.clone()
+            }),
+            None => Err(QueueError::LeaseLost { id: lease.id }),
+        }
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+        let done = sqlx::query(ACK)
+            .bind(lease.id.as_uuid())
+            .bind(Self::token(lease))
+            .execute(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(QueueError::LeaseLost { id: lease.id })
+        }
+    }
+
+    async fn retry(&self, lease: &Lease, not_before: DateTime<Utc>) -> Result<(), QueueError> {
+        let retried: Option<Uuid> = sqlx::query_scalar(RETRY)
+            .bind(lease.id.as_uuid())
+            .bind(Self::token(lease))
+            .bind(not_before)
+            .bind(&self.channel)
+            .fetch_optional(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        retried
+            .map(|_| ())
+            .ok_or(QueueError::LeaseLost { id: lease.id })
+    }
+
+    async fn dead_letter(&self, lease: &Lease, error: &ErrorInfo) -> Result<(), QueueError> {
+        let dead: Option<Uuid> = sqlx::query_scalar(DEAD_LETTER)
+            .bind(lease.id.as_uuid())
+            .bind(Self::token(lease))
+            .bind(Json(error))
+            .fetch_optional(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        dead.map(|_| ())
+            .ok_or(QueueError::LeaseLost { id: lease.id })
+    }
+
+    async fn remove(&self, id: ConversionId) -> Result<bool, QueueError> {
+        let done = sqlx::query(REMOVE)
+            .bind(id.as_uuid())
+            .execute(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn contains(&self, id: ConversionId) -> Result<bool, QueueError> {
+        sqlx::query_scalar(CONTAINS)
+            .bind(id.as_uuid())
+            .fetch_one(&self.shared.queue_pool)
+            .await
+            .map_err(sql)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let (ready, delayed, leased, dead): (i64, i64, i64, i64) = sqlx::query_as(STATS)
+            .fetch_one(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(QueueStats {
+            ready: n(ready),
+            delayed: n(delayed),
+            leased: n(leased),
+            dead: n(dead),
+        })
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        Ok(())
+    }
+}

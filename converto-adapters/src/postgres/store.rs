@@ -1,0 +1,337 @@
+//! [`PostgresConversionStore`]: conversion records in the `conversions` table.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+
+use async_trait::async_trait;
+use converto_core::conversion::{
+    Artifact, Conversion, ErrorInfo, NewConversion, Progress, Status, Transition,
+};
+use converto_core::store::{ConversionStore, Created, ListQuery, Page, StoreError};
+use converto_core::{ConversionId, Format};
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::{PostgresError, Shared, now_micros, to_i64};
+
+/// The columns of a record, in the order `decode` reads them by name.
+macro_rules! columns {
+    () => {
+        "id, tenant, source_format, target_format, options, labels, priority, status, progress, \
+         attempts, error, artifacts, input_key, input_name, input_size, idempotency_key, \
+         created_at, started_at, finished_at, updated_at, version"
+    };
+}
+
+const INSERT: &str = concat!(
+    "INSERT INTO conversions (",
+    columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+     $19, $20, $21) ON CONFLICT (tenant, idempotency_key) DO NOTHING"
+);
+const GET: &str = concat!("SELECT ", columns!(), " FROM conversions WHERE id = $1");
+const GET_BY_KEY: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM conversions WHERE tenant = $1 AND idempotency_key = $2"
+);
+const DELETE: &str = concat!(
+    "DELETE FROM conversions WHERE id = $1 RETURNING ",
+    columns!()
+);
+/// The compare-and-set: only the version read before applying the transition may be replaced.
+const UPDATE_IF_VERSION: &str = "UPDATE conversions SET status = $3, progress = $4, \
+     attempts = $5, error = $6, artifacts = $7, started_at = $8, finished_at = $9, \
+     updated_at = $10, version = $11 WHERE id = $1 AND version = $2";
+const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM conversions GROUP BY status";
+
+/// How often a transition re-reads and retries when other writers keep winning the
+/// compare-and-set. Each lost round means another writer made progress.
+const CAS_ATTEMPTS: u32 = 32;
+
+/// Conversion records in PostgreSQL.
+///
+/// Filtered columns (tenant, formats, status, timestamps, input name) are real columns; options,
+/// labels, progress, error and artifacts are JSONB. Transitions read the record, apply
+/// [`Transition::apply`] and write it back only if its version is unchanged, so of concurrent
+/// writers exactly one wins and the others see the winner's result.
+#[derive(Debug)]
+pub struct PostgresConversionStore {
+    shared: Shared,
+}
+
+impl PostgresConversionStore {
+    pub(super) fn new(shared: Shared) -> Self {
+        Self { shared }
+    }
+
+    async fn fetch(&self, id: ConversionId) -> Result<Option<Conversion>, StoreError> {
+        let row = sqlx::query(GET)
+            .bind(id.as_uuid())
+            .fetch_optional(&self.shared.pool)
+            .await
+            .map_err(sql)?;
+        row.as_ref().map(decode).transpose()
+    }
+}
+
+fn sql(e: sqlx::Error) -> StoreError {
+    PostgresError::Sql(e).into()
+}
+
+fn corrupt(what: &str, e: impl Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(column).map_err(|e| corrupt(column, e))
+}
+
+fn format_col(row: &PgRow, column: &str) -> Result<Format, StoreError> {
+    let s: String = get(row, column)?;
+    Format::new(&s).map_err(|e| corrupt(column, e))
+}
+
+fn u64_col(row: &PgRow, column: &str) -> Result<u64, StoreError> {
+    let n: i64 = get(row, column)?;
+    u64::try_from(n).map_err(|e| corrupt(column, e))
+}
+
+fn decode(row: &PgRow) -> Result<Conversion, StoreError> {
+    let status: String = get(row, "status")?;
+    let attempts = u64_col(row, "attempts")?;
+    Ok(Conversion {
+        id: ConversionId::from_uuid(get::<Uuid>(row, "id")?),
+        tenant: get(row, "tenant")?,
+        source_format: format_col(row, "source_format")?,
+        target_format: format_col(row, "target_format")?,
+        options: get::<Json<serde_json::Value>>(row, "options")?.0,
+        labels: get::<Json<BTreeMap<String, String>>>(row, "labels")?.0,
+        priority: get(row, "priority")?,
+        status: status.parse().map_err(|e| corrupt("status", e))?,
+        progress: get::<Option<Json<Progress>>>(row, "progress")?.map(|j| j.0),
+        attempts: u32::try_from(attempts).map_err(|e| corrupt("attempts", e))?,
+        error: get::<Option<Json<ErrorInfo>>>(row, "error")?.map(|j| j.0),
+        artifacts: get::<Json<Vec<Artifact>>>(row, "artifacts")?.0,
+        input_key: get(row, "input_key")?,
+        input_name: get(row, "input_name")?,
+        input_size: u64_col(row, "input_size")?,
+        idempotency_key: get(row, "idempotency_key")?,
+        created_at: get(row, "created_at")?,
+        started_at: get(row, "started_at")?,
+        finished_at: get(row, "finished_at")?,
+        updated_at: get(row, "updated_at")?,
+        version: u64_col(row, "version")?,
+    })
+}
+
+#[async_trait]
+impl ConversionStore for PostgresConversionStore {
+    async fn create(&self, new: NewConversion) -> Result<Created, StoreError> {
+        let record = new.into_record(now_micros());
+        let input_size = to_i64("input_size", record.input_size)?;
+        let version = to_i64("version", record.version)?;
+        // Twice at most: the record an idempotency key named may be deleted between our insert
+        // (which then did nothing) and our read of it; the second insert then succeeds.
+        for _ in 0..2 {
+            let inserted = sqlx::query(INSERT)
+                .bind(record.id.as_uuid())
+                .bind(&record.tenant)
+                .bind(record.source_format.as_str())
+                .bind(record.target_format.as_str())
+                .bind(Json(&record.options))
+                .bind(Json(&record.labels))
+                .bind(record.priority)
+                .bind(record.status.as_str())
+                .bind(record.progress.as_ref().map(Json))
+                .bind(i64::from(record.attempts))
+                .bind(record.error.as_ref().map(Json))
+                .bind(Json(&record.artifacts))
+                .bind(&record.input_key)
+                .bind(&record.input_name)
+                .bind(input_size)
+                .bind(&record.idempotency_key)
+                .bind(record.created_at)
+                .bind(record.started_at)
+                .bind(record.finished_at)
+                .bind(record.updated_at)
+                .bind(version)
+                .execute(&self.shared.pool)
+                .await;
+            match inserted {
+                Ok(r) if r.rows_affected() == 1 => {
+                    return Ok(Created {
+                        conversion: record,
+                        created: true,
+                    });
+                }
+                Ok(_) => {}
+                // The idempotency constraint is the conflict target, so a unique violation
+                // can only be the primary key.
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    return Err(StoreError::AlreadyExists { id: record.id });
+                }
+                Err(e) => return Err(sql(e)),
+            }
+            // An idempotent replay: return the record the key already names.
+            let existing = sqlx::query(GET_BY_KEY)
+                .bind(&record.tenant)
+                .bind(&record.idempotency_key)
+                .fetch_optional(&self.shared.pool)
+                .await
+                .map_err(sql)?;
+            if let Some(row) = existing {
+                return Ok(Created {
+                    conversion: decode(&row)?,
+                    created: false,
+                });
+            }
+        }
+        Err(PostgresError::Contended {
+            id: record.id,
+            attempts: 2,
+        }
+        .into())
+    }
+
+    async fn get(&self, id: ConversionId) -> Result<Conversion, StoreError> {
+        self.fetch(id).await?.ok_or(StoreError::NotFound { id })
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let limit = query.effective_limit();
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM conversions WHERE TRUE"
+        ));
+        if let Some(tenant) = &query.tenant {
+            qb.push(" AND tenant = ").push_bind(tenant.clone());
+        }
+        if !query.statuses.is_empty() {
+            let statuses: Vec<String> = query
+                .statuses
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect();
+            qb.push(" AND status = ANY(").push_bind(statuses).push(")");
+        }
+        if let Some(f) = &query.source_format {
+            qb.push(" AND source_format = ")
+                .push_bind(f.as_str().to_owned());
+        }
+        if let Some(f) = &query.target_format {
+            qb.push(" AND target_format = ")
+                .push_bind(f.as_str().to_owned());
+        }
+        if let Some((key, value)) = &query.label {
+            // Containment uses the GIN index on labels.
+            qb.push(" AND labels @> ")
+                .push_bind(Json(BTreeMap::from([(key.clone(), value.clone())])));
+        }
+        if let Some(t) = query.created_after {
+            qb.push(" AND created_at >= ").push_bind(t);
+        }
+        if let Some(t) = query.created_before {
+            qb.push(" AND created_at < ").push_bind(t);
+        }
+        if let Some(t) = query.updated_before {
+            qb.push(" AND updated_at < ").push_bind(t);
+        }
+        if let Some(text) = &query.text {
+            // strpos, not LIKE: the user's text needs no escaping of % and _.
+            qb.push(" AND strpos(lower(input_name), lower(")
+                .push_bind(text.clone())
+                .push(")) > 0");
+        }
+        if let Some(cursor) = query.cursor {
+            qb.push(" AND id < ").push_bind(*cursor.as_uuid());
+        }
+        // One extra row says whether there is a next page.
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::try_from(limit + 1).unwrap_or(i64::MAX));
+        let rows = qb.build().fetch_all(&self.shared.pool).await.map_err(sql)?;
+        let mut items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|c| c.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn transition(
+        &self,
+        id: ConversionId,
+        transition: &Transition,
+    ) -> Result<Conversion, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.fetch(id).await?.ok_or(StoreError::NotFound { id })?;
+            let mut next = current.clone();
+            transition.apply(&mut next, now_micros())?;
+            let updated = sqlx::query(UPDATE_IF_VERSION)
+                .bind(id.as_uuid())
+                .bind(to_i64("version", current.version)?)
+                .bind(next.status.as_str())
+                .bind(next.progress.as_ref().map(Json))
+                .bind(i64::from(next.attempts))
+                .bind(next.error.as_ref().map(Json))
+                .bind(Json(&next.artifacts))
+                .bind(next.started_at)
+                .bind(next.finished_at)
+                .bind(next.updated_at)
+                .bind(to_i64("version", next.version)?)
+                .execute(&self.shared.pool)
+                .await
+                .map_err(sql)?;
+            if updated.rows_affected() == 1 {
+                return Ok(next);
+            }
+            // Another writer won; apply the transition to what it wrote (which may now refuse).
+        }
+        Err(PostgresError::Contended {
+            id,
+            attempts: CAS_ATTEMPTS,
+        }
+        .into())
+    }
+
+    async fn delete(&self, id: ConversionId) -> Result<Conversion, StoreError> {
+        let row = sqlx::query(DELETE)
+            .bind(id.as_uuid())
+            .fetch_optional(&self.shared.pool)
+            .await
+            .map_err(sql)?;
+        row.as_ref()
+            .map(decode)
+            .transpose()?
+            .ok_or(StoreError::NotFound { id })
+    }
+
+    async fn count_by_status(&self) -> Result<BTreeMap<Status, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(COUNT_BY_STATUS)
+            .fetch_all(&self.shared.pool)
+            .await
+            .map_err(sql)?;
+        rows.into_iter()
+            .map(|(status, n)| {
+                let status: Status = status.parse().map_err(|e| corrupt("status", e))?;
+                Ok((status, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.shared.pool)
+            .await
+            .map_err(sql)?;
+        Ok(())
+    }
+}

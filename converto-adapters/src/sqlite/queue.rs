@@ -1,0 +1,344 @@
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use sqlx::Row;
+use sqlx::sqlite::SqlitePool;
+use tokio::sync::Notify;
+
+use converto_core::ConversionId;
+use converto_core::conversion::ErrorInfo;
+use converto_core::queue::{
+    JobQueue, JobSpec, Lease, QueueError, QueueStats, after, new_lease_token,
+};
+
+use super::{BACKEND, SqliteError, from_nanos, query_error, to_nanos};
+
+/// How often a waiting reserver looks at the table even when nothing in this process woke it.
+///
+/// Enqueues and retries made in this process wake reservers at once (an in-process [`Notify`]
+/// shared by every queue on the same file), and delayed jobs and leases wake them with a timer
+/// set to the next due time. Only a job enqueued by *another process* sharing the file has no way
+/// to signal this one; this bounded re-check (one indexed read, no write lock) is what notices it.
+const EXTERNAL_RECHECK: Duration = Duration::from_secs(1);
+
+/// Slack added to a timer so the job it waits for is due when the reserver looks again.
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// The lease guard shared by heartbeat, ack, retry and dead-letter: the job is leased, with this
+/// token, and the lease has not run out.
+const HELD: &str = "id = ? AND state = 'leased' AND lease_token = ? AND lease_expires > ?";
+
+/// One wake-up signal per database file in this process, so that two backends opened on the same
+/// file (say an API and its workers) wake each other at once instead of at the next re-check.
+fn shared_wake(path: PathBuf) -> Arc<Notify> {
+    static WAKES: OnceLock<Mutex<HashMap<PathBuf, Weak<Notify>>>> = OnceLock::new();
+    let mut wakes = WAKES.get_or_init(Default::default).lock();
+    if let Some(wake) = wakes.get(&path).and_then(Weak::upgrade) {
+        return wake;
+    }
+    wakes.retain(|_, w| w.strong_count() > 0);
+    let wake = Arc::new(Notify::new());
+    wakes.insert(path, Arc::downgrade(&wake));
+    wake
+}
+
+impl From<SqliteError> for QueueError {
+    fn from(e: SqliteError) -> Self {
+        QueueError::backend(BACKEND, e.is_temporary(), e)
+    }
+}
+
+fn out_of_range(field: &'static str) -> QueueError {
+    SqliteError::OutOfRange { field }.into()
+}
+
+fn decode_id(text: &str) -> Result<ConversionId, QueueError> {
+    text.parse()
+        .map_err(|e| QueueError::backend(BACKEND, false, e))
+}
+
+/// A job queue in a SQLite table.
+///
+/// Each job is a row with its priority, not-before time, enqueue sequence number, delivery count,
+/// state (`queued`, `leased` or `dead`), lease token and lease expiry. `reserve` picks and leases
+/// jobs inside one `BEGIN IMMEDIATE` transaction, highest priority first, then earliest
+/// not-before, then enqueue order; a lease that ran out makes its job deliverable again, with
+/// the next attempt number. Every later call on a lease checks its token and expiry in the same
+/// statement that changes the row.
+#[derive(Debug)]
+pub struct SqliteJobQueue {
+    pool: SqlitePool,
+    wake: Arc<Notify>,
+}
+
+impl SqliteJobQueue {
+    /// A queue on `pool`; `database` (the file's canonical path, `None` in memory) picks the
+    /// wake-up signal shared with every other queue on the same file in this process.
+    pub(super) fn new(pool: SqlitePool, database: Option<PathBuf>) -> Self {
+        let wake = match database {
+            Some(path) => shared_wake(path),
+            None => Arc::new(Notify::new()),
+        };
+        Self { pool, wake }
+    }
+
+    /// Leases up to `max` deliverable jobs; also says when the next job or lease comes due.
+    async fn try_reserve(
+        &self,
+        max: usize,
+        lease_for: Duration,
+    ) -> Result<(Vec<Lease>, Option<DateTime<Utc>>), QueueError> {
+        let now_n = to_nanos(Utc::now());
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        // A plain read first, so reservers on an idle queue never take the write lock.
+        let (ready, next_due): (bool, Option<i64>) = sqlx::query_as(
+            "SELECT \
+               EXISTS (SELECT 1 FROM converto_jobs \
+                       WHERE (state = 'queued' AND not_before <= ?1) \
+                          OR (state = 'leased' AND lease_expires <= ?1)), \
+               (SELECT MIN(due) FROM ( \
+                  SELECT MIN(not_before) AS due FROM converto_jobs \
+                      WHERE state = 'queued' AND not_before > ?1 \
+                  UNION ALL \
+                  SELECT MIN(lease_expires) AS due FROM converto_jobs WHERE state = 'leased'))",
+        )
+        .bind(now_n)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("reserve"))?;
+        if !ready {
+            return Ok((Vec::new(), next_due.map(from_nanos)));
+        }
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query_error("reserve"))?;
+        // Measured once the write lock is held, so a wait for it does not shorten the lease.
+        let now = Utc::now();
+        let now_n = to_nanos(now);
+        let expires_at = after(now, lease_for);
+        let rows = sqlx::query(
+            "SELECT id, priority, deliveries FROM converto_jobs \
+             WHERE (state = 'queued' AND not_before <= ?1) \
+                OR (state = 'leased' AND lease_expires <= ?1) \
+             ORDER BY priority DESC, not_before ASC, seq ASC LIMIT ?2",
+        )
+        .bind(now_n)
+        .bind(max)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_error("reserve"))?;
+        let mut leases = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id").map_err(query_error("reserve"))?;
+            let priority: i32 = row.try_get("priority").map_err(query_error("reserve"))?;
+            let deliveries: i64 = row.try_get("deliveries").map_err(query_error("reserve"))?;
+            let attempt = u32::try_from(deliveries + 1).map_err(|_| out_of_range("deliveries"))?;
+            let token = new_lease_token();
+            sqlx::query(
+                "UPDATE converto_jobs SET state = 'leased', deliveries = deliveries + 1, \
+                 lease_token = ?, lease_expires = ? WHERE id = ?",
+            )
+            .bind(i64::try_from(token).map_err(|_| out_of_range("lease token"))?)
+            .bind(to_nanos(expires_at))
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("reserve"))?;
+            leases.push(Lease {
+                id: decode_id(&id)?,
+                attempt,
+                priority,
+                token,
+                expires_at,
+            });
+        }
+        tx.commit().await.map_err(query_error("reserve"))?;
+        // Empty: another reserver took what was there. Look again at once rather than trust the
+        // due time read before the race.
+        let next_due = if leases.is_empty() {
+            Some(now)
+        } else {
+            next_due.map(from_nanos)
+        };
+        Ok((leases, next_due))
+    }
+
+    /// Runs `sql` (an UPDATE or DELETE guarded by [`HELD`] binds that come last) for the lease.
+    async fn on_held_lease(
+        &self,
+        operation: &'static str,
+        lease: &Lease,
+        query: sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<(), QueueError> {
+        let Ok(token) = i64::try_from(lease.token) else {
+            // No token this queue hands out looks like that.
+            return Err(QueueError::LeaseLost { id: lease.id });
+        };
+        let done = query
+            .bind(lease.id.to_string())
+            .bind(token)
+            .bind(to_nanos(Utc::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(query_error(operation))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(QueueError::LeaseLost { id: lease.id })
+        }
+    }
+}
+
+#[async_trait]
+impl JobQueue for SqliteJobQueue {
+    async fn enqueue(&self, job: JobSpec) -> Result<bool, QueueError> {
+        let done = sqlx::query(
+            "INSERT INTO converto_jobs (id, priority, not_before, seq, deliveries, state) \
+             VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM converto_jobs), ?, 'queued') \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(job.id.to_string())
+        .bind(job.priority)
+        .bind(to_nanos(job.not_before))
+        .bind(i64::from(job.attempts))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("enqueue"))?;
+        let added = done.rows_affected() == 1;
+        if added {
+            self.wake.notify_waiters();
+        }
+        Ok(added)
+    }
+
+    async fn reserve(
+        &self,
+        max: usize,
+        lease_for: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so an enqueue between the look and the wait still wakes.
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (leases, next_due) = self.try_reserve(max.max(1), lease_for).await?;
+            if !leases.is_empty() {
+                return Ok(leases);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(leases);
+            }
+            let mut until = deadline.min(now + EXTERNAL_RECHECK);
+            if let Some(due) = next_due {
+                let in_ = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                until = until.min(now + in_ + TIMER_SLACK);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {
+        let expires_at = after(Utc::now(), lease_for);
+        let sql = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE converto_jobs SET lease_expires = ? WHERE {HELD}"
+        )))
+        .bind(to_nanos(expires_at));
+        self.on_held_lease("heartbeat", lease, sql).await?;
+        Ok(Lease {
+            expires_at,
+            ..lease.clone()
+        })
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+        let sql = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM converto_jobs WHERE {HELD}"
+        )));
+        self.on_held_lease("ack", lease, sql).await
+    }
+
+    async fn retry(&self, lease: &Lease, not_before: DateTime<Utc>) -> Result<(), QueueError> {
+        let sql = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE converto_jobs SET state = 'queued', not_before = ?, \
+             seq = (SELECT COALESCE(MAX(seq), 0) + 1 FROM converto_jobs), \
+             lease_token = NULL, lease_expires = NULL WHERE {HELD}"
+        )))
+        .bind(to_nanos(not_before));
+        self.on_held_lease("retry", lease, sql).await?;
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letter(&self, lease: &Lease, error: &ErrorInfo) -> Result<(), QueueError> {
+        let sql = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE converto_jobs SET state = 'dead', lease_token = NULL, lease_expires = NULL, \
+             error_code = ?, error_message = ? WHERE {HELD}"
+        )))
+        .bind(error.code.clone())
+        .bind(error.message.clone());
+        self.on_held_lease("dead-letter", lease, sql).await
+    }
+
+    async fn remove(&self, id: ConversionId) -> Result<bool, QueueError> {
+        let done = sqlx::query("DELETE FROM converto_jobs WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("remove"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn contains(&self, id: ConversionId) -> Result<bool, QueueError> {
+        let live: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM converto_jobs WHERE id = ? AND state <> 'dead')",
+        )
+        .bind(id.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("contains"))?;
+        Ok(live)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let row = sqlx::query(
+            "SELECT \
+               COUNT(CASE WHEN (state = 'queued' AND not_before <= ?1) \
+                            OR (state = 'leased' AND lease_expires <= ?1) THEN 1 END) AS ready, \
+               COUNT(CASE WHEN state = 'queued' AND not_before > ?1 THEN 1 END) AS delayed, \
+               COUNT(CASE WHEN state = 'leased' AND lease_expires > ?1 THEN 1 END) AS leased, \
+               COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead \
+             FROM converto_jobs",
+        )
+        .bind(to_nanos(Utc::now()))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("stats"))?;
+        let count = |name: &str| -> Result<u64, QueueError> {
+            let n: i64 = row.try_get(name).map_err(query_error("stats"))?;
+            u64::try_from(n).map_err(|_| out_of_range("count"))
+        };
+        Ok(QueueStats {
+            ready: count("ready")?,
+            delayed: count("delayed")?,
+            leased: count("leased")?,
+            dead: count("dead")?,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(super::ping(&self.pool).await?)
+    }
+}

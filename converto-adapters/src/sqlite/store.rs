@@ -1,0 +1,379 @@
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::TryStreamExt;
+use sqlx::error::ErrorKind;
+use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
+use sqlx::{QueryBuilder, Row};
+
+use converto_core::conversion::{Conversion, NewConversion, Status, Transition};
+use converto_core::store::{ConversionStore, Created, ListQuery, Page, StoreError};
+use converto_core::{ConversionId, Format};
+
+use super::{BACKEND, SqliteError, from_nanos, query_error, to_nanos};
+
+/// Every column of a record, in the order `decode` reads them by name.
+const COLUMNS: &str = "id, tenant, source_format, target_format, options, labels, priority, \
+    status, progress, attempts, error, artifacts, input_key, input_name, input_size, \
+    idempotency_key, created_at, started_at, finished_at, updated_at, version";
+
+/// How many times a transition re-reads and retries after losing a compare-and-set.
+const CAS_TRIES: usize = 64;
+
+impl From<SqliteError> for StoreError {
+    fn from(e: SqliteError) -> Self {
+        StoreError::backend(BACKEND, e.is_temporary(), e)
+    }
+}
+
+fn corrupt(column: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("column {column}: {e}"))
+}
+
+fn json<T: serde::Serialize>(field: &'static str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| corrupt(field, e))
+}
+
+fn int<T: TryInto<i64>>(field: &'static str, value: T) -> Result<i64, StoreError> {
+    value
+        .try_into()
+        .map_err(|_| SqliteError::OutOfRange { field }.into())
+}
+
+fn column<'r, T>(row: &'r SqliteRow, name: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(name).map_err(|e| corrupt(name, e))
+}
+
+fn parsed<T: FromStr>(row: &SqliteRow, name: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    let text: String = column(row, name)?;
+    text.parse().map_err(|e| corrupt(name, e))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(row: &SqliteRow, name: &str) -> Result<T, StoreError> {
+    let text: String = column(row, name)?;
+    serde_json::from_str(&text).map_err(|e| corrupt(name, e))
+}
+
+fn from_json_opt<T: serde::de::DeserializeOwned>(
+    row: &SqliteRow,
+    name: &str,
+) -> Result<Option<T>, StoreError> {
+    let text: Option<String> = column(row, name)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(name, e)))
+        .transpose()
+}
+
+fn unsigned<T: TryFrom<i64>>(row: &SqliteRow, name: &str) -> Result<T, StoreError> {
+    let n: i64 = column(row, name)?;
+    T::try_from(n).map_err(|_| corrupt(name, format!("{n} is out of range")))
+}
+
+fn decode(row: &SqliteRow) -> Result<Conversion, StoreError> {
+    let format = |name: &str| -> Result<Format, StoreError> {
+        let text: String = column(row, name)?;
+        Format::new(&text).map_err(|e| corrupt(name, e))
+    };
+    let time_opt = |name: &str| -> Result<_, StoreError> {
+        Ok(column::<Option<i64>>(row, name)?.map(from_nanos))
+    };
+    Ok(Conversion {
+        id: parsed::<ConversionId>(row, "id")?,
+        tenant: column(row, "tenant")?,
+        source_format: format("source_format")?,
+        target_format: format("target_format")?,
+        options: from_json(row, "options")?,
+        labels: from_json(row, "labels")?,
+        priority: column(row, "priority")?,
+        status: parsed::<Status>(row, "status")?,
+        progress: from_json_opt(row, "progress")?,
+        attempts: unsigned(row, "attempts")?,
+        error: from_json_opt(row, "error")?,
+        artifacts: from_json(row, "artifacts")?,
+        input_key: column(row, "input_key")?,
+        input_name: column(row, "input_name")?,
+        input_size: unsigned(row, "input_size")?,
+        idempotency_key: column(row, "idempotency_key")?,
+        created_at: from_nanos(column(row, "created_at")?),
+        started_at: time_opt("started_at")?,
+        finished_at: time_opt("finished_at")?,
+        updated_at: from_nanos(column(row, "updated_at")?),
+        version: unsigned(row, "version")?,
+    })
+}
+
+/// Conversion records in SQLite: one row each, with the fields filters use in indexed columns
+/// and the nested ones (options, labels, progress, error, artifacts) as JSON text.
+///
+/// Transitions read the row, apply [`Transition::apply`] and write it back with
+/// `UPDATE ... WHERE id = ? AND version = ?`; a writer that lost the race reads again, so the
+/// status rules are checked against the state that actually wins.
+#[derive(Debug, Clone)]
+pub struct SqliteConversionStore {
+    pool: SqlitePool,
+}
+
+impl SqliteConversionStore {
+    pub(super) fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    async fn find(&self, id: ConversionId) -> Result<Option<Conversion>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM converto_conversions WHERE id = ?"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("get"))?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn find_by_key(&self, tenant: &str, key: &str) -> Result<Option<Conversion>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM converto_conversions WHERE tenant = ? AND idempotency_key = ?"
+        )))
+        .bind(tenant)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("get by idempotency key"))?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn insert(&self, c: &Conversion) -> Result<Result<(), sqlx::Error>, StoreError> {
+        let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO converto_conversions ({COLUMNS}) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )))
+        .bind(c.id.to_string())
+        .bind(&c.tenant)
+        .bind(c.source_format.as_str())
+        .bind(c.target_format.as_str())
+        .bind(json("options", &c.options)?)
+        .bind(json("labels", &c.labels)?)
+        .bind(c.priority)
+        .bind(c.status.as_str())
+        .bind(
+            c.progress
+                .as_ref()
+                .map(|p| json("progress", p))
+                .transpose()?,
+        )
+        .bind(int("attempts", c.attempts)?)
+        .bind(c.error.as_ref().map(|e| json("error", e)).transpose()?)
+        .bind(json("artifacts", &c.artifacts)?)
+        .bind(&c.input_key)
+        .bind(&c.input_name)
+        .bind(int("input_size", c.input_size)?)
+        .bind(&c.idempotency_key)
+        .bind(to_nanos(c.created_at))
+        .bind(c.started_at.map(to_nanos))
+        .bind(c.finished_at.map(to_nanos))
+        .bind(to_nanos(c.updated_at))
+        .bind(int("version", c.version)?);
+        Ok(query.execute(&self.pool).await.map(|_| ()))
+    }
+
+    /// Writes the fields a transition changes, if the stored version is still `expected`.
+    async fn compare_and_set(&self, next: &Conversion, expected: u64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE converto_conversions SET status = ?, progress = ?, attempts = ?, error = ?, \
+             artifacts = ?, started_at = ?, finished_at = ?, updated_at = ?, version = ? \
+             WHERE id = ? AND version = ?",
+        )
+        .bind(next.status.as_str())
+        .bind(
+            next.progress
+                .as_ref()
+                .map(|p| json("progress", p))
+                .transpose()?,
+        )
+        .bind(int("attempts", next.attempts)?)
+        .bind(next.error.as_ref().map(|e| json("error", e)).transpose()?)
+        .bind(json("artifacts", &next.artifacts)?)
+        .bind(next.started_at.map(to_nanos))
+        .bind(next.finished_at.map(to_nanos))
+        .bind(to_nanos(next.updated_at))
+        .bind(int("version", next.version)?)
+        .bind(next.id.to_string())
+        .bind(int("version", expected)?)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("transition"))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl ConversionStore for SqliteConversionStore {
+    async fn create(&self, new: NewConversion) -> Result<Created, StoreError> {
+        if let Some(key) = &new.idempotency_key {
+            if let Some(existing) = self.find_by_key(&new.tenant, key).await? {
+                return Ok(Created {
+                    conversion: existing,
+                    created: false,
+                });
+            }
+        }
+        let record = new.into_record(Utc::now());
+        match self.insert(&record).await? {
+            Ok(()) => Ok(Created {
+                conversion: record,
+                created: true,
+            }),
+            Err(sqlx::Error::Database(db)) if db.kind() == ErrorKind::UniqueViolation => {
+                // Either the id exists, or a concurrent create took the idempotency key first.
+                if let Some(key) = &record.idempotency_key {
+                    if let Some(existing) = self.find_by_key(&record.tenant, key).await? {
+                        return Ok(Created {
+                            conversion: existing,
+                            created: false,
+                        });
+                    }
+                }
+                Err(StoreError::AlreadyExists { id: record.id })
+            }
+            Err(e) => Err(query_error("create")(e).into()),
+        }
+    }
+
+    async fn get(&self, id: ConversionId) -> Result<Conversion, StoreError> {
+        self.find(id).await?.ok_or(StoreError::NotFound { id })
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let limit = query.effective_limit();
+        let mut sql = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {COLUMNS} FROM converto_conversions WHERE 1 = 1"
+        ));
+        if let Some(tenant) = &query.tenant {
+            sql.push(" AND tenant = ").push_bind(tenant.clone());
+        }
+        if !query.statuses.is_empty() {
+            sql.push(" AND status IN (");
+            let mut list = sql.separated(", ");
+            for status in &query.statuses {
+                list.push_bind(status.as_str());
+            }
+            sql.push(")");
+        }
+        if let Some(format) = &query.source_format {
+            sql.push(" AND source_format = ")
+                .push_bind(format.as_str().to_owned());
+        }
+        if let Some(format) = &query.target_format {
+            sql.push(" AND target_format = ")
+                .push_bind(format.as_str().to_owned());
+        }
+        if let Some((key, value)) = &query.label {
+            sql.push(" AND EXISTS (SELECT 1 FROM json_each(labels) WHERE json_each.key = ")
+                .push_bind(key.clone())
+                .push(" AND json_each.value = ")
+                .push_bind(value.clone())
+                .push(")");
+        }
+        if let Some(t) = query.created_after {
+            sql.push(" AND created_at >= ").push_bind(to_nanos(t));
+        }
+        if let Some(t) = query.created_before {
+            sql.push(" AND created_at < ").push_bind(to_nanos(t));
+        }
+        if let Some(t) = query.updated_before {
+            sql.push(" AND updated_at < ").push_bind(to_nanos(t));
+        }
+        if query.text.is_some() {
+            sql.push(" AND input_name IS NOT NULL");
+        }
+        if let Some(cursor) = query.cursor {
+            sql.push(" AND id < ").push_bind(cursor.to_string());
+        }
+        sql.push(" ORDER BY id DESC");
+        // The text filter is Unicode case-insensitive, which SQLite's LOWER is not: it is checked
+        // below on the streamed rows, so the page cannot be cut short in SQL.
+        if query.text.is_none() {
+            sql.push(" LIMIT ").push_bind(int("limit", limit + 1)?);
+        }
+        let mut items = Vec::new();
+        {
+            let mut rows = sql.build().fetch(&self.pool);
+            while let Some(row) = rows.try_next().await.map_err(query_error("list"))? {
+                let c = decode(&row)?;
+                // The same rules the memory store uses, so SQL and memory agree to the letter.
+                if query.matches(&c) {
+                    items.push(c);
+                    if items.len() > limit {
+                        break;
+                    }
+                }
+            }
+        }
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|c| c.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn transition(
+        &self,
+        id: ConversionId,
+        transition: &Transition,
+    ) -> Result<Conversion, StoreError> {
+        for _ in 0..CAS_TRIES {
+            let current = self.get(id).await?;
+            let mut next = current.clone();
+            transition.apply(&mut next, Utc::now())?;
+            if self.compare_and_set(&next, current.version).await? {
+                return Ok(next);
+            }
+        }
+        Err(SqliteError::Contended {
+            id: id.to_string(),
+            tries: CAS_TRIES,
+        }
+        .into())
+    }
+
+    async fn delete(&self, id: ConversionId) -> Result<Conversion, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM converto_conversions WHERE id = ? RETURNING {COLUMNS}"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("delete"))?;
+        match row {
+            Some(row) => decode(&row),
+            None => Err(StoreError::NotFound { id }),
+        }
+    }
+
+    async fn count_by_status(&self) -> Result<BTreeMap<Status, u64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM converto_conversions GROUP BY status")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("count"))?;
+        let mut counts = BTreeMap::new();
+        for (status, n) in rows {
+            let status = Status::from_str(&status).map_err(|e| corrupt("status", e))?;
+            let n = u64::try_from(n).map_err(|_| corrupt("count", n))?;
+            counts.insert(status, n);
+        }
+        Ok(counts)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(super::ping(&self.pool).await?)
+    }
+}

@@ -1,0 +1,428 @@
+//! The scheduling engine: submits, runs and watches conversions over any set of backends.
+
+mod config;
+mod submit;
+mod sweeper;
+mod worker;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+pub use config::EngineConfig;
+pub use submit::{Submission, SubmitInput, Submitted};
+
+use crate::blob::{BlobError, BlobRead, BlobStore};
+use crate::conversion::{Artifact, Conversion, Status, Transition, TransitionConflict};
+use crate::memory::{MemoryBlobStore, MemoryConversionStore, MemoryJobQueue, MemoryProgressBus};
+use crate::progress::{BusError, Event, EventStream, ProgressBus};
+use crate::queue::{JobQueue, QueueError};
+use crate::registry::{ConverterRegistry, RouteInfo};
+use crate::store::{ConversionStore, ListQuery, Page, StoreError};
+use crate::{ConversionId, Format};
+
+/// The errors of the [`Engine`]'s API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// No conversion with that id.
+    #[error("conversion {id} not found")]
+    NotFound {
+        /// The id.
+        id: ConversionId,
+    },
+    /// No artifact with that name.
+    #[error("conversion {id} has no artifact named {name:?}")]
+    ArtifactNotFound {
+        /// The conversion.
+        id: ConversionId,
+        /// The name asked for.
+        name: String,
+    },
+    /// No registered converter serves the route.
+    #[error("no converter for {source_format} -> {target_format}")]
+    UnsupportedRoute {
+        /// From.
+        source_format: Format,
+        /// To.
+        target_format: Format,
+        /// What is served.
+        supported: Vec<RouteInfo>,
+    },
+    /// The input's format could not be told from its name or content.
+    #[error("cannot tell the format of {file_name:?}: give source_format")]
+    UnknownSourceFormat {
+        /// The file name given, if any.
+        file_name: Option<String>,
+    },
+    /// The input is empty.
+    #[error("the input is empty")]
+    EmptyInput,
+    /// The input is larger than allowed.
+    #[error("the input is larger than the limit of {limit} bytes")]
+    InputTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The options are not a JSON object.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// The request is malformed in another way.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The conversion is not in a state that allows this (e.g. cancel of a finished one).
+    #[error(transparent)]
+    Conflict(TransitionConflict),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The blob store failed.
+    #[error(transparent)]
+    Blob(BlobError),
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl EngineError {
+    /// Whether trying again may succeed.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            EngineError::Store(e) => e.is_temporary(),
+            EngineError::Queue(e) => e.is_temporary(),
+            EngineError::Blob(e) => e.is_temporary(),
+            EngineError::Bus(e) => e.is_temporary(),
+            _ => false,
+        }
+    }
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { id } => EngineError::NotFound { id },
+            StoreError::Conflict(c) => EngineError::Conflict(c),
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+impl From<BlobError> for EngineError {
+    fn from(e: BlobError) -> Self {
+        EngineError::Blob(e)
+    }
+}
+
+/// A backend is missing from the builder.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the engine builder has no {0}")]
+pub struct BuildError(&'static str);
+
+/// The backends an engine runs on.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// The records.
+    pub store: Arc<dyn ConversionStore>,
+    /// The queue.
+    pub queue: Arc<dyn JobQueue>,
+    /// Progress and status events.
+    pub bus: Arc<dyn ProgressBus>,
+    /// Inputs and artifacts.
+    pub blobs: Arc<dyn BlobStore>,
+}
+
+impl Backends {
+    /// All four in memory.
+    pub fn in_memory() -> Self {
+        Self {
+            store: Arc::new(MemoryConversionStore::new()),
+            queue: Arc::new(MemoryJobQueue::new()),
+            bus: Arc::new(MemoryProgressBus::new()),
+            blobs: Arc::new(MemoryBlobStore::new()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Running {
+    attempt: u32,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) backends: Backends,
+    pub(crate) registry: ConverterRegistry,
+    pub(crate) config: EngineConfig,
+    running: Mutex<HashMap<ConversionId, Running>>,
+}
+
+/// Builds an [`Engine`].
+#[derive(Debug, Default)]
+pub struct EngineBuilder {
+    store: Option<Arc<dyn ConversionStore>>,
+    queue: Option<Arc<dyn JobQueue>>,
+    bus: Option<Arc<dyn ProgressBus>>,
+    blobs: Option<Arc<dyn BlobStore>>,
+    registry: ConverterRegistry,
+    config: EngineConfig,
+}
+
+impl EngineBuilder {
+    /// The conversion store.
+    pub fn store(mut self, store: Arc<dyn ConversionStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// The job queue.
+    pub fn queue(mut self, queue: Arc<dyn JobQueue>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+    /// The progress bus.
+    pub fn bus(mut self, bus: Arc<dyn ProgressBus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+    /// The blob store.
+    pub fn blobs(mut self, blobs: Arc<dyn BlobStore>) -> Self {
+        self.blobs = Some(blobs);
+        self
+    }
+    /// All four backends.
+    pub fn backends(self, b: Backends) -> Self {
+        self.store(b.store).queue(b.queue).bus(b.bus).blobs(b.blobs)
+    }
+    /// The converters.
+    pub fn registry(mut self, registry: ConverterRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+    /// The configuration.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// The engine.
+    pub fn build(self) -> Result<Engine, BuildError> {
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                backends: Backends {
+                    store: self.store.ok_or(BuildError("conversion store"))?,
+                    queue: self.queue.ok_or(BuildError("job queue"))?,
+                    bus: self.bus.ok_or(BuildError("progress bus"))?,
+                    blobs: self.blobs.ok_or(BuildError("blob store"))?,
+                },
+                registry: self.registry,
+                config: self.config,
+                running: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+/// The engine: a cheap handle (clone it freely) to submit, inspect, cancel and run conversions.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// A builder.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// An engine on in-memory backends.
+    pub fn in_memory(registry: ConverterRegistry, config: EngineConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backends: Backends::in_memory(),
+                registry,
+                config,
+                running: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Its backends.
+    pub fn backends(&self) -> &Backends {
+        &self.inner.backends
+    }
+
+    /// Its converters.
+    pub fn registry(&self) -> &ConverterRegistry {
+        &self.inner.registry
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// One conversion, with the latest progress from the bus while it runs.
+    pub async fn get(&self, id: ConversionId) -> Result<Conversion, EngineError> {
+        let mut record = self.inner.backends.store.get(id).await?;
+        if record.status == Status::Running {
+            if let Ok(Some(Event::Progress {
+                attempt, progress, ..
+            })) = self.inner.backends.bus.latest(id).await
+            {
+                if attempt == record.attempts {
+                    record.progress = Some(progress);
+                }
+            }
+        }
+        Ok(record)
+    }
+
+    /// Conversions matching the query, newest first.
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, EngineError> {
+        Ok(self.inner.backends.store.list(query).await?)
+    }
+
+    /// Cancels a queued or running conversion; a running converter is told at once (in this
+    /// process directly, in others through the bus). [`EngineError::Conflict`] if it already
+    /// finished.
+    pub async fn cancel(&self, id: ConversionId) -> Result<Conversion, EngineError> {
+        let record = self
+            .inner
+            .backends
+            .store
+            .transition(id, &Transition::Cancel)
+            .await?;
+        self.inner.cancel_local(id);
+        self.inner.backends.queue.remove(id).await?;
+        self.inner.publish(Event::status_of(&record)).await;
+        let _ = self.inner.backends.bus.forget(id).await;
+        Ok(record)
+    }
+
+    /// Removes a conversion, its queue entry and its blobs (cancelling it first if needed).
+    pub async fn delete(&self, id: ConversionId) -> Result<Conversion, EngineError> {
+        let record = self.inner.backends.store.get(id).await?;
+        if !record.status.is_terminal() {
+            match self.cancel(id).await {
+                Ok(_) | Err(EngineError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let record = self.inner.backends.store.delete(id).await?;
+        self.inner.backends.queue.remove(id).await?;
+        let blobs = &self.inner.backends.blobs;
+        for meta in blobs.list(&format!("conversions/{id}/")).await? {
+            blobs.delete(&meta.key).await?;
+        }
+        blobs.delete(&record.input_key).await?;
+        let _ = self.inner.backends.bus.forget(id).await;
+        Ok(record)
+    }
+
+    /// A stream of events for one conversion: first its current status (and progress), then
+    /// every change, ending after the terminal status.
+    pub async fn watch(&self, id: ConversionId) -> Result<EventStream, EngineError> {
+        let live = self.inner.backends.bus.subscribe(id).await?;
+        let record = self.get(id).await?;
+        let mut initial = vec![Event::status_of(&record)];
+        if record.status.is_terminal() {
+            return Ok(futures::stream::iter(initial).boxed());
+        }
+        if let Some(p) = record
+            .progress
+            .clone()
+            .filter(|_| record.status == Status::Running)
+        {
+            initial.push(Event::Progress {
+                id,
+                attempt: record.attempts,
+                progress: p,
+            });
+        }
+        // Events published between the subscription and the read describe states the record
+        // already shows (or older ones): drop them, so watchers never see time go backwards.
+        let (seen_at, seen_attempt) = (record.updated_at, record.attempts);
+        let live = live.filter(move |ev| {
+            futures::future::ready(match ev {
+                Event::Status { at, .. } => *at > seen_at,
+                Event::Progress { attempt, .. } => *attempt >= seen_attempt,
+            })
+        });
+        let events = futures::stream::iter(initial).chain(live).boxed();
+        // Ends right after the terminal status, without waiting for another event.
+        let stream = futures::stream::unfold(Some(events), |state| async move {
+            let mut events = state?;
+            let ev = events.next().await?;
+            let next = (!ev.is_terminal()).then_some(events);
+            Some((ev, next))
+        });
+        Ok(stream.boxed())
+    }
+
+    /// Opens one artifact for reading (optionally a byte range of it).
+    pub async fn open_artifact(
+        &self,
+        id: ConversionId,
+        name: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<(Artifact, BlobRead), EngineError> {
+        let record = self.inner.backends.store.get(id).await?;
+        let artifact = record
+            .artifacts
+            .into_iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| EngineError::ArtifactNotFound {
+                id,
+                name: name.chars().take(200).collect(),
+            })?;
+        let read = self
+            .inner
+            .backends
+            .blobs
+            .get(&artifact.blob_key, range)
+            .await?;
+        Ok((artifact, read))
+    }
+
+    /// Conversions running in this process now.
+    pub fn running_here(&self) -> usize {
+        self.inner.running.lock().len()
+    }
+}
+
+impl Inner {
+    fn cancel_local(&self, id: ConversionId) {
+        if let Some(r) = self.running.lock().get(&id) {
+            r.cancel.cancel();
+        }
+    }
+
+    pub(crate) fn register_running(
+        &self,
+        id: ConversionId,
+        attempt: u32,
+        cancel: CancellationToken,
+    ) {
+        self.running.lock().insert(id, Running { attempt, cancel });
+    }
+
+    pub(crate) fn unregister_running(&self, id: ConversionId, attempt: u32) {
+        let mut running = self.running.lock();
+        if running.get(&id).is_some_and(|r| r.attempt == attempt) {
+            running.remove(&id);
+        }
+    }
+
+    /// Publishes an event; a bus failure is logged, never fatal (the store is the truth).
+    pub(crate) async fn publish(&self, event: Event) {
+        if let Err(e) = self.backends.bus.publish(event).await {
+            tracing::warn!(error = %e, "publishing an event failed");
+        }
+    }
+}

@@ -1,0 +1,331 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+
+use super::{Engine, EngineError};
+use crate::blob::{BlobError, ByteStream};
+use crate::conversion::{Conversion, NewConversion, Status, sanitize_file_name};
+use crate::queue::JobSpec;
+use crate::{ConversionId, Format};
+
+/// Where a submission's input comes from.
+pub enum SubmitInput {
+    /// A stream, stored as the conversion's input blob as it arrives.
+    Stream {
+        /// The bytes.
+        body: ByteStream,
+        /// The uploaded file's name, if known.
+        file_name: Option<String>,
+    },
+    /// A blob already in the blob store (e.g. uploaded through `POST /v1/uploads`). The
+    /// conversion takes it over: deleting the conversion deletes it.
+    Blob {
+        /// Its key.
+        key: String,
+        /// The original file name, if known.
+        file_name: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for SubmitInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitInput::Stream { file_name, .. } => f
+                .debug_struct("Stream")
+                .field("file_name", file_name)
+                .finish_non_exhaustive(),
+            SubmitInput::Blob { key, file_name } => f
+                .debug_struct("Blob")
+                .field("key", key)
+                .field("file_name", file_name)
+                .finish(),
+        }
+    }
+}
+
+impl SubmitInput {
+    /// Bytes in memory.
+    pub fn bytes(bytes: impl Into<Bytes>, file_name: Option<String>) -> Self {
+        let bytes = bytes.into();
+        SubmitInput::Stream {
+            body: futures::stream::once(async move { Ok(bytes) }).boxed(),
+            file_name,
+        }
+    }
+}
+
+/// A conversion to submit.
+#[derive(Debug)]
+pub struct Submission {
+    /// The tenant (`default` if none).
+    pub tenant: Option<String>,
+    /// The input's format; detected from content and file name if `None`.
+    pub source_format: Option<Format>,
+    /// The format wanted.
+    pub target_format: Format,
+    /// Converter options: a JSON object or null.
+    pub options: serde_json::Value,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Do not start before this time.
+    pub not_before: Option<DateTime<Utc>>,
+    /// Submitting twice with the same key (per tenant) creates one conversion.
+    pub idempotency_key: Option<String>,
+    /// The input.
+    pub input: SubmitInput,
+}
+
+impl Submission {
+    /// A submission with defaults for everything but the target and the input.
+    pub fn new(target_format: Format, input: SubmitInput) -> Self {
+        Self {
+            tenant: None,
+            source_format: None,
+            target_format,
+            options: serde_json::Value::Null,
+            labels: BTreeMap::new(),
+            priority: 0,
+            not_before: None,
+            idempotency_key: None,
+            input,
+        }
+    }
+
+    /// Sets the source format.
+    pub fn source(mut self, f: Format) -> Self {
+        self.source_format = Some(f);
+        self
+    }
+    /// Sets the options.
+    pub fn options(mut self, options: serde_json::Value) -> Self {
+        self.options = options;
+        self
+    }
+    /// Sets the priority.
+    pub fn priority(mut self, p: i32) -> Self {
+        self.priority = p;
+        self
+    }
+    /// Sets not-before.
+    pub fn not_before(mut self, t: DateTime<Utc>) -> Self {
+        self.not_before = Some(t);
+        self
+    }
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+    /// Adds a label.
+    pub fn label(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.labels.insert(k.into(), v.into());
+        self
+    }
+}
+
+/// The result of [`Engine::submit`].
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The record.
+    pub conversion: Conversion,
+    /// False when the idempotency key named an existing conversion.
+    pub created: bool,
+}
+
+/// How many leading bytes are read to detect a format.
+const SNIFF_BYTES: usize = 4096;
+
+/// The io error kind and message used to stop an upload that passed the size limit.
+const TOO_LARGE: &str = "converto: input too large";
+
+impl Engine {
+    /// Stores the input, creates the record and enqueues the job.
+    ///
+    /// Checks before anything is stored: options, route (when the source format is given),
+    /// idempotency key. The input is streamed to the blob store; an empty or oversized input
+    /// leaves nothing behind.
+    pub async fn submit(&self, sub: Submission) -> Result<Submitted, EngineError> {
+        if !(sub.options.is_object() || sub.options.is_null()) {
+            return Err(EngineError::InvalidOptions(
+                "options must be a JSON object".into(),
+            ));
+        }
+        if let Some(key) = &sub.idempotency_key {
+            if key.is_empty() || key.len() > 255 || key.chars().any(char::is_control) {
+                return Err(EngineError::InvalidRequest(
+                    "the idempotency key must be 1 to 255 printable characters".into(),
+                ));
+            }
+        }
+        if let Some(source) = &sub.source_format {
+            self.check_route(source, &sub.target_format)?;
+        }
+        let id = ConversionId::new();
+        let blobs = &self.inner.backends.blobs;
+        let (input_key, input_name, size, source, uploaded) = match sub.input {
+            SubmitInput::Stream { body, file_name } => {
+                let input_name = file_name.as_deref().and_then(sanitize_file_name);
+                let (head, rest) = read_head(body)
+                    .await
+                    .map_err(|e| EngineError::Blob(BlobError::Body(e)))?;
+                if head.is_empty() {
+                    return Err(EngineError::EmptyInput);
+                }
+                let source = match sub.source_format.clone() {
+                    Some(s) => s,
+                    None => {
+                        let s = Format::detect(input_name.as_deref(), &head).ok_or_else(|| {
+                            EngineError::UnknownSourceFormat {
+                                file_name: input_name.clone(),
+                            }
+                        })?;
+                        self.check_route(&s, &sub.target_format)?;
+                        s
+                    }
+                };
+                let key = format!("conversions/{id}/input");
+                let size = self.store_input(&key, head, rest).await?;
+                (key, input_name, size, source, true)
+            }
+            SubmitInput::Blob { key, file_name } => {
+                let input_name = file_name.as_deref().and_then(sanitize_file_name);
+                let meta = blobs.head(&key).await?;
+                if meta.size == 0 {
+                    return Err(EngineError::EmptyInput);
+                }
+                let source = match sub.source_format.clone() {
+                    Some(s) => s,
+                    None => {
+                        let read = blobs.get(&key, Some(0..SNIFF_BYTES as u64)).await?;
+                        let (head, _) = read_head(read.body)
+                            .await
+                            .map_err(|e| EngineError::Blob(BlobError::Body(e)))?;
+                        let s = Format::detect(input_name.as_deref(), &head).ok_or_else(|| {
+                            EngineError::UnknownSourceFormat {
+                                file_name: input_name.clone(),
+                            }
+                        })?;
+                        self.check_route(&s, &sub.target_format)?;
+                        s
+                    }
+                };
+                (key, input_name, meta.size, source, false)
+            }
+        };
+        let new = NewConversion {
+            id,
+            tenant: sub.tenant.unwrap_or_else(|| "default".into()),
+            source_format: source,
+            target_format: sub.target_format,
+            options: sub.options,
+            labels: sub.labels,
+            priority: sub.priority,
+            input_key: input_key.clone(),
+            input_name,
+            input_size: size,
+            idempotency_key: sub.idempotency_key,
+        };
+        let created = match self.inner.backends.store.create(new).await {
+            Ok(c) => c,
+            Err(e) => {
+                if uploaded {
+                    let _ = blobs.delete(&input_key).await;
+                }
+                return Err(e.into());
+            }
+        };
+        if !created.created && uploaded {
+            let _ = blobs.delete(&input_key).await;
+        }
+        let record = created.conversion;
+        // A replay re-enqueues a still-queued record too: that heals a crash between the
+        // record's creation and its enqueue. Enqueue is a no-op when the job is there.
+        if record.status == Status::Queued {
+            self.inner
+                .backends
+                .queue
+                .enqueue(JobSpec {
+                    id: record.id,
+                    priority: record.priority,
+                    not_before: sub.not_before.unwrap_or_else(Utc::now),
+                    attempts: record.attempts,
+                })
+                .await?;
+        }
+        metrics::counter!("converto_conversions_submitted_total")
+            .increment(u64::from(created.created));
+        Ok(Submitted {
+            conversion: record,
+            created: created.created,
+        })
+    }
+
+    fn check_route(&self, source: &Format, target: &Format) -> Result<(), EngineError> {
+        if self.inner.registry.find(source, target).is_some() {
+            Ok(())
+        } else {
+            Err(EngineError::UnsupportedRoute {
+                source_format: source.clone(),
+                target_format: target.clone(),
+                supported: self.inner.registry.routes(),
+            })
+        }
+    }
+
+    async fn store_input(
+        &self,
+        key: &str,
+        head: Bytes,
+        rest: ByteStream,
+    ) -> Result<u64, EngineError> {
+        let limit = self.inner.config.max_input_bytes;
+        let counted = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&counted);
+        let body = futures::stream::once(async move { Ok(head) })
+            .chain(rest)
+            .map(move |chunk| {
+                let chunk = chunk?;
+                let total =
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+                if limit.is_some_and(|l| total > l) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::FileTooLarge,
+                        TOO_LARGE,
+                    ));
+                }
+                Ok(chunk)
+            })
+            .boxed();
+        match self.inner.backends.blobs.put(key, body).await {
+            Ok(meta) => Ok(meta.size),
+            Err(BlobError::Body(e)) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                let _ = self.inner.backends.blobs.delete(key).await;
+                Err(EngineError::InputTooLarge {
+                    limit: limit.unwrap_or(0),
+                })
+            }
+            Err(e) => {
+                let _ = self.inner.backends.blobs.delete(key).await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Reads up to [`SNIFF_BYTES`] from the front of a stream, giving them back with the rest.
+async fn read_head(mut body: ByteStream) -> std::io::Result<(Bytes, ByteStream)> {
+    let mut head = BytesMut::new();
+    while head.len() < SNIFF_BYTES {
+        match body.try_next().await? {
+            Some(chunk) => head.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    Ok((head.freeze(), body))
+}

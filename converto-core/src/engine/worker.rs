@@ -1,0 +1,642 @@
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Engine, EngineError, Inner};
+use crate::ConversionId;
+use crate::blob::ByteStream;
+use crate::conversion::{Artifact, Conversion, ErrorInfo, Progress, Status, Transition};
+use crate::converter::{ConvertContext, ConvertError, ConvertRequest, Output, OutputBody};
+use crate::progress::Event;
+use crate::queue::{Lease, QueueError, after};
+use crate::store::StoreError;
+
+/// Why a running attempt was stopped from outside the converter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Cancelled,
+    LeaseLost,
+    TimedOut,
+    Shutdown,
+}
+
+impl Engine {
+    /// Runs workers until `shutdown` is cancelled, then drains: no new reservations, running
+    /// jobs get `shutdown_grace` to finish, and whatever is still running after that is
+    /// cancelled and handed back to the queue for another worker.
+    pub async fn run_workers(&self, shutdown: CancellationToken) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let cfg = &inner.config;
+        let slots = Arc::new(Semaphore::new(cfg.concurrency));
+        let hand_back = CancellationToken::new();
+        let mut jobs = JoinSet::new();
+        let sweeper_stop = shutdown.child_token();
+        let sweeper = (!cfg.sweep_interval.is_zero())
+            .then(|| tokio::spawn(super::sweeper::run(Arc::clone(inner), sweeper_stop.clone())));
+        let mut failures = 0u32;
+        loop {
+            while jobs.try_join_next().is_some() {}
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = Arc::clone(&slots).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let extra = slots
+                .available_permits()
+                .min(cfg.reserve_batch.saturating_sub(1));
+            let mut permits = vec![first];
+            if extra > 0 {
+                if let Ok(more) = Arc::clone(&slots).try_acquire_many_owned(extra as u32) {
+                    permits.push(more);
+                }
+            }
+            let want = 1 + extra;
+            let reserved = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = inner.backends.queue.reserve(want, cfg.lease_duration, Duration::from_secs(5)) => r,
+            };
+            let leases = match reserved {
+                Ok(l) => {
+                    failures = 0;
+                    l
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = cfg
+                        .retry_delay(failures.min(8))
+                        .min(Duration::from_secs(10));
+                    tracing::warn!(error = %e, ?delay, "reserving jobs failed; backing off");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            // Split the acquired permits into one per lease; the rest go back on drop.
+            let mut singles = Vec::with_capacity(leases.len());
+            for mut p in permits {
+                while p.num_permits() > 1 && singles.len() < leases.len() {
+                    if let Some(one) = p.split(1) {
+                        singles.push(one);
+                    }
+                }
+                if singles.len() < leases.len() {
+                    singles.push(p);
+                }
+            }
+            for (lease, permit) in leases.into_iter().zip(singles) {
+                let inner = Arc::clone(inner);
+                let hand_back = hand_back.clone();
+                jobs.spawn(async move {
+                    run_job(&inner, lease, hand_back).await;
+                    drop(permit);
+                });
+            }
+        }
+        sweeper_stop.cancel();
+        // Drain: give running jobs their grace, then hand the rest back.
+        let grace = tokio::time::sleep(cfg.shutdown_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                next = jobs.join_next() => if next.is_none() { break },
+                _ = &mut grace, if !hand_back.is_cancelled() => {
+                    tracing::info!(running = jobs.len(), "shutdown grace over; handing running jobs back");
+                    hand_back.cancel();
+                }
+            }
+        }
+        if let Some(s) = sweeper {
+            let _ = s.await;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one delivery of one job, start to verdict. Never panics on a job's failure; every path
+/// either records a verdict, hands the job back, or leaves the lease to expire.
+async fn run_job(inner: &Arc<Inner>, lease: Lease, hand_back: CancellationToken) {
+    let id = lease.id;
+    let cfg = &inner.config;
+    let store = &inner.backends.store;
+    let queue = &inner.backends.queue;
+
+    let start = Transition::Start {
+        attempt: lease.attempt,
+    };
+    let record = match retrying(|| store.transition(id, &start)).await {
+        Ok(r) => r,
+        Err(StoreError::Conflict(c)) if c.status.is_terminal() => {
+            // Cancelled or finished meanwhile: the queue entry is left over.
+            ignore_lost(queue.ack(&lease).await);
+            return;
+        }
+        Err(StoreError::NotFound { .. }) => {
+            let _ = queue.remove(id).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(%id, error = %e, "could not start; leaving the lease to expire");
+            return;
+        }
+    };
+    let attempt = lease.attempt;
+
+    if attempt > cfg.max_attempts {
+        // Earlier deliveries died without a verdict (the worker crashed or lost its lease).
+        let error = ErrorInfo::new(
+            "worker_lost",
+            format!(
+                "{} attempts ended without a result (workers stopped or lost their leases)",
+                attempt - 1
+            ),
+        );
+        finish_failed(inner, &lease, error, true).await;
+        return;
+    }
+    if let Some(limit) = cfg.max_queue_wait {
+        let waited = (Utc::now() - record.created_at)
+            .to_std()
+            .unwrap_or_default();
+        if attempt == 1 && waited > limit {
+            let error = ErrorInfo::new(
+                "queue_timeout",
+                format!(
+                    "waited {:.1}s in the queue, longer than the limit of {:.1}s",
+                    waited.as_secs_f64(),
+                    limit.as_secs_f64()
+                ),
+            );
+            finish_failed(inner, &lease, error, false).await;
+            return;
+        }
+    }
+    inner.publish(Event::status_of(&record)).await;
+
+    let started = Instant::now();
+    let outcome = execute(inner, &lease, &record, &hand_back).await;
+    metrics::histogram!("converto_conversion_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+
+    match outcome {
+        Outcome::Done(outputs, scratch) => {
+            let stored = store_artifacts(inner, &record, attempt, outputs).await;
+            drop(scratch);
+            match stored {
+                Ok(artifacts) => finish_succeeded(inner, &lease, artifacts).await,
+                Err(error) => handle_failure(inner, &lease, error, true).await,
+            }
+        }
+        Outcome::Failed(error, temporary) => handle_failure(inner, &lease, error, temporary).await,
+        Outcome::Stopped(Stop::Cancelled) => {
+            // The record is already cancelled; the queue entry was removed by `cancel`.
+            ignore_lost(queue.ack(&lease).await);
+        }
+        Outcome::Stopped(Stop::LeaseLost) => {
+            tracing::warn!(%id, attempt, "lease lost; another worker owns the job now");
+        }
+        Outcome::Stopped(Stop::TimedOut) => {
+            let error = ErrorInfo::new(
+                "timeout",
+                format!(
+                    "the conversion ran longer than the execution timeout of {:.1}s",
+                    cfg.job_timeout.as_secs_f64()
+                ),
+            );
+            finish_failed(inner, &lease, error, false).await;
+        }
+        Outcome::Stopped(Stop::Shutdown) => {
+            let t = Transition::Requeue {
+                attempt,
+                error: None,
+            };
+            let requeued = retrying(|| store.transition(id, &t)).await;
+            if let Ok(r) = requeued {
+                ignore_lost(queue.retry(&lease, Utc::now()).await);
+                inner.publish(Event::status_of(&r)).await;
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Done(Vec<Output>, Box<ConvertContext>),
+    Failed(ErrorInfo, bool),
+    Stopped(Stop),
+}
+
+/// How long a job runs before it subscribes to the bus for cancellations from other processes.
+/// Shorter jobs skip the subscription (their cancellation still lands: the record is guarded,
+/// and the heartbeat notices the removed queue entry).
+const SUBSCRIBE_AFTER: Duration = Duration::from_millis(50);
+
+/// Runs the converter with heartbeats, a timeout, cancellation and throttled progress, all
+/// supervised from this one task: no helper task is spawned per job.
+async fn execute(
+    inner: &Arc<Inner>,
+    lease: &Lease,
+    record: &Conversion,
+    hand_back: &CancellationToken,
+) -> Outcome {
+    let id = record.id;
+    let attempt = lease.attempt;
+    let cfg = &inner.config;
+    let Some(converter) = inner
+        .registry
+        .find(&record.source_format, &record.target_format)
+        .cloned()
+    else {
+        return Outcome::Failed(
+            ErrorInfo::new(
+                "unsupported_route",
+                format!(
+                    "no converter for {} -> {} on this worker",
+                    record.source_format, record.target_format
+                ),
+            ),
+            false,
+        );
+    };
+
+    let cancel = CancellationToken::new();
+    inner.register_running(id, attempt, cancel.clone());
+
+    // The converter's reports go into a watch channel (latest value wins); the loop below
+    // forwards them to the bus at most once per `progress_interval`.
+    let (ptx, mut prx) = watch::channel::<Option<Progress>>(None);
+    let progress_fn = {
+        let best = Mutex::new((0u8, None::<String>));
+        Arc::new(move |percent: u8, stage: Option<&str>| {
+            let mut b = best.lock();
+            let stage_changed = stage.is_some() && b.1.as_deref() != stage;
+            if percent > b.0 || stage_changed {
+                b.0 = b.0.max(percent);
+                if stage_changed {
+                    b.1 = stage.map(str::to_owned);
+                }
+                let _ = ptx.send(Some(Progress::new(b.0, b.1.clone())));
+            }
+        })
+    };
+
+    let ctx = ConvertContext::for_blob(
+        Arc::clone(&inner.backends.blobs),
+        record.input_key.clone(),
+        record
+            .input_name
+            .clone()
+            .unwrap_or_else(|| format!("input.{}", record.source_format)),
+        cfg.scratch_dir.clone(),
+        progress_fn,
+        cancel.clone(),
+    );
+    let request = ConvertRequest {
+        id,
+        attempt,
+        source: record.source_format.clone(),
+        target: record.target_format.clone(),
+        options: record.options.clone(),
+    };
+
+    let (stop, result) = {
+        let convert = converter.convert(&request, &ctx);
+        tokio::pin!(convert);
+        let timeout = tokio::time::sleep(cfg.job_timeout);
+        tokio::pin!(timeout);
+        let hb_every = cfg.heartbeat_interval.max(Duration::from_millis(10));
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + hb_every, hb_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let subscribe = tokio::time::sleep(SUBSCRIBE_AFTER);
+        tokio::pin!(subscribe);
+        let mut events: Option<crate::progress::EventStream> = None;
+        let mut subscribed = false;
+        let throttle = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(throttle);
+        let mut throttled = false;
+        let mut lease = lease.clone();
+
+        let mut stop = None;
+        let result = loop {
+            tokio::select! {
+                biased;
+                r = &mut convert => break Some(r),
+                _ = cancel.cancelled() => { stop = Some(Stop::Cancelled); break None }
+                _ = hand_back.cancelled() => { stop = Some(Stop::Shutdown); break None }
+                _ = &mut timeout => { stop = Some(Stop::TimedOut); break None }
+                _ = heartbeat.tick() => match inner.backends.queue.heartbeat(&lease, cfg.lease_duration).await {
+                    Ok(l) => lease = l,
+                    Err(QueueError::LeaseLost { .. }) => {
+                        // A cancel removes the queue entry: tell the two apart by the record.
+                        let cancelled = matches!(inner.backends.store.get(id).await, Ok(r) if r.status == Status::Cancelled);
+                        stop = Some(if cancelled { Stop::Cancelled } else { Stop::LeaseLost });
+                        break None;
+                    }
+                    Err(e) => tracing::warn!(%id, error = %e, "heartbeat failed; will try again"),
+                },
+                _ = &mut subscribe, if !subscribed => {
+                    subscribed = true;
+                    match inner.backends.bus.subscribe(id).await {
+                        Ok(s) => events = Some(s),
+                        Err(e) => tracing::warn!(%id, error = %e, "no cancellation events; relying on heartbeats"),
+                    }
+                }
+                ev = next_event(&mut events) => match ev {
+                    Some(Event::Status { status: Status::Cancelled, .. }) => { stop = Some(Stop::Cancelled); break None }
+                    Some(_) => {}
+                    None => events = None,
+                },
+                changed = prx.changed(), if !throttled => {
+                    if changed.is_ok() {
+                        let progress = prx.borrow_and_update().clone();
+                        if let Some(progress) = progress {
+                            inner.publish(Event::Progress { id, attempt, progress }).await;
+                        }
+                        throttle.as_mut().reset(tokio::time::Instant::now() + cfg.progress_interval);
+                        throttled = true;
+                    }
+                }
+                _ = &mut throttle, if throttled => throttled = false,
+            }
+        };
+        let result = match result {
+            Some(r) => r,
+            None => {
+                // Stopped from outside: tell the converter, and give it a moment to clean up
+                // (kill its process) before it is dropped.
+                cancel.cancel();
+                tokio::time::timeout(cfg.cancel_grace, &mut convert)
+                    .await
+                    .unwrap_or(Err(ConvertError::Cancelled))
+            }
+        };
+        (stop, result)
+    };
+    inner.unregister_running(id, attempt);
+    // Flush the last report, so even a fast conversion shows its progress.
+    let pending = if prx.has_changed().unwrap_or(false) {
+        prx.borrow_and_update().clone()
+    } else {
+        None
+    };
+    if let (Some(progress), None) = (pending, stop) {
+        inner
+            .publish(Event::Progress {
+                id,
+                attempt,
+                progress,
+            })
+            .await;
+    }
+
+    match (stop, result) {
+        (Some(why), _) => Outcome::Stopped(why),
+        (None, Ok(outputs)) => Outcome::Done(outputs, Box::new(ctx)),
+        (None, Err(e)) => {
+            let temporary = e.is_temporary();
+            Outcome::Failed(ErrorInfo::new(e.code(), e.to_string()), temporary)
+        }
+    }
+}
+
+async fn next_event(events: &mut Option<crate::progress::EventStream>) -> Option<Event> {
+    match events {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Streams each output into the blob store under an attempt-specific key (so a stale worker can
+/// never overwrite the winner's artifacts), hashing as it goes.
+async fn store_artifacts(
+    inner: &Arc<Inner>,
+    record: &Conversion,
+    attempt: u32,
+    outputs: Vec<Output>,
+) -> Result<Vec<Artifact>, ErrorInfo> {
+    let blobs = &inner.backends.blobs;
+    let mut artifacts: Vec<Artifact> = Vec::with_capacity(outputs.len());
+    for (i, out) in outputs.into_iter().enumerate() {
+        let name = crate::conversion::sanitize_file_name(&out.name)
+            .unwrap_or_else(|| format!("output-{i}.{}", out.format));
+        if artifacts.iter().any(|a| a.name == name) {
+            return Err(ErrorInfo::new(
+                "converter_failed",
+                format!("the converter returned two outputs named {name:?}"),
+            ));
+        }
+        let key = format!("{}{attempt}/{name}", artifact_prefix(record.id));
+        let hasher = Arc::new(Mutex::new(Sha256::new()));
+        let body: ByteStream = match out.body {
+            OutputBody::Bytes(b) => {
+                futures::stream::once(async move { Ok::<Bytes, std::io::Error>(b) }).boxed()
+            }
+            OutputBody::File(path) => open_stream(&path).await.map_err(|e| {
+                ErrorInfo::new(
+                    "converter_failed",
+                    format!("output {name:?} could not be read: {e}"),
+                )
+            })?,
+        };
+        let h = Arc::clone(&hasher);
+        let body = body
+            .inspect(move |c| {
+                if let Ok(c) = c {
+                    h.lock().update(c);
+                }
+            })
+            .boxed();
+        let meta = blobs
+            .put(&key, body)
+            .await
+            .map_err(|e| ErrorInfo::new("artifact_store_failed", e.to_string()))?;
+        let digest = std::mem::take(&mut *hasher.lock()).finalize();
+        artifacts.push(Artifact {
+            name,
+            format: out.format,
+            size: meta.size,
+            checksum: format!("sha256:{}", hex::encode(digest)),
+            blob_key: key,
+        });
+    }
+    Ok(artifacts)
+}
+
+async fn open_stream(path: &Path) -> std::io::Result<ByteStream> {
+    let file = tokio::fs::File::open(path).await?;
+    Ok(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).boxed())
+}
+
+async fn finish_succeeded(inner: &Arc<Inner>, lease: &Lease, artifacts: Vec<Artifact>) {
+    remove_earlier_attempts(inner, lease.id, lease.attempt).await;
+    let t = Transition::Succeed {
+        attempt: lease.attempt,
+        artifacts: artifacts.clone(),
+    };
+    match retrying(|| inner.backends.store.transition(lease.id, &t)).await {
+        Ok(record) => {
+            ignore_lost(inner.backends.queue.ack(lease).await);
+            metrics::counter!("converto_conversions_finished_total", "status" => "succeeded")
+                .increment(1);
+            inner.publish(Event::status_of(&record)).await;
+            let _ = inner.backends.bus.forget(lease.id).await;
+        }
+        Err(StoreError::Conflict(c)) => {
+            // Fenced out (cancelled, or another attempt took over): our artifacts are orphans.
+            tracing::info!(id = %lease.id, status = %c.status, "result discarded: fenced out");
+            for a in artifacts {
+                let _ = inner.backends.blobs.delete(&a.blob_key).await;
+            }
+            if c.status.is_terminal() {
+                ignore_lost(inner.backends.queue.ack(lease).await);
+            }
+        }
+        Err(StoreError::NotFound { .. }) => {
+            // Deleted while it ran.
+            for a in artifacts {
+                let _ = inner.backends.blobs.delete(&a.blob_key).await;
+            }
+            ignore_lost(inner.backends.queue.ack(lease).await);
+        }
+        Err(e) => {
+            // The store stayed unreachable: the verdict may or may not have been written, so
+            // the artifacts stay. If it was not, the lease expires and the next attempt runs
+            // and removes them; if it was, they are the result.
+            tracing::warn!(id = %lease.id, error = %e, "result not recorded; the job will be delivered again");
+        }
+    }
+}
+
+/// Where a conversion's artifacts are stored: `{prefix}{attempt}/{name}`, one folder an attempt,
+/// so that attempts never overwrite each other's outputs.
+fn artifact_prefix(id: ConversionId) -> String {
+    format!("conversions/{id}/artifacts/")
+}
+
+/// Removes what earlier attempts stored under the conversion's artifact prefix: a worker that
+/// died after storing its outputs could not remove them itself. Runs before the verdict is
+/// written, so whoever sees the terminal status sees one set of artifacts. Later attempts' keys
+/// are left alone (if one exists, this attempt is fenced out anyway).
+async fn remove_earlier_attempts(inner: &Arc<Inner>, id: ConversionId, attempt: u32) {
+    if attempt <= 1 {
+        return;
+    }
+    let prefix = artifact_prefix(id);
+    match inner.backends.blobs.list(&prefix).await {
+        Ok(blobs) => {
+            for b in blobs {
+                let earlier = b
+                    .key
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.split('/').next())
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n < attempt);
+                if !earlier {
+                    continue;
+                }
+                if let Err(e) = inner.backends.blobs.delete(&b.key).await {
+                    tracing::warn!(%id, key = %b.key, error = %e, "could not remove an orphaned artifact");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(%id, error = %e, "could not list orphaned artifacts"),
+    }
+}
+
+async fn handle_failure(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, temporary: bool) {
+    if temporary && lease.attempt < inner.config.max_attempts {
+        let t = Transition::Requeue {
+            attempt: lease.attempt,
+            error: Some(error.clone()),
+        };
+        match retrying(|| inner.backends.store.transition(lease.id, &t)).await {
+            Ok(record) => {
+                let delay = inner.config.retry_delay(lease.attempt);
+                tracing::info!(id = %lease.id, attempt = lease.attempt, ?delay, error = %error.message, "temporary failure; retrying");
+                ignore_lost(
+                    inner
+                        .backends
+                        .queue
+                        .retry(lease, after(Utc::now(), delay))
+                        .await,
+                );
+                inner.publish(Event::status_of(&record)).await;
+            }
+            Err(e) => tracing::info!(id = %lease.id, error = %e, "retry not recorded"),
+        }
+    } else {
+        finish_failed(inner, lease, error, temporary).await;
+    }
+}
+
+/// Records a failure. A job that ran out of attempts on temporary errors is dead-lettered; a
+/// permanent failure is simply acknowledged (the record holds the reason).
+async fn finish_failed(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, dead_letter: bool) {
+    remove_earlier_attempts(inner, lease.id, lease.attempt).await;
+    let t = Transition::Fail {
+        attempt: lease.attempt,
+        error: error.clone(),
+    };
+    match retrying(|| inner.backends.store.transition(lease.id, &t)).await {
+        Ok(record) => {
+            let q = &inner.backends.queue;
+            ignore_lost(if dead_letter {
+                q.dead_letter(lease, &error).await
+            } else {
+                q.ack(lease).await
+            });
+            metrics::counter!("converto_conversions_finished_total", "status" => "failed")
+                .increment(1);
+            inner.publish(Event::status_of(&record)).await;
+            let _ = inner.backends.bus.forget(lease.id).await;
+        }
+        Err(e) => {
+            tracing::info!(id = %lease.id, error = %e, "failure not recorded");
+            if matches!(e, StoreError::Conflict(ref c) if c.status.is_terminal()) {
+                ignore_lost(inner.backends.queue.ack(lease).await);
+            }
+        }
+    }
+}
+
+fn ignore_lost(r: Result<(), QueueError>) {
+    match r {
+        Ok(()) | Err(QueueError::LeaseLost { .. }) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "queue update failed; the lease will expire and the job be delivered again")
+        }
+    }
+}
+
+/// Retries a store call on temporary errors (a few times, with growing pauses), so a brief
+/// database outage does not lose a verdict.
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..6 {
+        match op().await {
+            Err(e) if e.is_temporary() => {
+                tracing::warn!(error = %e, ?delay, "store call failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+    op().await
+}

@@ -1,0 +1,11 @@
+//! In-memory backends: for tests, embedding and single-process use. Nothing survives the process.
+
+mod blob;
+mod progress;
+mod queue;
+mod store;
+
+pub use blob::MemoryBlobStore;
+pub use progress::MemoryProgressBus;
+pub use queue::MemoryJobQueue;
+pub use store::MemoryConversionStore;

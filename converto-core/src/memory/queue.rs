@@ -1,0 +1,309 @@
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::ConversionId;
+use crate::conversion::ErrorInfo;
+use crate::queue::{JobQueue, JobSpec, Lease, QueueError, QueueStats, after, new_lease_token};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryState {
+    Ready,
+    Delayed,
+    Leased {
+        token: u64,
+        expires_at: DateTime<Utc>,
+    },
+    Dead,
+}
+
+#[derive(Debug)]
+struct Entry {
+    priority: i32,
+    not_before: DateTime<Utc>,
+    seq: u64,
+    deliveries: u32,
+    state: EntryState,
+}
+
+type ReadyKey = (Reverse<i32>, DateTime<Utc>, u64, ConversionId);
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<ConversionId, Entry>,
+    ready: BTreeSet<ReadyKey>,
+    delayed: BTreeSet<(DateTime<Utc>, u64, ConversionId)>,
+    leased: BTreeSet<(DateTime<Utc>, ConversionId)>,
+    dead: u64,
+    seq: u64,
+}
+
+impl State {
+    /// Moves due delayed jobs and expired leases to the ready set.
+    fn promote(&mut self, now: DateTime<Utc>) {
+        while let Some(&(nb, seq, id)) = self.delayed.first() {
+            if nb > now {
+                break;
+            }
+            self.delayed.pop_first();
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.state = EntryState::Ready;
+                self.ready.insert((Reverse(e.priority), nb, seq, id));
+            }
+        }
+        while let Some(&(exp, id)) = self.leased.first() {
+            if exp > now {
+                break;
+            }
+            self.leased.pop_first();
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.state = EntryState::Ready;
+                self.ready
+                    .insert((Reverse(e.priority), e.not_before, e.seq, id));
+            }
+        }
+    }
+
+    /// When the next delayed job or lease comes due.
+    fn next_due(&self) -> Option<DateTime<Utc>> {
+        let d = self.delayed.first().map(|k| k.0);
+        let l = self.leased.first().map(|k| k.0);
+        match (d, l) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes the entry out of whichever index holds it.
+    fn unindex(&mut self, id: ConversionId) {
+        let Some(e) = self.entries.get(&id) else {
+            return;
+        };
+        match e.state {
+            EntryState::Ready => {
+                self.ready
+                    .remove(&(Reverse(e.priority), e.not_before, e.seq, id));
+            }
+            EntryState::Delayed => {
+                self.delayed.remove(&(e.not_before, e.seq, id));
+            }
+            EntryState::Leased { expires_at, .. } => {
+                self.leased.remove(&(expires_at, id));
+            }
+            EntryState::Dead => self.dead -= 1,
+        }
+    }
+
+    fn place(&mut self, id: ConversionId, not_before: DateTime<Utc>, now: DateTime<Utc>) {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.not_before = not_before;
+            e.seq = seq;
+            if not_before <= now {
+                e.state = EntryState::Ready;
+                self.ready
+                    .insert((Reverse(e.priority), not_before, seq, id));
+            } else {
+                e.state = EntryState::Delayed;
+                self.delayed.insert((not_before, seq, id));
+            }
+        }
+    }
+
+    fn check_lease(&self, lease: &Lease, now: DateTime<Utc>) -> Result<(), QueueError> {
+        match self.entries.get(&lease.id).map(|e| e.state) {
+            Some(EntryState::Leased { token, expires_at })
+                if token == lease.token && expires_at > now =>
+            {
+                Ok(())
+            }
+            _ => Err(QueueError::LeaseLost { id: lease.id }),
+        }
+    }
+}
+
+/// A job queue in memory: ordered indexes for ready, delayed and leased jobs, and a `Notify`
+/// plus a timer for the next due job to wake reservers.
+#[derive(Debug, Default)]
+pub struct MemoryJobQueue {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl MemoryJobQueue {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn try_reserve(&self, max: usize, lease_for: Duration) -> (Vec<Lease>, Option<DateTime<Utc>>) {
+        let now = Utc::now();
+        let expires_at = after(now, lease_for);
+        let mut state = self.state.lock();
+        state.promote(now);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(key) = state.ready.pop_first() else {
+                break;
+            };
+            let id = key.3;
+            let token = new_lease_token();
+            let Some(e) = state.entries.get_mut(&id) else {
+                continue;
+            };
+            e.deliveries += 1;
+            e.state = EntryState::Leased { token, expires_at };
+            out.push(Lease {
+                id,
+                attempt: e.deliveries,
+                priority: e.priority,
+                token,
+                expires_at,
+            });
+            state.leased.insert((expires_at, id));
+        }
+        let next = state.next_due();
+        (out, next)
+    }
+}
+
+#[async_trait]
+impl JobQueue for MemoryJobQueue {
+    async fn enqueue(&self, job: JobSpec) -> Result<bool, QueueError> {
+        let now = Utc::now();
+        {
+            let mut state = self.state.lock();
+            if state.entries.contains_key(&job.id) {
+                return Ok(false);
+            }
+            state.entries.insert(
+                job.id,
+                Entry {
+                    priority: job.priority,
+                    not_before: job.not_before,
+                    seq: 0,
+                    deliveries: job.attempts,
+                    state: EntryState::Ready,
+                },
+            );
+            state.place(job.id, job.not_before, now);
+        }
+        self.wake.notify_waiters();
+        Ok(true)
+    }
+
+    async fn reserve(
+        &self,
+        max: usize,
+        lease_for: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (leases, next_due) = self.try_reserve(max.max(1), lease_for);
+            if !leases.is_empty() {
+                return Ok(leases);
+            }
+            let now_i = tokio::time::Instant::now();
+            if now_i >= deadline {
+                return Ok(leases);
+            }
+            let mut until = deadline;
+            if let Some(due) = next_due {
+                let in_ = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                // A millisecond of slack so the due entry is due when we look again.
+                until = until.min(now_i + in_ + Duration::from_millis(1));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {
+        let now = Utc::now();
+        let mut state = self.state.lock();
+        state.check_lease(lease, now)?;
+        let expires_at = after(now, lease_for);
+        state.unindex(lease.id);
+        if let Some(e) = state.entries.get_mut(&lease.id) {
+            e.state = EntryState::Leased {
+                token: lease.token,
+                expires_at,
+            };
+        }
+        state.leased.insert((expires_at, lease.id));
+        Ok(Lease {
+            expires_at,
+            ..lease.clone()
+        })
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<(), QueueError> {
+        let mut state = self.state.lock();
+        state.check_lease(lease, Utc::now())?;
+        state.unindex(lease.id);
+        state.entries.remove(&lease.id);
+        Ok(())
+    }
+
+    async fn retry(&self, lease: &Lease, not_before: DateTime<Utc>) -> Result<(), QueueError> {
+        let now = Utc::now();
+        {
+            let mut state = self.state.lock();
+            state.check_lease(lease, now)?;
+            state.unindex(lease.id);
+            state.place(lease.id, not_before, now);
+        }
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letter(&self, lease: &Lease, _error: &ErrorInfo) -> Result<(), QueueError> {
+        let mut state = self.state.lock();
+        state.check_lease(lease, Utc::now())?;
+        state.unindex(lease.id);
+        if let Some(e) = state.entries.get_mut(&lease.id) {
+            e.state = EntryState::Dead;
+        }
+        state.dead += 1;
+        Ok(())
+    }
+
+    async fn remove(&self, id: ConversionId) -> Result<bool, QueueError> {
+        let mut state = self.state.lock();
+        state.unindex(id);
+        Ok(state.entries.remove(&id).is_some())
+    }
+
+    async fn contains(&self, id: ConversionId) -> Result<bool, QueueError> {
+        Ok(self
+            .state
+            .lock()
+            .entries
+            .get(&id)
+            .is_some_and(|e| e.state != EntryState::Dead))
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = Utc::now();
+        let mut state = self.state.lock();
+        state.promote(now);
+        Ok(QueueStats {
+            ready: state.ready.len() as u64,
+            delayed: state.delayed.len() as u64,
+            leased: state.leased.len() as u64,
+            dead: state.dead,
+        })
+    }
+}

@@ -1,0 +1,184 @@
+//! The `JobQueue` trait: at-least-once delivery with leases.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::ConversionId;
+use crate::conversion::ErrorInfo;
+
+/// A `dyn JobQueue`.
+pub type DynJobQueue = dyn JobQueue;
+
+/// A job to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    /// The conversion to run.
+    pub id: ConversionId,
+    /// Higher first.
+    pub priority: i32,
+    /// Not delivered before this time.
+    pub not_before: DateTime<Utc>,
+    /// Deliveries already made (0 for a new job; the record's attempts when the sweeper
+    /// re-enqueues), so attempt numbers keep rising.
+    pub attempts: u32,
+}
+
+impl JobSpec {
+    /// A new job, ready now.
+    pub fn now(id: ConversionId, priority: i32) -> Self {
+        Self {
+            id,
+            priority,
+            not_before: Utc::now(),
+            attempts: 0,
+        }
+    }
+}
+
+/// A reservation: the holder may work on the job until `expires_at`, and must heartbeat to keep
+/// it. The token fences every later call: a lease that was lost cannot ack or retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The conversion.
+    pub id: ConversionId,
+    /// Which delivery this is, from 1: the attempt number used to fence store transitions.
+    pub attempt: u32,
+    /// The job's priority.
+    pub priority: i32,
+    /// Unique per delivery.
+    pub token: u64,
+    /// When the lease runs out unless extended.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How many jobs are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Deliverable now.
+    pub ready: u64,
+    /// Waiting for their not-before time.
+    pub delayed: u64,
+    /// Leased to a worker.
+    pub leased: u64,
+    /// Dead-lettered.
+    pub dead: u64,
+}
+
+/// The errors of a [`JobQueue`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// The lease is no longer held (expired and re-delivered, or the job was removed).
+    #[error("lease on job {id} was lost")]
+    LeaseLost {
+        /// The job.
+        id: ConversionId,
+    },
+    /// The backend failed.
+    #[error("{backend} job queue failed: {source}")]
+    Backend {
+        /// Which queue.
+        backend: &'static str,
+        /// Whether trying again may work.
+        temporary: bool,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl QueueError {
+    /// Whether trying again may succeed.
+    pub fn is_temporary(&self) -> bool {
+        matches!(
+            self,
+            QueueError::Backend {
+                temporary: true,
+                ..
+            }
+        )
+    }
+
+    /// A backend error from any cause.
+    pub fn backend(
+        backend: &'static str,
+        temporary: bool,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        QueueError::Backend {
+            backend,
+            temporary,
+            source: source.into(),
+        }
+    }
+}
+
+/// Delivers jobs at least once, highest priority first, then earliest not-before, then the order
+/// they were enqueued. A lease that expires is delivered again with the next attempt number.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait JobQueue: Send + Sync + Debug + 'static {
+    /// Adds the job. If the queue already holds a job for the id (ready, delayed, leased or
+    /// dead), nothing changes and `false` is returned.
+    async fn enqueue(&self, job: JobSpec) -> Result<bool, QueueError>;
+
+    /// Leases up to `max` deliverable jobs for `lease_for`. Waits up to `wait` for one to become
+    /// deliverable (woken by enqueues and timers, not by polling); returns an empty list if none
+    /// did.
+    async fn reserve(
+        &self,
+        max: usize,
+        lease_for: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Lease>, QueueError>;
+
+    /// Extends a lease to `lease_for` from now; [`QueueError::LeaseLost`] if it is not held.
+    async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError>;
+
+    /// The job is done: removes it. [`QueueError::LeaseLost`] if the lease is not held.
+    async fn ack(&self, lease: &Lease) -> Result<(), QueueError>;
+
+    /// Puts the job back, deliverable at `not_before`.
+    async fn retry(&self, lease: &Lease, not_before: DateTime<Utc>) -> Result<(), QueueError>;
+
+    /// Moves the job to the dead letters with the error that ended it.
+    async fn dead_letter(&self, lease: &Lease, error: &ErrorInfo) -> Result<(), QueueError>;
+
+    /// Removes any job for the id, whatever its state; true if there was one.
+    async fn remove(&self, id: ConversionId) -> Result<bool, QueueError>;
+
+    /// Whether a live (ready, delayed or leased) job exists for the id.
+    async fn contains(&self, id: ConversionId) -> Result<bool, QueueError>;
+
+    /// Counts by state.
+    async fn stats(&self) -> Result<QueueStats, QueueError>;
+
+    /// Checks that the backend answers (for readiness probes).
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+}
+
+/// A random lease token, kept below 2^63 so SQL backends can store it as a signed 64-bit integer.
+pub fn new_lease_token() -> u64 {
+    fastrand::u64(1..i64::MAX as u64)
+}
+
+/// `now + d`, saturating.
+pub fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `now - d`, saturating.
+pub fn after_neg(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}

@@ -1,0 +1,529 @@
+//! The `ConversionStore` conformance suite.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use crate::conversion::{Artifact, ErrorInfo, NewConversion, Status, Transition};
+use crate::store::{ConversionStore, ListQuery, StoreError};
+use crate::{ConversionId, Format};
+
+fn f(s: &str) -> Format {
+    Format::new(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A new record for `tenant`, with a few fields set to non-default values.
+pub fn sample(tenant: &str) -> NewConversion {
+    let id = ConversionId::new();
+    NewConversion {
+        id,
+        tenant: tenant.into(),
+        source_format: f("stl"),
+        target_format: f("obj"),
+        options: serde_json::json!({"binary": true, "scale": 2.5, "nested": {"a": [1, 2]}}),
+        labels: BTreeMap::from([("project".to_string(), "apollo".to_string())]),
+        priority: 3,
+        input_key: format!("conversions/{id}/input"),
+        input_name: Some("Part ünïcode.stl".into()),
+        input_size: 1234,
+        idempotency_key: None,
+    }
+}
+
+fn tenant() -> String {
+    format!("t-{}", ConversionId::new())
+}
+
+/// Runs every check, each on a fresh store from `make`.
+pub async fn run_store_suite(make: impl AsyncFn() -> Arc<dyn ConversionStore>) {
+    create_get_round_trip(make().await.as_ref()).await;
+    idempotent_create(make().await.as_ref()).await;
+    guarded_transitions(make().await.as_ref()).await;
+    artifacts_and_errors_round_trip(make().await.as_ref()).await;
+    concurrent_transitions_have_one_winner(make().await).await;
+    list_filters_and_pages(make().await.as_ref()).await;
+    delete_and_count(make().await.as_ref()).await;
+}
+
+/// A created record reads back field for field; unknown ids are `NotFound`.
+pub async fn create_get_round_trip(store: &dyn ConversionStore) {
+    let new = sample(&tenant());
+    let created = store.create(new.clone()).await.expect("create");
+    assert!(created.created);
+    let c = created.conversion;
+    assert_eq!(c.status, Status::Queued);
+    assert_eq!(c.attempts, 0);
+    let got = store.get(new.id).await.expect("get");
+    assert_eq!(got, c, "stored record differs from the created one");
+    assert_eq!(got.options, new.options);
+    assert_eq!(got.labels, new.labels);
+    assert_eq!(got.input_name, new.input_name);
+    assert!(matches!(
+        store.get(ConversionId::new()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.create(new).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+}
+
+/// The same idempotency key in the same tenant gives the first record back; another tenant's
+/// key is separate.
+pub async fn idempotent_create(store: &dyn ConversionStore) {
+    let t = tenant();
+    let mut a = sample(&t);
+    a.idempotency_key = Some("order-42".into());
+    let first = store.create(a.clone()).await.expect("create");
+    let mut b = sample(&t);
+    b.idempotency_key = Some("order-42".into());
+    let second = store.create(b.clone()).await.expect("replay");
+    assert!(!second.created);
+    assert_eq!(second.conversion.id, first.conversion.id);
+    assert!(
+        matches!(store.get(b.id).await, Err(StoreError::NotFound { .. })),
+        "replay must store nothing"
+    );
+    let mut other = sample(&tenant());
+    other.idempotency_key = Some("order-42".into());
+    assert!(store.create(other).await.expect("other tenant").created);
+}
+
+/// Transitions follow the status machine and the attempt fence.
+pub async fn guarded_transitions(store: &dyn ConversionStore) {
+    let c = store
+        .create(sample(&tenant()))
+        .await
+        .expect("create")
+        .conversion;
+    let id = c.id;
+    let conflict = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Conflict(_)));
+    assert!(
+        conflict(
+            store
+                .transition(
+                    id,
+                    &Transition::Succeed {
+                        attempt: 1,
+                        artifacts: vec![]
+                    }
+                )
+                .await
+        ),
+        "succeed before start"
+    );
+    let r = store
+        .transition(id, &Transition::Start { attempt: 1 })
+        .await
+        .expect("start");
+    assert_eq!((r.status, r.attempts), (Status::Running, 1));
+    assert!(r.started_at.is_some());
+    assert!(r.version > c.version, "version must grow");
+    assert!(
+        conflict(
+            store
+                .transition(id, &Transition::Start { attempt: 1 })
+                .await
+        ),
+        "same attempt twice"
+    );
+    let r = store
+        .transition(
+            id,
+            &Transition::Requeue {
+                attempt: 1,
+                error: Some(ErrorInfo::new("flaky", "x")),
+            },
+        )
+        .await
+        .expect("requeue");
+    assert_eq!(r.status, Status::Queued);
+    assert_eq!(r.error.as_ref().map(|e| e.code.as_str()), Some("flaky"));
+    store
+        .transition(id, &Transition::Start { attempt: 2 })
+        .await
+        .expect("start 2");
+    store
+        .transition(id, &Transition::Start { attempt: 3 })
+        .await
+        .expect("lease expired: start 3");
+    assert!(
+        conflict(
+            store
+                .transition(
+                    id,
+                    &Transition::Fail {
+                        attempt: 2,
+                        error: ErrorInfo::new("x", "y")
+                    }
+                )
+                .await
+        ),
+        "stale attempt 2 failed the job"
+    );
+    assert!(
+        conflict(
+            store
+                .transition(
+                    id,
+                    &Transition::Succeed {
+                        attempt: 2,
+                        artifacts: vec![]
+                    }
+                )
+                .await
+        ),
+        "stale attempt 2 finished the job"
+    );
+    let done = store
+        .transition(
+            id,
+            &Transition::Succeed {
+                attempt: 3,
+                artifacts: vec![],
+            },
+        )
+        .await
+        .expect("succeed 3");
+    assert_eq!(done.status, Status::Succeeded);
+    assert!(done.finished_at.is_some());
+    assert!(done.error.is_none());
+    assert!(
+        conflict(store.transition(id, &Transition::Cancel).await),
+        "cancel after success"
+    );
+    assert!(
+        conflict(
+            store
+                .transition(id, &Transition::Start { attempt: 4 })
+                .await
+        ),
+        "start after success"
+    );
+    assert!(matches!(
+        store
+            .transition(ConversionId::new(), &Transition::Cancel)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let q = store
+        .create(sample(&tenant()))
+        .await
+        .expect("create")
+        .conversion;
+    let cancelled = store
+        .transition(q.id, &Transition::Cancel)
+        .await
+        .expect("cancel queued");
+    assert_eq!(cancelled.status, Status::Cancelled);
+    assert!(
+        conflict(
+            store
+                .transition(q.id, &Transition::Start { attempt: 1 })
+                .await
+        ),
+        "start after cancel"
+    );
+}
+
+/// Artifacts and errors are stored whole.
+pub async fn artifacts_and_errors_round_trip(store: &dyn ConversionStore) {
+    let c = store
+        .create(sample(&tenant()))
+        .await
+        .expect("create")
+        .conversion;
+    store
+        .transition(c.id, &Transition::Start { attempt: 1 })
+        .await
+        .expect("start");
+    let artifacts = vec![
+        Artifact {
+            name: "240p.jpeg".into(),
+            format: f("jpeg"),
+            size: 10,
+            checksum: "sha256:00".into(),
+            blob_key: "k/1".into(),
+        },
+        Artifact {
+            name: "720p.jpeg".into(),
+            format: f("jpeg"),
+            size: 20,
+            checksum: "sha256:11".into(),
+            blob_key: "k/2".into(),
+        },
+    ];
+    store
+        .transition(
+            c.id,
+            &Transition::Succeed {
+                attempt: 1,
+                artifacts: artifacts.clone(),
+            },
+        )
+        .await
+        .expect("succeed");
+    assert_eq!(store.get(c.id).await.expect("get").artifacts, artifacts);
+
+    let d = store
+        .create(sample(&tenant()))
+        .await
+        .expect("create")
+        .conversion;
+    store
+        .transition(d.id, &Transition::Start { attempt: 1 })
+        .await
+        .expect("start");
+    let err = ErrorInfo::new(
+        "invalid_input",
+        "facet count 10 exceeds the 84 bytes of data",
+    );
+    store
+        .transition(
+            d.id,
+            &Transition::Fail {
+                attempt: 1,
+                error: err.clone(),
+            },
+        )
+        .await
+        .expect("fail");
+    let got = store.get(d.id).await.expect("get");
+    assert_eq!((got.status, got.error), (Status::Failed, Some(err)));
+}
+
+/// Many writers race to start the same attempt: exactly one wins.
+pub async fn concurrent_transitions_have_one_winner(store: Arc<dyn ConversionStore>) {
+    let c = store
+        .create(sample(&tenant()))
+        .await
+        .expect("create")
+        .conversion;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            store
+                .transition(c.id, &Transition::Start { attempt: 1 })
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(_) => wins += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one concurrent start may win");
+    assert_eq!(store.get(c.id).await.expect("get").version, c.version + 1);
+}
+
+/// Filters narrow the list; pages are newest first, disjoint, and cover everything.
+pub async fn list_filters_and_pages(store: &dyn ConversionStore) {
+    let t = tenant();
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let mut n = sample(&t);
+        if i % 5 == 0 {
+            n.target_format = f("ply");
+            n.labels.insert("batch".into(), "five".into());
+            n.input_name = Some(format!("Bracket-{i}.STL"));
+        }
+        ids.push(n.id);
+        store.create(n).await.expect("create");
+    }
+    let started = ids[3];
+    store
+        .transition(started, &Transition::Start { attempt: 1 })
+        .await
+        .expect("start");
+
+    let mut seen = Vec::new();
+    let mut q = ListQuery {
+        tenant: Some(t.clone()),
+        limit: 10,
+        ..ListQuery::default()
+    };
+    let mut pages = 0;
+    loop {
+        let page = store.list(&q).await.expect("list");
+        pages += 1;
+        assert!(page.items.len() <= 10);
+        seen.extend(page.items.iter().map(|c| c.id));
+        match page.next_cursor {
+            Some(cur) => q.cursor = Some(cur),
+            None => break,
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    let mut want = ids.clone();
+    want.reverse();
+    assert_eq!(seen, want, "pages must list newest first, each record once");
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 25);
+
+    let by = |q: ListQuery| async move { store.list(&q).await.expect("list").items };
+    let base = ListQuery {
+        tenant: Some(t.clone()),
+        limit: 100,
+        ..ListQuery::default()
+    };
+    assert_eq!(
+        by(ListQuery {
+            target_format: Some(f("ply")),
+            ..base.clone()
+        })
+        .await
+        .len(),
+        5
+    );
+    assert_eq!(
+        by(ListQuery {
+            label: Some(("batch".into(), "five".into())),
+            ..base.clone()
+        })
+        .await
+        .len(),
+        5
+    );
+    assert_eq!(
+        by(ListQuery {
+            label: Some(("batch".into(), "six".into())),
+            ..base.clone()
+        })
+        .await
+        .len(),
+        0
+    );
+    assert_eq!(
+        by(ListQuery {
+            text: Some("bracket".into()),
+            ..base.clone()
+        })
+        .await
+        .len(),
+        5
+    );
+    let running = by(ListQuery {
+        statuses: vec![Status::Running],
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(
+        running.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![started]
+    );
+    assert_eq!(
+        by(ListQuery {
+            statuses: vec![Status::Queued, Status::Running],
+            ..base.clone()
+        })
+        .await
+        .len(),
+        25
+    );
+    assert_eq!(
+        by(ListQuery {
+            source_format: Some(f("obj")),
+            ..base.clone()
+        })
+        .await
+        .len(),
+        0
+    );
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(
+        by(ListQuery {
+            created_after: Some(future),
+            ..base.clone()
+        })
+        .await
+        .len(),
+        0
+    );
+    assert_eq!(
+        by(ListQuery {
+            created_before: Some(future),
+            ..base.clone()
+        })
+        .await
+        .len(),
+        25
+    );
+    assert_eq!(
+        by(ListQuery {
+            updated_before: Some(future),
+            ..base.clone()
+        })
+        .await
+        .len(),
+        25
+    );
+    assert_eq!(
+        by(ListQuery {
+            tenant: Some(tenant()),
+            ..base
+        })
+        .await
+        .len(),
+        0
+    );
+}
+
+/// Delete removes the record; counts follow statuses.
+pub async fn delete_and_count(store: &dyn ConversionStore) {
+    let before = store.count_by_status().await.expect("count");
+    let a = store
+        .create(sample(&tenant()))
+        .await
+        .expect("create")
+        .conversion;
+    let b = store
+        .create(sample(&tenant()))
+        .await
+        .expect("create")
+        .conversion;
+    store
+        .transition(b.id, &Transition::Cancel)
+        .await
+        .expect("cancel");
+    let after = store.count_by_status().await.expect("count");
+    let n = |m: &BTreeMap<Status, u64>, s| m.get(&s).copied().unwrap_or(0);
+    assert_eq!(n(&after, Status::Queued), n(&before, Status::Queued) + 1);
+    assert_eq!(
+        n(&after, Status::Cancelled),
+        n(&before, Status::Cancelled) + 1
+    );
+    let gone = store.delete(a.id).await.expect("delete");
+    assert_eq!(gone.id, a.id);
+    assert!(matches!(
+        store.get(a.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.delete(a.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let deleted = store.count_by_status().await.expect("count");
+    assert_eq!(
+        n(&deleted, Status::Queued),
+        n(&before, Status::Queued),
+        "a deleted record is no longer counted"
+    );
+    let mut again = sample(&tenant());
+    again.idempotency_key = Some("reuse".into());
+    let t = again.tenant.clone();
+    let first = store
+        .create(again.clone())
+        .await
+        .expect("create")
+        .conversion;
+    store.delete(first.id).await.expect("delete");
+    let mut reuse = sample(&t);
+    reuse.idempotency_key = Some("reuse".into());
+    assert!(
+        store.create(reuse).await.expect("create").created,
+        "a deleted record's key is free again"
+    );
+}

@@ -1,0 +1,6 @@
+//! The `/v1` handlers.
+
+pub mod conversions;
+pub mod system;
+pub mod upload;
+pub mod views;

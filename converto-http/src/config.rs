@@ -1,0 +1,388 @@
+//! Configuration: flags, then `CONVERTO_*` environment variables, then an optional TOML file,
+//! then defaults (in that order of precedence).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// The `converto` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "converto",
+    version,
+    about = "Durable file conversion jobs: the service, its workers, and a one-shot converter."
+)]
+pub struct Cli {
+    /// A TOML configuration file (keys as the long flags, with `_` for `-`).
+    #[arg(long, short = 'c', env = "CONVERTO_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API with in-process workers.
+    Serve(ServeArgs),
+    /// Run workers only (no HTTP).
+    Worker,
+    /// Convert one file here and now, with a progress bar.
+    Convert(ConvertArgs),
+    /// Create or upgrade the database schema of the configured store and queue.
+    Migrate,
+    /// Print the supported conversions.
+    Formats,
+}
+
+/// Settings shared by every command. Each is also read from the environment and the file.
+#[derive(Debug, Args, Default, Clone)]
+pub struct CommonArgs {
+    /// Where the embedded default keeps its database and blobs [default: ./converto-data].
+    #[arg(long, env = "CONVERTO_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Conversion store: `sqlite://PATH`, `postgres://...` or `memory` [default: SQLite in the data dir].
+    #[arg(long, env = "CONVERTO_STORE", global = true)]
+    pub store: Option<String>,
+    /// Job queue: `sqlite://PATH`, `postgres://...`, `redis://...` or `memory` [default: the store's database].
+    #[arg(long, env = "CONVERTO_QUEUE", global = true)]
+    pub queue: Option<String>,
+    /// Progress bus: `memory`, `postgres://...` or `redis://...` [default: memory].
+    #[arg(long, env = "CONVERTO_PROGRESS", global = true)]
+    pub progress: Option<String>,
+    /// Blob store: a directory, `file:///DIR`, `s3://BUCKET/PREFIX` or `memory` [default: DATA_DIR/blobs].
+    #[arg(long, env = "CONVERTO_BLOBS", global = true)]
+    pub blobs: Option<String>,
+    /// External-program route files (TOML), repeatable; e.g. routes/cad.toml.
+    #[arg(
+        long = "routes",
+        env = "CONVERTO_ROUTES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub routes: Vec<PathBuf>,
+    /// Conversions run at once by this process's workers [default: number of CPUs].
+    #[arg(long, env = "CONVERTO_CONCURRENCY", global = true)]
+    pub concurrency: Option<usize>,
+    /// Execution timeout of one attempt, in seconds [default: 900].
+    #[arg(long, env = "CONVERTO_JOB_TIMEOUT", global = true)]
+    pub job_timeout: Option<u64>,
+    /// Queue-wait limit in seconds: conversions waiting longer fail [default: none].
+    #[arg(long, env = "CONVERTO_MAX_QUEUE_WAIT", global = true)]
+    pub max_queue_wait: Option<u64>,
+    /// Attempts before a temporarily failing conversion fails [default: 3].
+    #[arg(long, env = "CONVERTO_MAX_ATTEMPTS", global = true)]
+    pub max_attempts: Option<u32>,
+    /// Lease of a running job in seconds; a crashed worker's jobs restart after this [default: 20].
+    #[arg(long, env = "CONVERTO_LEASE", global = true)]
+    pub lease: Option<u64>,
+    /// Largest accepted upload in bytes [default: 2147483648].
+    #[arg(long, env = "CONVERTO_MAX_UPLOAD_BYTES", global = true)]
+    pub max_upload_bytes: Option<u64>,
+    /// S3 region (for `--blobs s3://...`) [default: AWS_REGION, else us-east-1].
+    #[arg(long, env = "CONVERTO_S3_REGION", global = true)]
+    pub s3_region: Option<String>,
+    /// S3 endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000 [default: AWS].
+    #[arg(long, env = "CONVERTO_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// Allow plain-HTTP S3 endpoints.
+    #[arg(long, env = "CONVERTO_S3_ALLOW_HTTP", global = true)]
+    pub s3_allow_http: Option<bool>,
+    /// Multipart upload part size in bytes [default: 8388608].
+    #[arg(long, env = "CONVERTO_S3_PART_SIZE", global = true)]
+    pub s3_part_size: Option<usize>,
+    /// Multipart parts uploaded at once; memory per upload is this times the part size [default: 4].
+    #[arg(long, env = "CONVERTO_S3_MAX_PARTS_IN_FLIGHT", global = true)]
+    pub s3_max_parts_in_flight: Option<usize>,
+}
+
+/// `converto serve`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "CONVERTO_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Serve the API only, without in-process workers.
+    #[arg(long, env = "CONVERTO_NO_WORKERS")]
+    pub no_workers: bool,
+    /// Redirect artifact downloads to presigned URLs (S3 blob store).
+    #[arg(long, env = "CONVERTO_REDIRECT_DOWNLOADS")]
+    pub redirect_downloads: bool,
+    /// Public base URL of this server, used in upload URLs.
+    #[arg(long, env = "CONVERTO_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+/// `converto convert`.
+#[derive(Debug, Args, Clone)]
+pub struct ConvertArgs {
+    /// The file to convert.
+    pub input: PathBuf,
+    /// The wanted format, e.g. `obj`.
+    #[arg(long = "to", short = 't')]
+    pub to: String,
+    /// The input's format, if its extension or content does not say.
+    #[arg(long = "from")]
+    pub from: Option<String>,
+    /// Where to write the result (a directory when the conversion has several outputs)
+    /// [default: next to the input, with the new extension].
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Converter options as a JSON object, e.g. '{"encoding":"ascii"}'.
+    #[arg(long)]
+    pub options: Option<String>,
+}
+
+/// The optional TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    data_dir: Option<PathBuf>,
+    store: Option<String>,
+    queue: Option<String>,
+    progress: Option<String>,
+    blobs: Option<String>,
+    #[serde(default)]
+    routes: Vec<PathBuf>,
+    concurrency: Option<usize>,
+    job_timeout: Option<u64>,
+    max_queue_wait: Option<u64>,
+    max_attempts: Option<u32>,
+    lease: Option<u64>,
+    max_upload_bytes: Option<u64>,
+    listen: Option<SocketAddr>,
+    no_workers: Option<bool>,
+    redirect_downloads: Option<bool>,
+    public_url: Option<String>,
+    #[serde(default)]
+    s3: S3File,
+}
+
+/// The `[s3]` table of the TOML file. Credentials may be given here or in the environment
+/// (`AWS_ACCESS_KEY_ID`, ...), never as flags, so that they do not show in process lists.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3File {
+    region: Option<String>,
+    endpoint: Option<String>,
+    allow_http: Option<bool>,
+    virtual_hosted_style: Option<bool>,
+    part_size: Option<usize>,
+    max_parts_in_flight: Option<usize>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<Secret>,
+    session_token: Option<Secret>,
+}
+
+/// A secret: its `Debug` never shows the value.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// S3 settings: `explicit` ones (flags and `CONVERTO_S3_*` variables) win over the standard
+/// `AWS_*` variables, which win over the file's `[s3]` table (`fallback`).
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    /// Region.
+    pub region: Option<String>,
+    /// Endpoint.
+    pub endpoint: Option<String>,
+    /// Plain HTTP allowed.
+    pub allow_http: Option<bool>,
+    /// Virtual-hosted-style requests.
+    pub virtual_hosted_style: Option<bool>,
+    /// Part size in bytes.
+    pub part_size: Option<usize>,
+    /// Parts in flight.
+    pub max_parts_in_flight: Option<usize>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<Secret>,
+    /// Session token.
+    pub session_token: Option<Secret>,
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+}
+
+/// The settings in force.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Store URL.
+    pub store: String,
+    /// Queue URL.
+    pub queue: String,
+    /// Progress URL.
+    pub progress: String,
+    /// Blobs URL.
+    pub blobs: String,
+    /// Route files.
+    pub routes: Vec<PathBuf>,
+    /// Worker concurrency.
+    pub concurrency: Option<usize>,
+    /// Execution timeout.
+    pub job_timeout: Duration,
+    /// Queue-wait limit.
+    pub max_queue_wait: Option<Duration>,
+    /// Attempts.
+    pub max_attempts: u32,
+    /// Lease.
+    pub lease: Duration,
+    /// Upload limit.
+    pub max_upload_bytes: u64,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// API only.
+    pub no_workers: bool,
+    /// Presigned download redirects.
+    pub redirect_downloads: bool,
+    /// Public URL.
+    pub public_url: Option<String>,
+    /// S3 settings from flags and `CONVERTO_S3_*` variables.
+    pub s3_explicit: S3Settings,
+    /// S3 settings from the file's `[s3]` table.
+    pub s3_fallback: S3Settings,
+}
+
+impl Settings {
+    /// Merges flags/environment (already in `common`/`serve`), the file, and defaults.
+    pub fn resolve(
+        config: Option<&Path>,
+        common: &CommonArgs,
+        serve: Option<&ServeArgs>,
+    ) -> Result<Self, ConfigError> {
+        let file = match config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.into(),
+                    source: Box::new(e),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = common
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("converto-data"));
+        let store = common
+            .store
+            .clone()
+            .or(file.store)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("converto.db").display()));
+        let queue = common
+            .queue
+            .clone()
+            .or(file.queue)
+            .unwrap_or_else(|| store.clone());
+        let serve = serve.cloned().unwrap_or_default();
+        let routes = if common.routes.is_empty() {
+            file.routes
+        } else {
+            common.routes.clone()
+        };
+        Ok(Self {
+            store,
+            queue,
+            progress: common
+                .progress
+                .clone()
+                .or(file.progress)
+                .unwrap_or_else(|| "memory".into()),
+            blobs: common
+                .blobs
+                .clone()
+                .or(file.blobs)
+                .unwrap_or_else(|| data_dir.join("blobs").display().to_string()),
+            routes,
+            concurrency: common.concurrency.or(file.concurrency),
+            job_timeout: Duration::from_secs(
+                common.job_timeout.or(file.job_timeout).unwrap_or(900),
+            ),
+            max_queue_wait: common
+                .max_queue_wait
+                .or(file.max_queue_wait)
+                .map(Duration::from_secs),
+            max_attempts: common.max_attempts.or(file.max_attempts).unwrap_or(3),
+            lease: Duration::from_secs(common.lease.or(file.lease).unwrap_or(20).max(1)),
+            max_upload_bytes: common
+                .max_upload_bytes
+                .or(file.max_upload_bytes)
+                .unwrap_or(2 * 1024 * 1024 * 1024),
+            listen: serve
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            no_workers: serve.no_workers || file.no_workers.unwrap_or(false),
+            redirect_downloads: serve.redirect_downloads
+                || file.redirect_downloads.unwrap_or(false),
+            public_url: serve.public_url.or(file.public_url),
+            s3_explicit: S3Settings {
+                region: common.s3_region.clone(),
+                endpoint: common.s3_endpoint.clone(),
+                allow_http: common.s3_allow_http,
+                part_size: common.s3_part_size,
+                max_parts_in_flight: common.s3_max_parts_in_flight,
+                ..S3Settings::default()
+            },
+            s3_fallback: S3Settings {
+                region: file.s3.region,
+                endpoint: file.s3.endpoint,
+                allow_http: file.s3.allow_http,
+                virtual_hosted_style: file.s3.virtual_hosted_style,
+                part_size: file.s3.part_size,
+                max_parts_in_flight: file.s3.max_parts_in_flight,
+                access_key_id: file.s3.access_key_id,
+                secret_access_key: file.s3.secret_access_key,
+                session_token: file.s3.session_token,
+            },
+            data_dir,
+        })
+    }
+}

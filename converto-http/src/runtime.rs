@@ -1,0 +1,352 @@
+//! Turns [`Settings`] into running backends, converters and an engine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use converto_core::blob::BlobStore;
+use converto_core::memory::{
+    MemoryBlobStore, MemoryConversionStore, MemoryJobQueue, MemoryProgressBus,
+};
+use converto_core::progress::ProgressBus;
+use converto_core::queue::JobQueue;
+use converto_core::store::ConversionStore;
+use converto_core::{Backends, ConverterRegistry, Engine, EngineConfig};
+
+use crate::config::Settings;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A backend URL names a scheme this build does not support.
+    #[error("{what} {url:?}: unsupported (this build supports: {supported})")]
+    Unsupported {
+        /// Which backend.
+        what: &'static str,
+        /// The URL given.
+        url: String,
+        /// What would work.
+        supported: &'static str,
+    },
+    /// A backend could not be opened.
+    #[error("{what} {url:?}: {source}")]
+    Backend {
+        /// Which backend.
+        what: &'static str,
+        /// The URL (credentials removed).
+        url: String,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A converter could not be configured.
+    #[error("converter configuration: {0}")]
+    Converter(Box<dyn std::error::Error + Send + Sync>),
+    /// I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn redact(url: &str) -> String {
+    // scheme://user:password@host -> scheme://user:***@host
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[allow(dead_code)] // used by the backends some builds leave out
+fn backend_err(
+    what: &'static str,
+    url: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> StartError {
+    StartError::Backend {
+        what,
+        url: redact(url),
+        source: Box::new(e),
+    }
+}
+
+/// Opened backends, shared where two roles use the same database.
+#[derive(Default)]
+struct Opened {
+    #[cfg(feature = "sqlite")]
+    sqlite: HashMap<String, converto_adapters::sqlite::SqliteBackend>,
+    #[cfg(feature = "postgres")]
+    postgres: HashMap<String, converto_adapters::postgres::PostgresBackend>,
+    #[cfg(feature = "redis")]
+    redis: HashMap<String, converto_adapters::redis::RedisBackend>,
+    _unused: HashMap<String, ()>,
+}
+
+#[allow(dead_code)] // used by the backends some builds leave out
+fn sqlite_path(url: &str) -> Option<&str> {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+}
+
+impl Opened {
+    #[cfg(feature = "sqlite")]
+    async fn sqlite(
+        &mut self,
+        url: &str,
+        what: &'static str,
+    ) -> Result<converto_adapters::sqlite::SqliteBackend, StartError> {
+        if let Some(b) = self.sqlite.get(url) {
+            return Ok(b.clone());
+        }
+        if let Some(path) = sqlite_path(url) {
+            if let Some(parent) = std::path::Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+        }
+        let b = converto_adapters::sqlite::SqliteBackend::connect(url)
+            .await
+            .map_err(|e| backend_err(what, url, e))?;
+        self.sqlite.insert(url.to_owned(), b.clone());
+        Ok(b)
+    }
+
+    #[cfg(feature = "postgres")]
+    async fn postgres(
+        &mut self,
+        url: &str,
+        what: &'static str,
+    ) -> Result<converto_adapters::postgres::PostgresBackend, StartError> {
+        if let Some(b) = self.postgres.get(url) {
+            return Ok(b.clone());
+        }
+        // The URL comes from the flag; the schema and pool settings from CONVERTO_POSTGRES_*.
+        let config = converto_adapters::postgres::PostgresConfig::from_env_with_url(url)
+            .map_err(|e| backend_err(what, url, e))?;
+        let b = converto_adapters::postgres::PostgresBackend::connect(config)
+            .await
+            .map_err(|e| backend_err(what, url, e))?;
+        self.postgres.insert(url.to_owned(), b.clone());
+        Ok(b)
+    }
+
+    #[cfg(feature = "redis")]
+    async fn redis(
+        &mut self,
+        url: &str,
+        what: &'static str,
+    ) -> Result<converto_adapters::redis::RedisBackend, StartError> {
+        if let Some(b) = self.redis.get(url) {
+            return Ok(b.clone());
+        }
+        // The URL comes from the flag; the key prefix and timeouts from CONVERTO_REDIS_*.
+        let config = converto_adapters::redis::RedisConfig::from_env()
+            .map_err(|e| backend_err(what, url, e))?
+            .url(url);
+        let b = converto_adapters::redis::RedisBackend::connect(config)
+            .await
+            .map_err(|e| backend_err(what, url, e))?;
+        self.redis.insert(url.to_owned(), b.clone());
+        Ok(b)
+    }
+}
+
+const STORES: &str = "sqlite://PATH, postgres://..., memory";
+const QUEUES: &str = "sqlite://PATH, postgres://..., redis://..., memory";
+const BUSES: &str = "memory, postgres://..., redis://...";
+const BLOBS: &str = "a directory, file:///DIR, s3://BUCKET/PREFIX, memory";
+
+/// Opens the four backends the settings name.
+pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
+    let mut opened = Opened::default();
+    let unsupported = |what, url: &str, supported| StartError::Unsupported {
+        what,
+        url: redact(url),
+        supported,
+    };
+
+    let store: Arc<dyn ConversionStore> = match s.store.as_str() {
+        "memory" => Arc::new(MemoryConversionStore::new()),
+        #[cfg(feature = "sqlite")]
+        u if sqlite_path(u).is_some() => opened.sqlite(u, "store").await?.store(),
+        #[cfg(feature = "postgres")]
+        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            opened.postgres(u, "store").await?.store()
+        }
+        u => return Err(unsupported("store", u, STORES)),
+    };
+    let queue: Arc<dyn JobQueue> = match s.queue.as_str() {
+        "memory" => Arc::new(MemoryJobQueue::new()),
+        #[cfg(feature = "sqlite")]
+        u if sqlite_path(u).is_some() => opened.sqlite(u, "queue").await?.queue(),
+        #[cfg(feature = "postgres")]
+        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            opened.postgres(u, "queue").await?.queue()
+        }
+        #[cfg(feature = "redis")]
+        u if u.starts_with("redis://") || u.starts_with("rediss://") => {
+            opened.redis(u, "queue").await?.queue()
+        }
+        u => return Err(unsupported("queue", u, QUEUES)),
+    };
+    let bus: Arc<dyn ProgressBus> = match s.progress.as_str() {
+        "memory" => Arc::new(MemoryProgressBus::new()),
+        #[cfg(feature = "postgres")]
+        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            opened.postgres(u, "progress").await?.bus()
+        }
+        #[cfg(feature = "redis")]
+        u if u.starts_with("redis://") || u.starts_with("rediss://") => {
+            opened.redis(u, "progress").await?.bus()
+        }
+        u => return Err(unsupported("progress", u, BUSES)),
+    };
+    let blobs: Arc<dyn BlobStore> = match s.blobs.as_str() {
+        "memory" => Arc::new(MemoryBlobStore::new()),
+        #[cfg(feature = "s3")]
+        u if u.starts_with("s3://") => {
+            let cfg = s3_config(s).map_err(|e| backend_err("blobs", u, e))?;
+            Arc::new(
+                converto_adapters::s3::ObjectBlobStore::from_url(u, &cfg)
+                    .map_err(|e| backend_err("blobs", u, e))?,
+            )
+        }
+        #[cfg(feature = "local")]
+        u if !u.contains("://") || u.starts_with("file://") => {
+            let dir = u.strip_prefix("file://").unwrap_or(u);
+            Arc::new(
+                converto_adapters::local::LocalBlobStore::open(dir)
+                    .await
+                    .map_err(|e| backend_err("blobs", u, e))?,
+            )
+        }
+        u => return Err(unsupported("blobs", u, BLOBS)),
+    };
+    let _ = &mut opened;
+    Ok(Backends {
+        store,
+        queue,
+        bus,
+        blobs,
+    })
+}
+
+/// The S3 configuration: flags and `CONVERTO_S3_*` variables, then the `AWS_*` variables,
+/// then the file's `[s3]` table.
+#[cfg(feature = "s3")]
+fn s3_config(
+    s: &Settings,
+) -> Result<converto_adapters::s3::S3Config, converto_adapters::s3::S3ConfigError> {
+    let mut cfg = converto_adapters::s3::S3Config::from_env()?;
+    let (x, f) = (&s.s3_explicit, &s.s3_fallback);
+    fn pick<T: Clone>(explicit: &Option<T>, env: Option<T>, file: &Option<T>) -> Option<T> {
+        explicit.clone().or(env).or_else(|| file.clone())
+    }
+    cfg.region = pick(&x.region, cfg.region, &f.region);
+    cfg.endpoint = pick(&x.endpoint, cfg.endpoint, &f.endpoint);
+    cfg.allow_http = pick(&x.allow_http, cfg.allow_http, &f.allow_http);
+    cfg.virtual_hosted_style = pick(
+        &x.virtual_hosted_style,
+        cfg.virtual_hosted_style,
+        &f.virtual_hosted_style,
+    );
+    // Part sizes have no AWS_* variable: flag or CONVERTO_S3_* variable, then the file.
+    if let Some(n) = x.part_size.or(f.part_size) {
+        cfg.part_size = n;
+    }
+    if let Some(n) = x.max_parts_in_flight.or(f.max_parts_in_flight) {
+        cfg.max_parts_in_flight = n;
+    }
+    cfg.access_key_id = cfg.access_key_id.or_else(|| f.access_key_id.clone());
+    cfg.secret_access_key = cfg
+        .secret_access_key
+        .or_else(|| f.secret_access_key.as_ref().map(|v| v.expose().to_owned()));
+    cfg.session_token = cfg
+        .session_token
+        .or_else(|| f.session_token.as_ref().map(|v| v.expose().to_owned()));
+    Ok(cfg)
+}
+
+/// Runs the migrations of every SQL backend the settings name.
+pub async fn migrate(s: &Settings) -> Result<Vec<String>, StartError> {
+    // Opening runs the migrations; report what was migrated.
+    let _ = open_backends(s).await?;
+    let mut done = vec![redact(&s.store)];
+    if s.queue != s.store {
+        done.push(redact(&s.queue));
+    }
+    Ok(done)
+}
+
+/// Every converter built into this binary, plus the external-program routes configured.
+pub fn registry(s: &Settings) -> Result<ConverterRegistry, StartError> {
+    #[allow(unused_mut)]
+    let mut reg = ConverterRegistry::new();
+    #[cfg(feature = "mesh")]
+    reg.register(Arc::new(converto_adapters::mesh::MeshConverter::new()));
+    #[cfg(feature = "image")]
+    reg.register(Arc::new(converto_adapters::image::ImageConverter::new(
+        converto_adapters::image::ImageConfig::default(),
+    )));
+    #[cfg(feature = "process")]
+    for path in &s.routes {
+        let conv = converto_adapters::process::ProcessConverter::from_toml_file(path)
+            .map_err(|e| StartError::Converter(Box::new(e)))?;
+        reg.register(Arc::new(conv));
+    }
+    #[cfg(not(feature = "process"))]
+    if !s.routes.is_empty() {
+        return Err(StartError::Unsupported {
+            what: "routes",
+            url: format!("{:?}", s.routes),
+            supported: "nothing: built without the process feature",
+        });
+    }
+    Ok(reg)
+}
+
+/// The engine configuration the settings give.
+pub fn engine_config(s: &Settings) -> EngineConfig {
+    let mut c = EngineConfig::default()
+        .job_timeout(s.job_timeout)
+        .max_queue_wait(s.max_queue_wait)
+        .max_attempts(s.max_attempts)
+        .lease_duration(s.lease)
+        .scratch_dir(s.data_dir.join("scratch"))
+        .max_input_bytes(Some(s.max_upload_bytes));
+    if let Some(n) = s.concurrency {
+        c = c.concurrency(n);
+    }
+    c
+}
+
+/// Builds the engine.
+pub async fn engine(s: &Settings) -> Result<Engine, StartError> {
+    let backends = open_backends(s).await?;
+    let registry = registry(s)?;
+    Engine::builder()
+        .backends(backends)
+        .registry(registry)
+        .config(engine_config(s))
+        .build()
+        .map_err(|e| StartError::Converter(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,665 @@
+//! The HTTP API through `oneshot`, on in-memory backends with the testkit's scripted converter.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode, header};
+use converto_core::Backends;
+use converto_core::testkit::engine::{Workers, engine_with, fast_config};
+use converto_http::{ApiSettings, AppState, app};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Api {
+    router: Router,
+    backends: Backends,
+    _workers: Workers,
+}
+
+fn api_with(settings: ApiSettings) -> Api {
+    let backends = Backends::in_memory();
+    let (engine, _) = engine_with(&backends, fast_config());
+    let workers = Workers::start(&engine);
+    Api {
+        router: app(AppState::new(engine, settings)),
+        backends,
+        _workers: workers,
+    }
+}
+
+fn api() -> Api {
+    api_with(ApiSettings {
+        max_upload_bytes: 10_000,
+        ..ApiSettings::default()
+    })
+}
+
+const BOUNDARY: &str = "----convertotestboundary";
+
+/// A multipart body from (name, file name, bytes) parts.
+fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, file, data) in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        match file {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
+        }
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+impl Api {
+    async fn call(&self, req: Request<Body>) -> Response<Body> {
+        self.router.clone().oneshot(req).await.expect("infallible")
+    }
+
+    async fn submit(&self, parts: &[(&str, Option<&str>, &[u8])]) -> Response<Body> {
+        let req = Request::post("/v1/conversions")
+            .header(
+                header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .body(Body::from(multipart(parts)))
+            .expect("request");
+        self.call(req).await
+    }
+
+    async fn get(&self, uri: &str) -> Response<Body> {
+        self.call(Request::get(uri).body(Body::empty()).expect("request"))
+            .await
+    }
+
+    async fn post(&self, uri: &str) -> Response<Body> {
+        self.call(Request::post(uri).body(Body::empty()).expect("request"))
+            .await
+    }
+
+    /// Follows the SSE stream to its end and returns the event names in order.
+    async fn follow(&self, id: &str) -> Vec<String> {
+        let resp = self.get(&format!("/v1/conversions/{id}/events")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+        let body = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
+            .await
+            .expect("events end")
+            .expect("body");
+        let text = String::from_utf8(body.to_bytes().to_vec()).expect("utf8");
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Asserts nothing was left behind by a refused request.
+    async fn assert_nothing_stored(&self) {
+        let blobs = self.backends.blobs.list("").await.expect("list");
+        assert!(blobs.is_empty(), "blobs left behind: {blobs:?}");
+        let resp = self.get("/v1/conversions").await;
+        assert_eq!(json_of(resp).await["items"], json!([]));
+    }
+}
+
+async fn json_of(resp: Response<Body>) -> Value {
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+}
+
+async fn problem(resp: Response<Body>, status: StatusCode) -> Value {
+    assert_eq!(resp.status(), status);
+    assert_eq!(
+        resp.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let p = json_of(resp).await;
+    assert_eq!(p["status"], status.as_u16());
+    assert!(
+        p["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "problem without detail: {p}"
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_follow_download() {
+    let api = api();
+    let resp = api
+        .submit(&[
+            ("target_format", None, b"upper"),
+            ("options", None, br#"{"steps": 5}"#),
+            ("labels", None, b"project=apollo"),
+            ("file", Some("notes.txt"), b"hello over http"),
+        ])
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()[header::LOCATION]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let body = json_of(resp).await;
+    let id = body["id"].as_str().expect("id").to_owned();
+    assert_eq!(location, format!("/v1/conversions/{id}"));
+    assert_eq!(body["source_format"], "txt");
+    assert_eq!(body["labels"]["project"], "apollo");
+
+    let events = api.follow(&id).await;
+    assert!(
+        events.last().is_some_and(|e| e.contains("\"succeeded\"")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.contains("\"progress\"")),
+        "no progress events: {events:?}"
+    );
+
+    let rec = json_of(api.get(&location).await).await;
+    assert_eq!(rec["status"], "succeeded");
+    assert_eq!(rec["progress"]["percent"], 100);
+    let url = rec["artifacts"][0]["url"].as_str().expect("url").to_owned();
+    let size = rec["artifacts"][0]["size"].as_u64().expect("size");
+
+    let resp = api.get(&url).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let etag = resp.headers()[header::ETAG]
+        .to_str()
+        .expect("etag")
+        .to_owned();
+    assert_eq!(resp.headers()[header::ACCEPT_RANGES], "bytes");
+    let cd = resp.headers()[header::CONTENT_DISPOSITION]
+        .to_str()
+        .expect("cd")
+        .to_owned();
+    assert!(cd.contains("filename=\"notes.upper\""), "{cd}");
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&bytes[..], b"HELLO OVER HTTP\nattempt=1");
+    assert_eq!(bytes.len() as u64, size);
+
+    let ranged = api
+        .call(
+            Request::get(&url)
+                .header(header::RANGE, "bytes=6-9")
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        ranged.headers()[header::CONTENT_RANGE],
+        format!("bytes 6-9/{size}").as_str()
+    );
+    assert_eq!(
+        &ranged.into_body().collect().await.expect("b").to_bytes()[..],
+        b"OVER"
+    );
+    let suffix = api
+        .call(
+            Request::get(&url)
+                .header(header::RANGE, "bytes=-9")
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    assert_eq!(
+        &suffix.into_body().collect().await.expect("b").to_bytes()[..],
+        b"attempt=1"
+    );
+    let bad = api
+        .call(
+            Request::get(&url)
+                .header(header::RANGE, format!("bytes={size}-"))
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    assert_eq!(bad.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let cached = api
+        .call(
+            Request::get(&url)
+                .header(header::IF_NONE_MATCH, &etag)
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+
+    // A finished conversion cannot be cancelled; it can be deleted.
+    problem(
+        api.post(&format!("/v1/conversions/{id}/cancel")).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    let del = api
+        .call(Request::delete(&location).body(Body::empty()).expect("r"))
+        .await;
+    assert_eq!(del.status(), StatusCode::NO_CONTENT);
+    problem(api.get(&location).await, StatusCode::NOT_FOUND).await;
+    api.assert_nothing_stored().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_leaves_nothing() {
+    let api = api();
+    let p = problem(
+        api.submit(&[("target_format", None, b"upper")]).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(
+        p["detail"].as_str().is_some_and(|d| d.contains("file")),
+        "{p}"
+    );
+    let p = problem(
+        api.submit(&[("file", Some("a.txt"), b"abc")]).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("target_format")),
+        "{p}"
+    );
+    // Unsupported route: the supported ones are listed.
+    let p = problem(
+        api.submit(&[
+            ("target_format", None, b"step"),
+            ("file", Some("a.txt"), b"abc"),
+        ])
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert!(
+        p["supported_routes"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "{p}"
+    );
+    assert!(
+        p["supported_targets"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("upper"))),
+        "{p}"
+    );
+    // Route decided by the file name after upload.
+    problem(
+        api.submit(&[
+            ("file", Some("a.txt"), b"abc"),
+            ("target_format", None, b"step"),
+        ])
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    problem(
+        api.submit(&[
+            ("target_format", None, b"upper"),
+            ("file", Some("empty.txt"), b""),
+        ])
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.submit(&[
+            ("target_format", None, b"upper"),
+            ("file", Some("big.txt"), &[b'a'; 20_000]),
+        ])
+        .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    problem(
+        api.submit(&[
+            ("target_format", None, b"upper"),
+            ("options", None, b"{not json"),
+            ("file", Some("a.txt"), b"abc"),
+        ])
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.submit(&[
+            ("target_format", None, b"upper"),
+            ("file", Some("a.txt"), b"abc"),
+            ("options", None, b"[1,2]"),
+        ])
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.submit(&[
+            ("target_format", None, b"../etc"),
+            ("file", Some("a.txt"), b"abc"),
+        ])
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.submit(&[
+            ("target_format", None, b"upper"),
+            ("file", Some("noext"), b"\x00\x01\x02"),
+        ])
+        .await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    )
+    .await;
+    problem(
+        api.submit(&[
+            ("target_format", None, b"upper"),
+            ("surprise", None, b"x"),
+            ("file", Some("a.txt"), b"abc"),
+        ])
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.submit(&[
+            ("target_format", None, b"upper"),
+            ("priority", None, b"high"),
+            ("file", Some("a.txt"), b"abc"),
+        ])
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let plain = Request::post("/v1/conversions")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("hi"))
+        .expect("r");
+    problem(api.call(plain).await, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    let broken = Request::post("/v1/conversions")
+        .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(Body::from(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\nabc")))
+        .expect("r");
+    problem(api.call(broken).await, StatusCode::BAD_REQUEST).await;
+    let declared_huge = Request::post("/v1/conversions")
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .header(header::CONTENT_LENGTH, "50000000000")
+        .body(Body::empty())
+        .expect("r");
+    let resp = api.call(declared_huge).await;
+    assert_eq!(resp.headers()[header::CONNECTION], "close");
+    problem(resp, StatusCode::PAYLOAD_TOO_LARGE).await;
+    api.assert_nothing_stored().await;
+
+    problem(
+        api.get("/v1/conversions/not-an-id").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.get("/v1/conversions/..%2F..%2Fetc%2Fpasswd").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.get("/v1/conversions/0190c3e0-7b9a-7cc1-8f0e-1f2a3b4c5d6e")
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        api.post("/v1/conversions/0190c3e0-7b9a-7cc1-8f0e-1f2a3b4c5d6e/cancel")
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        api.get("/v1/conversions/0190c3e0-7b9a-7cc1-8f0e-1f2a3b4c5d6e/artifacts/x")
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        api.get("/v1/conversions?limit=0").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.get("/v1/conversions?status=exploded").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.get("/v1/conversions?cursor=abc").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(api.get("/v1/nothing-here").await, StatusCode::NOT_FOUND).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_file_names_are_sanitised() {
+    let api = api();
+    let resp = api
+        .submit(&[
+            ("target_format", None, b"upper"),
+            ("file", Some("../../etc/passwd.txt"), b"abc"),
+        ])
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let body = json_of(resp).await;
+    assert_eq!(body["input"]["name"], "passwd.txt");
+    let id = body["id"].as_str().expect("id");
+    for b in api.backends.blobs.list("").await.expect("list") {
+        assert!(
+            b.key.starts_with("uploads/") || b.key.starts_with(&format!("conversions/{id}/")),
+            "unexpected key {}",
+            b.key
+        );
+        assert!(!b.key.contains(".."));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_first_then_convert() {
+    let api = api();
+    let resp = api.post("/v1/uploads").await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let ticket = json_of(resp).await;
+    assert_eq!(ticket["presigned"], false);
+    let url = ticket["url"].as_str().expect("url").to_owned();
+    let upload_id = ticket["upload_id"].as_str().expect("id").to_owned();
+    let put = api
+        .call(
+            Request::put(&url)
+                .body(Body::from("uploaded first"))
+                .expect("r"),
+        )
+        .await;
+    assert_eq!(put.status(), StatusCode::CREATED);
+    assert_eq!(json_of(put).await["size"], 14);
+    let submit = |body: Value| {
+        Request::post("/v1/conversions")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", "k1")
+            .body(Body::from(body.to_string()))
+            .expect("r")
+    };
+    let resp = api
+        .call(submit(
+            json!({"upload_id": upload_id, "target_format": "upper", "file_name": "first.txt"}),
+        ))
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let id = json_of(resp).await["id"].as_str().expect("id").to_owned();
+    let replay = api
+        .call(submit(
+            json!({"upload_id": upload_id, "target_format": "upper", "file_name": "first.txt"}),
+        ))
+        .await;
+    assert_eq!(
+        replay.status(),
+        StatusCode::OK,
+        "an idempotent replay answers 200 with the first conversion"
+    );
+    assert_eq!(json_of(replay).await["id"], id.as_str());
+    let events = api.follow(&id).await;
+    assert!(events.last().is_some_and(|e| e.contains("succeeded")));
+    problem(
+        api.call(submit(
+            json!({"upload_id": "0190c3e0-7b9a-7cc1-8f0e-1f2a3b4c5d6e", "target_format": "upper"}),
+        ))
+        .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        api.call(submit(
+            json!({"upload_id": "../x", "target_format": "upper"}),
+        ))
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.call(submit(
+            json!({"upload_id": upload_id, "target_format": "upper", "bogus": 1}),
+        ))
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.call(
+            Request::put("/v1/uploads/nope")
+                .body(Body::from("x"))
+                .expect("r"),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        api.call(Request::put(&url).body(Body::empty()).expect("r"))
+            .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_a_running_conversion() {
+    let api = api();
+    let resp = api
+        .submit(&[
+            ("target_format", None, b"upper"),
+            ("options", None, br#"{"mode":"hang"}"#),
+            ("file", Some("a.txt"), b"abc"),
+        ])
+        .await;
+    let id = json_of(resp).await["id"].as_str().expect("id").to_owned();
+    for _ in 0..200 {
+        if json_of(api.get(&format!("/v1/conversions/{id}")).await).await["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let resp = api.post(&format!("/v1/conversions/{id}/cancel")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(json_of(resp).await["status"], "cancelled");
+    let events = api.follow(&id).await;
+    assert_eq!(
+        events.len(),
+        1,
+        "a finished conversion's stream is its final status: {events:?}"
+    );
+    assert!(events[0].contains("cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_and_pages() {
+    let api = api();
+    for i in 0..5 {
+        let label = format!("batch={}", if i % 2 == 0 { "even" } else { "odd" });
+        let resp = api
+            .submit(&[
+                ("target_format", None, b"upper"),
+                ("labels", None, label.as_bytes()),
+                ("file", Some(&format!("f{i}.txt")), b"abc"),
+            ])
+            .await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    }
+    let page = json_of(api.get("/v1/conversions?limit=2").await).await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    let cursor = page["next_cursor"].as_str().expect("cursor").to_owned();
+    let next = json_of(
+        api.get(&format!("/v1/conversions?limit=2&cursor={cursor}"))
+            .await,
+    )
+    .await;
+    assert_ne!(next["items"][0]["id"], page["items"][0]["id"]);
+    let even = json_of(api.get("/v1/conversions?label=batch=even").await).await;
+    assert_eq!(even["items"].as_array().map(Vec::len), Some(3));
+    let named = json_of(api.get("/v1/conversions?q=f3").await).await;
+    assert_eq!(named["items"].as_array().map(Vec::len), Some(1));
+    let none = json_of(api.get("/v1/conversions?target_format=obj").await).await;
+    assert_eq!(none["items"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_endpoints() {
+    let api = api();
+    let formats = json_of(api.get("/v1/formats").await).await;
+    assert!(formats["routes"].as_array().is_some_and(|r| {
+        r.iter()
+            .any(|r| r["source"] == "txt" && r["target"] == "upper")
+    }));
+    assert_eq!(json_of(api.get("/healthz").await).await["status"], "ok");
+    let ready = api.get("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(json_of(ready).await["checks"]["store"], "ok");
+    let _ = api.get("/v1/formats").await;
+    let metrics = api.get("/metrics").await;
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        metrics
+            .into_body()
+            .collect()
+            .await
+            .expect("b")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("utf8");
+    for name in [
+        "converto_http_requests_total",
+        "converto_conversions",
+        "converto_queue_jobs",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    let spec = json_of(api.get("/openapi.json").await).await;
+    for path in [
+        "/v1/conversions",
+        "/v1/conversions/{id}",
+        "/v1/conversions/{id}/events",
+        "/v1/conversions/{id}/artifacts/{name}",
+        "/v1/uploads",
+        "/v1/uploads/{id}",
+        "/v1/formats",
+        "/readyz",
+    ] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from the OpenAPI spec"
+        );
+    }
+}

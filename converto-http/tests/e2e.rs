@@ -1,0 +1,210 @@
+//! End to end: the real `converto` binary on the embedded default (SQLite + local disk), driven
+//! over HTTP: upload, follow events, download; then `kill -9` with conversions queued and
+//! running, restart, and every conversion finishes; then a graceful SIGTERM.
+#![cfg(all(
+    feature = "sqlite",
+    feature = "local",
+    feature = "mesh",
+    feature = "process"
+))]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Proc;
+use serde_json::Value;
+
+/// `converto --data-dir DATA serve --listen 127.0.0.1:0 EXTRA...`.
+fn start(data_dir: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Proc::spawn(&args, &[], true)
+}
+
+async fn submit(
+    client: &reqwest::Client,
+    server: &Proc,
+    name: &str,
+    bytes: Vec<u8>,
+    target: &str,
+) -> String {
+    common::submit(client, server.base(), name, bytes, target).await
+}
+
+async fn record(client: &reqwest::Client, server: &Proc, id: &str) -> Value {
+    common::record(client, server.base(), id).await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_binary_converts_survives_kill_and_shuts_down_gracefully() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // A slow external converter, so conversions are running and queued when the server dies.
+    let routes = common::slow_route(dir.path(), "1");
+    let routes_arg = routes.display().to_string();
+    let client = reqwest::Client::new();
+
+    // 1. Upload a mesh, follow its events, download the result.
+    let mut server = start(
+        &data,
+        &[
+            "--routes",
+            &routes_arg,
+            "--concurrency",
+            "1",
+            "--lease",
+            "2",
+        ],
+    );
+    let mut stl = Vec::new();
+    stl.extend_from_slice(&[0u8; 80]);
+    stl.extend_from_slice(&1u32.to_le_bytes());
+    for v in [
+        [0.0f32, 0.0, 1.0],
+        [0.0, 0.0, 0.0],
+        [1.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0],
+    ] {
+        for c in v {
+            stl.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    stl.extend_from_slice(&[0, 0]);
+    let id = submit(&client, &server, "triangle.stl", stl, "obj").await;
+    let events = tokio::time::timeout(Duration::from_secs(30), async {
+        client
+            .get(server.url(&format!("/v1/conversions/{id}/events")))
+            .send()
+            .await
+            .expect("events")
+            .text()
+            .await
+            .expect("body")
+    })
+    .await
+    .expect("the event stream ends with the conversion");
+    assert!(
+        events.contains("event: status") && events.contains("\"succeeded\""),
+        "{events}"
+    );
+    let rec = record(&client, &server, &id).await;
+    let url = rec["artifacts"][0]["url"].as_str().expect("url");
+    let resp = client.get(server.url(url)).send().await.expect("download");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-disposition"]
+            .to_str()
+            .expect("cd")
+            .contains("triangle.obj")
+    );
+    let obj = resp.text().await.expect("obj");
+    assert_eq!(
+        obj.lines().filter(|l| l.starts_with("v ")).count(),
+        3,
+        "{obj}"
+    );
+    assert_eq!(
+        obj.lines().filter(|l| l.starts_with("f ")).count(),
+        1,
+        "{obj}"
+    );
+
+    // 2. kill -9 with one conversion running and others queued.
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            submit(
+                &client,
+                &server,
+                &format!("n{i}.txt"),
+                format!("note {i}").into_bytes(),
+                "slowtxt",
+            )
+            .await,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while record(&client, &server, &ids[0]).await["status"] != "running" {
+        assert!(
+            Instant::now() < deadline,
+            "the first slow conversion never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9();
+
+    // 3. Restart on the same data: everything finishes, nothing stays running.
+    let server = start(
+        &data,
+        &[
+            "--routes",
+            &routes_arg,
+            "--concurrency",
+            "2",
+            "--lease",
+            "2",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, id) in ids.iter().enumerate() {
+        loop {
+            let rec = record(&client, &server, id).await;
+            if rec["status"] == "succeeded" {
+                let url = rec["artifacts"][0]["url"].as_str().expect("url").to_owned();
+                let body = client
+                    .get(server.url(&url))
+                    .send()
+                    .await
+                    .expect("dl")
+                    .text()
+                    .await
+                    .expect("text");
+                assert_eq!(body, format!("note {i}"));
+                break;
+            }
+            assert!(
+                rec["status"] == "queued" || rec["status"] == "running",
+                "unexpected {rec}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "conversion {id} did not finish after the restart: {rec}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let live = common::listed(&client, server.base(), "queued,running").await;
+    assert!(live.is_empty(), "records left live: {live:?}");
+
+    // 4. SIGTERM: a graceful exit.
+    let mut server = server;
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            assert!(
+                status.success(),
+                "converto exited with {status} after SIGTERM"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "converto did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
