@@ -21,26 +21,38 @@ const ENQUEUE: &str = "WITH ins AS ( \
          ON CONFLICT (id) DO NOTHING RETURNING id) \
      SELECT ins.id FROM ins, pg_notify($5, '') AS n";
 
-/// Leases up to `$1` deliverable jobs (ready and due, or leased with an expired lease) in
-/// delivery order, in one statement. `$2` holds one fresh token per row, `$3` the lease in
+/// Leases up to `LIMIT` deliverable jobs (ready and due, or leased with an expired lease) in
+/// delivery order, in one statement. `$1` holds one fresh token per row, `$2` the lease in
 /// microseconds. Rows another reserver has locked are skipped, never waited for.
 ///
 /// The `state IN ('ready', 'leased')` predicate is the `jobs_reserve` index's own, so the
 /// planner walks that partial index in order however many dead letters the table holds.
-const RESERVE_SQL: &str = "WITH picked AS ( \
+///
+/// The limit is written into the statement (see [`reserve_sql`]) rather than bound: with a
+/// bound limit PostgreSQL re-plans the statement on every call (its generic plan, which must
+/// guess the limit, loses to a custom one), and planning cost more than running it. With a
+/// literal limit, each batch size's prepared statement switches to its cached generic plan
+/// after five calls.
+const RESERVE_HEAD: &str = "WITH picked AS ( \
          SELECT id FROM jobs \
          WHERE state IN ('ready', 'leased') \
            AND ((state = 'ready' AND not_before <= now()) \
              OR (state = 'leased' AND expires_at <= now())) \
          ORDER BY priority DESC, not_before, seq \
-         LIMIT $1 \
-         FOR UPDATE SKIP LOCKED), \
+         LIMIT ";
+const RESERVE_TAIL: &str = " FOR UPDATE SKIP LOCKED), \
      numbered AS (SELECT id, row_number() OVER () AS n FROM picked) \
      UPDATE jobs AS j \
-     SET state = 'leased', deliveries = j.deliveries + 1, token = ($2::bigint[])[numbered.n], \
-         expires_at = now() + $3 * interval '1 microsecond' \
+     SET state = 'leased', deliveries = j.deliveries + 1, token = ($1::bigint[])[numbered.n], \
+         expires_at = now() + $2 * interval '1 microsecond' \
      FROM numbered WHERE j.id = numbered.id \
      RETURNING j.id, j.deliveries, j.priority, j.token, j.expires_at, j.not_before, j.seq";
+
+/// The reserve statement for batches of `n` (already clamped to `1..=MAX_BATCH`: a number we
+/// chose, never text from outside).
+fn reserve_sql(n: usize) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("{RESERVE_HEAD}{n}{RESERVE_TAIL}"))
+}
 
 /// Microseconds until the next delayed job or lease comes due (negative if one is due now but
 /// locked by a concurrent reserver), or NULL when there is none. Both halves use an index.
@@ -156,8 +168,7 @@ impl PostgresJobQueue {
             // new_lease_token() stays below 2^63, so the conversion never fails.
             .map(|_| i64::try_from(new_lease_token()).unwrap_or(i64::MAX))
             .collect();
-        let mut rows: Vec<Reserved> = sqlx::query_as(RESERVE_SQL)
-            .bind(i64::try_from(n).unwrap_or(1))
+        let mut rows: Vec<Reserved> = sqlx::query_as(reserve_sql(n))
             .bind(tokens)
             .bind(micros(lease_for))
             .fetch_all(&self.shared.queue_pool)
@@ -226,9 +237,9 @@ impl PostgresJobQueue {
     /// per row), for checking that reserves walk the `jobs_reserve` index.
     pub async fn explain_reserve(&self, max: usize) -> Result<String, QueueError> {
         let n = max.clamp(1, MAX_BATCH);
+        let statement = reserve_sql(n).0;
         let lines: Vec<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {RESERVE_SQL}")))
-                .bind(i64::try_from(n).unwrap_or(1))
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {statement}")))
                 .bind(vec![1_i64; n])
                 .bind(micros(Duration::from_secs(30)))
                 .fetch_all(&self.shared.queue_pool)
