@@ -358,6 +358,45 @@ fn ply_in_every_encoding_with_extra_elements_and_properties() {
     }
 }
 
+/// Text files that start with a UTF-8 byte order mark (as some Windows tools write them) read
+/// exactly like the same files without it, in every text format, ASCII and binary PLY alike.
+#[test]
+fn a_utf8_byte_order_mark_is_skipped() {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let with_bom = |bytes: &[u8]| [BOM, bytes].concat();
+    let stl = b"solid x\n facet normal 0 0 1\n  outer loop\n   vertex 0 0 0\n   vertex 1 0 0\n   vertex 0 1 0\n  endloop\n endfacet\nendsolid x\n".to_vec();
+    // The first line is a vertex: were the mark kept, the line would be an unknown statement
+    // and the face would point past the last vertex.
+    let obj = b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n".to_vec();
+    let ply_ascii = ply(
+        "ascii",
+        b"0 0 0 255\n1 0 0 255\n1 1 0 255\n0 1 2 255\n7 2 1 2\n4 0 1 2 3 0.5\n3 0 2 3 0.5\n",
+        4,
+        2,
+        "ushort",
+    );
+    let ply_binary = ply(
+        "binary_little_endian",
+        &ply_binary_body(false),
+        4,
+        2,
+        "ushort",
+    );
+    for (bytes, format) in [
+        (stl, MeshFormat::Stl),
+        (obj, MeshFormat::Obj),
+        (ply_ascii, MeshFormat::Ply),
+        (ply_binary, MeshFormat::Ply),
+    ] {
+        let plain = read_bytes(&bytes, format).unwrap();
+        let marked = read_bytes(&with_bom(&bytes), format)
+            .unwrap_or_else(|e| panic!("{format:?} with a byte order mark: {e}"));
+        assert_eq!(marked.positions, plain.positions, "{format:?}");
+        assert_eq!(marked.triangles, plain.triangles, "{format:?}");
+        assert!(!plain.triangles.is_empty());
+    }
+}
+
 #[test]
 fn hostile_ply_fails_with_a_reason() {
     // A face count beyond the data.

@@ -5,7 +5,7 @@ use std::io::{BufRead, Write};
 use super::error::{Location, MeshError, Reason, excerpt};
 use super::model::{Mesh, MeshFormat, Monitor};
 use super::stl::fan;
-use super::text::{LineReader, coordinate, parse_i64, tokens};
+use super::text::{LineReader, coordinate, parse_i64, skip_utf8_bom, tokens};
 use super::write::{Chunked, push_f32, push_u64};
 
 const FORMAT: MeshFormat = MeshFormat::Obj;
@@ -16,8 +16,9 @@ const FORMAT: MeshFormat = MeshFormat::Obj;
 /// polygons are fan-triangulated. Texture coordinates, normals, groups, objects, materials,
 /// smoothing groups, free-form geometry and unknown statements are ignored; points (`p`) and
 /// lines (`l`) are not triangles and are dropped. Coordinates are read like C's `strtod`, as
-/// other OBJ readers do (`3.1+e2` is 3.1).
-pub fn read_obj<R: BufRead>(reader: R) -> Result<Mesh, MeshError> {
+/// other OBJ readers do (`3.1+e2` is 3.1). A UTF-8 byte order mark at the start is skipped.
+pub fn read_obj<R: BufRead>(mut reader: R) -> Result<Mesh, MeshError> {
+    skip_utf8_bom(&mut reader)?;
     let mut lines = LineReader::new(reader, FORMAT);
     let mut positions: Vec<[f32; 3]> = Vec::new();
     let mut triangles: Vec<[u32; 3]> = Vec::new();

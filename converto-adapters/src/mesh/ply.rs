@@ -6,7 +6,7 @@ use std::io::{BufRead, Read, Write};
 use super::error::{Location, MeshError, Reason, excerpt};
 use super::model::{Mesh, MeshFormat, Monitor};
 use super::stl::fan;
-use super::text::{LineReader, parse_f64, tokens};
+use super::text::{LineReader, parse_f64, skip_utf8_bom, tokens};
 use super::write::{Chunked, push_f32, push_u64};
 
 const FORMAT: MeshFormat = MeshFormat::Ply;
@@ -280,10 +280,11 @@ enum Role {
 /// Reads a PLY file of `size` bytes: the `x`, `y`, `z` of the `vertex` element and the
 /// `vertex_indices` (or `vertex_index`) list of the `face` element; polygons are
 /// fan-triangulated. Any other elements and properties, of any type, are skipped.
-pub fn read_ply<R: BufRead>(reader: R, size: u64) -> Result<Mesh, MeshError> {
+pub fn read_ply<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError> {
+    let bom = skip_utf8_bom(&mut reader)?;
     let mut lines = LineReader::new(reader, FORMAT);
     let header = read_header(&mut lines)?;
-    let header_bytes = lines.consumed;
+    let header_bytes = bom + lines.consumed;
     let reader = lines.into_inner();
     // The last ASCII token needs no separator after it.
     let mut remaining =

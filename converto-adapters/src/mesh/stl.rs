@@ -4,7 +4,7 @@ use std::io::{BufRead, Read, Write};
 
 use super::error::{Location, MeshError, Reason, excerpt};
 use super::model::{Mesh, MeshFormat, Monitor, VertexMerger};
-use super::text::{LineReader, coordinate, tokens};
+use super::text::{LineReader, UTF8_BOM, coordinate, tokens};
 use super::write::{Chunked, normal, push_f32};
 
 const FORMAT: MeshFormat = MeshFormat::Stl;
@@ -29,10 +29,19 @@ pub fn read_stl<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
         .and_then(|b| b.try_into().ok())
         .map(u32::from_le_bytes);
     let binary_size = declared.map(|n| (HEADER as u64 + 4) + RECORD as u64 * u64::from(n));
-    let starts_with_solid = head.trim_ascii_start().starts_with(b"solid");
+    // Text written by some Windows tools starts with a UTF-8 byte order mark.
+    let bom = if head.starts_with(UTF8_BOM) {
+        UTF8_BOM.len()
+    } else {
+        0
+    };
+    let starts_with_solid = head
+        .get(bom..)
+        .is_some_and(|text| text.trim_ascii_start().starts_with(b"solid"));
     // Text has no NUL bytes; binary STL nearly always does (zero normals, padding, counts).
     let has_nul = head.iter().take(HEADER + 4 + RECORD).any(|&b| b == 0);
     if starts_with_solid && binary_size != Some(size) && !has_nul {
+        reader.consume(bom);
         return read_ascii(reader);
     }
     let mut header = [0u8; HEADER + 4];

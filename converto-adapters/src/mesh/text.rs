@@ -8,6 +8,19 @@ use super::model::MeshFormat;
 /// The longest line accepted (OBJ faces can be long; nothing legitimate is this long).
 pub(crate) const MAX_LINE: usize = 16 * 1024 * 1024;
 
+/// The UTF-8 byte order mark some Windows tools write at the start of text files.
+pub(crate) const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Consumes a UTF-8 byte order mark at the start of `reader`, if there is one; returns how many
+/// bytes it consumed (3 or 0).
+pub(crate) fn skip_utf8_bom<R: BufRead>(reader: &mut R) -> std::io::Result<u64> {
+    if reader.fill_buf()?.starts_with(UTF8_BOM) {
+        reader.consume(UTF8_BOM.len());
+        return Ok(UTF8_BOM.len() as u64);
+    }
+    Ok(0)
+}
+
 /// Reads lines as bytes (names and comments need not be UTF-8), without terminators.
 pub(crate) struct LineReader<R> {
     inner: R,
