@@ -515,6 +515,8 @@ async fn truncated_and_corrupt_files_are_invalid_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_options_and_routes_are_rejected() {
+    let checker = ImageConverter::new(ImageConfig::default());
+    let fmt = |name: &str| Format::new(name).expect("format name");
     let bytes = encode(
         &DynamicImage::ImageRgb8(test_card(64, 64)),
         ImageFormat::Png,
@@ -535,6 +537,23 @@ async fn bad_options_and_routes_are_rejected() {
             Err(ConvertError::InvalidOptions(message)) => assert!(!message.is_empty()),
             other => panic!("{options}: {:?}", other.as_ref().map(|o| o.len())),
         }
+        // The same verdict at submit time, before any input exists.
+        assert!(
+            matches!(
+                checker.check_options(&fmt("png"), &fmt("jpeg"), &options),
+                Err(ConvertError::InvalidOptions(_))
+            ),
+            "{options}: accepted at submit"
+        );
+    }
+    for good in [
+        Value::Null,
+        json!({"variants": "240p,720p", "quality": 70}),
+        json!({"width": 100, "fit": "cover"}),
+    ] {
+        checker
+            .check_options(&fmt("png"), &fmt("jpeg"), &good)
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
     }
     let run = convert(&bytes, "png", "png", json!({"quality": 50})).await;
     assert!(matches!(run.result, Err(ConvertError::InvalidOptions(m)) if m.contains("quality")));

@@ -523,6 +523,26 @@ async fn options_pick_the_encoding_and_bad_options_are_refused() {
         );
         assert!(err.to_string().contains("encoding"), "{err}");
     }
+    // Refused at submit time too, before any input exists; good options pass.
+    let mesh = MeshConverter::new();
+    let fmt = |name: &str| Format::new(name).unwrap();
+    for (target, bad) in [
+        ("stl", json!({"encoding": "utf8"})),
+        ("ply", json!({"encodng": "ascii"})),
+        ("obj", json!({"encoding": "binary"})),
+    ] {
+        assert!(
+            matches!(
+                mesh.check_options(&fmt("obj"), &fmt(target), &bad),
+                Err(ConvertError::InvalidOptions(_))
+            ),
+            "{target} {bad}: accepted at submit"
+        );
+    }
+    for (target, good) in [("stl", json!({"encoding": "ascii"})), ("obj", Value::Null)] {
+        mesh.check_options(&fmt("ply"), &fmt(target), &good)
+            .unwrap_or_else(|e| panic!("{target} {good}: {e}"));
+    }
     let err = convert_file(&input, "stl", "obj", json!({"encoding": "binary"}))
         .await
         .unwrap_err();

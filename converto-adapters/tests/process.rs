@@ -332,7 +332,17 @@ async fn options_are_allow_listed_and_validated() -> TestResult {
             Err(ConvertError::InvalidOptions(msg)) => assert!(!msg.is_empty()),
             other => panic!("{bad}: expected InvalidOptions, got {other:?}"),
         }
+        // The same verdict at submit time, before any input exists.
+        assert!(
+            matches!(
+                conv.check_options(&fmt("stl"), &fmt("step"), &bad),
+                Err(ConvertError::InvalidOptions(_))
+            ),
+            "{bad}: accepted at submit"
+        );
     }
+    conv.check_options(&fmt("stl"), &fmt("step"), &json!({"duration_ms": 10}))?;
+    conv.check_options(&fmt("stl"), &fmt("step"), &json!(null))?;
     let dash = converter(
         stub_route("stl", "iges").option("label", OptionSpec::string().default_value("x")),
     )?;

@@ -397,6 +397,21 @@ pub trait Converter: Send + Sync + Debug + 'static {
     /// The routes it serves.
     fn routes(&self) -> Vec<Route>;
 
+    /// Checks a conversion's options for the route `source` -> `target` before the conversion
+    /// is accepted, so that options [`convert`](Converter::convert) would refuse are refused at
+    /// submit time (`ConvertError::InvalidOptions`) instead of failing the job later. Cheap and
+    /// side-effect free: no input is available yet. The default accepts everything (the
+    /// converter then checks its options when it runs).
+    fn check_options(
+        &self,
+        source: &Format,
+        target: &Format,
+        options: &serde_json::Value,
+    ) -> Result<(), ConvertError> {
+        let _ = (source, target, options);
+        Ok(())
+    }
+
     /// Converts one input into one or more outputs. Reports progress through the context,
     /// returns [`ConvertError::Cancelled`] promptly once the context's token is cancelled.
     async fn convert(

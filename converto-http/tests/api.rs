@@ -327,6 +327,26 @@ async fn bad_input_is_refused_and_leaves_nothing() {
         StatusCode::BAD_REQUEST,
     )
     .await;
+    // Options the converter refuses: refused at submit, before the upload is stored.
+    let p = problem(
+        api.submit(&[
+            ("target_format", None, b"upper"),
+            ("options", None, br#"{"mode":"explode"}"#),
+            ("file", Some("a.txt"), b"abc"),
+        ])
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(
+        p["type"],
+        json!("urn:converto:problem:invalid-options"),
+        "{p}"
+    );
+    assert!(
+        p["detail"].as_str().is_some_and(|d| d.contains("explode")),
+        "{p}"
+    );
     problem(
         api.submit(&[
             ("target_format", None, b"upper"),

@@ -166,6 +166,20 @@ impl Converter for ImageConverter {
             .collect()
     }
 
+    fn check_options(
+        &self,
+        _source: &Format,
+        target: &Format,
+        options: &serde_json::Value,
+    ) -> Result<(), ConvertError> {
+        match Target::from_name(target.as_str()) {
+            Some(target) => ImageOptions::parse(options, target.name())
+                .map(|_| ())
+                .map_err(ConvertError::from),
+            None => Ok(()),
+        }
+    }
+
     async fn convert(
         &self,
         request: &ConvertRequest,

@@ -29,7 +29,9 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use converto_core::{ConvertContext, ConvertError, ConvertRequest, Converter, Output, Route};
+use converto_core::{
+    ConvertContext, ConvertError, ConvertRequest, Converter, Format, Output, Route,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Location, MeshError, Reason};
@@ -142,6 +144,18 @@ impl Converter for MeshConverter {
 
     fn routes(&self) -> Vec<Route> {
         Route::all_pairs(&MeshFormat::ALL.map(MeshFormat::format))
+    }
+
+    fn check_options(
+        &self,
+        _source: &Format,
+        target: &Format,
+        options: &serde_json::Value,
+    ) -> Result<(), ConvertError> {
+        match MeshFormat::from_format(target) {
+            Some(target) => MeshOptions::from_json(options, target).map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     async fn convert(

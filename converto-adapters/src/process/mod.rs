@@ -47,7 +47,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use converto_core::{ConvertContext, ConvertError, ConvertRequest, Converter, Output, Route};
+use converto_core::{
+    ConvertContext, ConvertError, ConvertRequest, Converter, Format, Output, Route,
+};
 use nix::sys::signal::Signal;
 
 pub use config::{
@@ -140,6 +142,19 @@ impl Converter for ProcessConverter {
             .iter()
             .map(|(r, _)| r.clone())
             .collect()
+    }
+
+    fn check_options(
+        &self,
+        source: &Format,
+        target: &Format,
+        options: &serde_json::Value,
+    ) -> Result<(), ConvertError> {
+        let route = Route::new(source.clone(), target.clone());
+        match self.family(&route) {
+            Some(family) => family.resolve_options(&route, options).map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     async fn convert(

@@ -9,6 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::{Engine, EngineError};
 use crate::blob::{BlobError, ByteStream};
 use crate::conversion::{Conversion, NewConversion, Status, sanitize_file_name};
+use crate::converter::ConvertError;
 use crate::queue::JobSpec;
 use crate::{ConversionId, Format};
 
@@ -164,7 +165,7 @@ impl Engine {
             }
         }
         if let Some(source) = &sub.source_format {
-            self.check_route(source, &sub.target_format)?;
+            self.check_route(source, &sub.target_format, &sub.options)?;
         }
         let id = ConversionId::new();
         let blobs = &self.inner.backends.blobs;
@@ -185,7 +186,7 @@ impl Engine {
                                 file_name: input_name.clone(),
                             }
                         })?;
-                        self.check_route(&s, &sub.target_format)?;
+                        self.check_route(&s, &sub.target_format, &sub.options)?;
                         s
                     }
                 };
@@ -211,7 +212,7 @@ impl Engine {
                                 file_name: input_name.clone(),
                             }
                         })?;
-                        self.check_route(&s, &sub.target_format)?;
+                        self.check_route(&s, &sub.target_format, &sub.options)?;
                         s
                     }
                 };
@@ -266,16 +267,26 @@ impl Engine {
         })
     }
 
-    fn check_route(&self, source: &Format, target: &Format) -> Result<(), EngineError> {
-        if self.inner.registry.find(source, target).is_some() {
-            Ok(())
-        } else {
-            Err(EngineError::UnsupportedRoute {
+    /// A converter serves `source` -> `target` and accepts `options`.
+    fn check_route(
+        &self,
+        source: &Format,
+        target: &Format,
+        options: &serde_json::Value,
+    ) -> Result<(), EngineError> {
+        let Some(converter) = self.inner.registry.find(source, target) else {
+            return Err(EngineError::UnsupportedRoute {
                 source_format: source.clone(),
                 target_format: target.clone(),
                 supported: self.inner.registry.routes(),
+            });
+        };
+        converter
+            .check_options(source, target, options)
+            .map_err(|e| match e {
+                ConvertError::InvalidOptions(detail) => EngineError::InvalidOptions(detail),
+                other => EngineError::InvalidOptions(other.to_string()),
             })
-        }
     }
 
     async fn store_input(

@@ -769,6 +769,21 @@ pub async fn bad_submissions_leave_nothing(b: &Backends) {
         engine.submit(bad_opts).await,
         Err(EngineError::InvalidOptions(_))
     ));
+    // Options the converter refuses are refused before anything is stored, whether the source
+    // format is given or sniffed from the upload.
+    let refused = Submission::new(f("upper"), input(b"abc", Some("a.txt")))
+        .options(json!({"mode": "no-such-mode"}));
+    match engine.submit(refused).await {
+        Err(EngineError::InvalidOptions(detail)) => assert!(detail.contains("no-such-mode")),
+        other => panic!("want InvalidOptions: {other:?}"),
+    }
+    let refused = Submission::new(f("upper"), input(b"abc", Some("a.txt")))
+        .source(f("txt"))
+        .options(json!({"mode": 7}));
+    assert!(matches!(
+        engine.submit(refused).await,
+        Err(EngineError::InvalidOptions(_))
+    ));
     let big = SubmitInput::Stream {
         body: futures::stream::iter((0..10).map(|_| Ok(Bytes::from(vec![b'a'; 500])))).boxed(),
         file_name: Some("big.txt".into()),

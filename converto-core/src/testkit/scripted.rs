@@ -58,6 +58,26 @@ impl Converter for ScriptedConverter {
         ]
     }
 
+    /// `mode` must be one of the scripted behaviours; anything else is refused at submit.
+    fn check_options(
+        &self,
+        _source: &Format,
+        _target: &Format,
+        options: &serde_json::Value,
+    ) -> Result<(), ConvertError> {
+        match options.get("mode") {
+            None => Ok(()),
+            Some(serde_json::Value::String(m))
+                if ["ok", "fail", "flaky", "hang", "stubborn"].contains(&m.as_str()) =>
+            {
+                Ok(())
+            }
+            Some(other) => Err(ConvertError::InvalidOptions(format!(
+                "unknown mode {other}: expected ok, fail, flaky, hang or stubborn"
+            ))),
+        }
+    }
+
     async fn convert(
         &self,
         req: &ConvertRequest,
