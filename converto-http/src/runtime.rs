@@ -101,13 +101,12 @@ impl Opened {
         if let Some(b) = self.sqlite.get(url) {
             return Ok(b.clone());
         }
-        if let Some(path) = sqlite_path(url) {
-            if let Some(parent) = std::path::Path::new(path)
+        if let Some(path) = sqlite_path(url)
+            && let Some(parent) = std::path::Path::new(path)
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
-            {
-                tokio::fs::create_dir_all(parent).await?;
-            }
+        {
+            tokio::fs::create_dir_all(parent).await?;
         }
         let b = converto_adapters::sqlite::SqliteBackend::connect(url)
             .await

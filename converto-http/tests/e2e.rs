@@ -141,6 +141,13 @@ async fn real_binary_converts_survives_kill_and_shuts_down_gracefully() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.kill9();
+    // The killed process's scratch directory (the running job's input copy) is still there.
+    let scratch = data.join("scratch");
+    let dead_dirs = engine_dirs(&scratch);
+    assert!(
+        !dead_dirs.is_empty(),
+        "no scratch directory of the killed process"
+    );
 
     // 3. Restart on the same data: everything finishes, nothing stays running.
     let server = start(
@@ -184,6 +191,13 @@ async fn real_binary_converts_survives_kill_and_shuts_down_gracefully() {
     }
     let live = common::listed(&client, server.base(), "queued,running").await;
     assert!(live.is_empty(), "records left live: {live:?}");
+    for dir in &dead_dirs {
+        assert!(
+            !dir.exists(),
+            "the restarted server left the killed process's scratch directory {}",
+            dir.display()
+        );
+    }
 
     // 4. SIGTERM: a graceful exit.
     let mut server = server;
@@ -207,4 +221,26 @@ async fn real_binary_converts_survives_kill_and_shuts_down_gracefully() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let left = engine_dirs(&scratch);
+    assert!(
+        left.is_empty(),
+        "a graceful exit left scratch directories: {left:?}"
+    );
+}
+
+/// The per-process scratch directories (`proc-*`) under `scratch`.
+fn engine_dirs(scratch: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(scratch)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_dir()
+                        && p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("proc-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

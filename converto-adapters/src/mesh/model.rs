@@ -270,10 +270,10 @@ impl VertexMerger {
         let key = bits(p);
         let hash = std::hash::BuildHasher::hash_one(&self.hasher, key);
         let recent = (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CACHE_BITS)) as usize;
-        if let Some(&(cached, index)) = self.recent.get(recent) {
-            if cached == key {
-                return Ok(index);
-            }
+        if let Some(&(cached, index)) = self.recent.get(recent)
+            && cached == key
+        {
+            return Ok(index);
         }
         let mask = self.slots.len() - 1;
         let mut slot = hash as usize & mask;

@@ -102,17 +102,17 @@ pub fn read_obj<R: BufRead>(mut reader: R) -> Result<Mesh, MeshError> {
             detail,
         });
     }
-    if let Some((max, line)) = max_index {
-        if max as usize >= positions.len() {
-            return Err(MeshError::malformed(
-                FORMAT,
-                Location::Line(line),
-                Reason::IndexOutOfRange {
-                    index: i64::from(max) + 1,
-                    vertices: positions.len() as u64,
-                },
-            ));
-        }
+    if let Some((max, line)) = max_index
+        && max as usize >= positions.len()
+    {
+        return Err(MeshError::malformed(
+            FORMAT,
+            Location::Line(line),
+            Reason::IndexOutOfRange {
+                index: i64::from(max) + 1,
+                vertices: positions.len() as u64,
+            },
+        ));
     }
     Ok(Mesh {
         positions,

@@ -68,10 +68,8 @@ impl Scalar {
             }
             _ => return f64::NAN,
         }
-        if big_endian {
-            if let Some(dst) = b.get_mut(..n) {
-                dst.reverse();
-            }
+        if big_endian && let Some(dst) = b.get_mut(..n) {
+            dst.reverse();
         }
         // `b` now holds the value little endian.
         match self {
@@ -472,20 +470,20 @@ pub fn read_ply<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
             }
         }
     }
-    if let Some((max, face)) = max_index {
-        if max as usize >= positions.len() {
-            return Err(MeshError::malformed(
-                FORMAT,
-                Location::Record {
-                    element: "face".into(),
-                    index: face,
-                },
-                Reason::IndexOutOfRange {
-                    index: i64::from(max),
-                    vertices: positions.len() as u64,
-                },
-            ));
-        }
+    if let Some((max, face)) = max_index
+        && max as usize >= positions.len()
+    {
+        return Err(MeshError::malformed(
+            FORMAT,
+            Location::Record {
+                element: "face".into(),
+                index: face,
+            },
+            Reason::IndexOutOfRange {
+                index: i64::from(max),
+                vertices: positions.len() as u64,
+            },
+        ));
     }
     Ok(Mesh {
         positions,

@@ -37,7 +37,7 @@ impl<'m, 'a, W: Write> Chunked<'m, 'a, W> {
             self.writer.write_all(&self.buf)?;
             self.buf.clear();
         }
-        if self.done % TICK == 0 {
+        if self.done.is_multiple_of(TICK) {
             self.monitor.update(Stage::Writing, self.done, self.total)?;
         }
         Ok(())

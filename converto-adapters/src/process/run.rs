@@ -236,10 +236,10 @@ pub(crate) async fn run(
             .filter(|p| p.stream == stream || p.stream == ProgressStream::Both)
     };
     let report = |matcher: Option<&ProgressMatcher>, line: &[u8]| {
-        if let Some(m) = matcher {
-            if let Some(percent) = m.percent(line) {
-                ctx.progress(percent, m.stage.as_deref());
-            }
+        if let Some(m) = matcher
+            && let Some(percent) = m.percent(line)
+        {
+            ctx.progress(percent, m.stage.as_deref());
         }
     };
     let out_matcher = progress_on(ProgressStream::Stdout);

@@ -207,7 +207,7 @@ fn lease_us(d: Duration) -> u64 {
 /// clamped to what the scripts hold exactly.
 fn ceil_us(t: DateTime<Utc>) -> i64 {
     let us = t.timestamp_micros();
-    let us = if t.timestamp_subsec_nanos() % 1_000 == 0 {
+    let us = if t.timestamp_subsec_nanos().is_multiple_of(1_000) {
         us
     } else {
         us.saturating_add(1)

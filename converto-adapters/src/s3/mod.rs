@@ -83,14 +83,14 @@ struct PendingUpload(Option<WriteMultipart>);
 
 impl Drop for PendingUpload {
     fn drop(&mut self) {
-        if let Some(writer) = self.0.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    if let Err(e) = writer.abort().await {
-                        tracing::warn!(error = %e, "aborting a cancelled multipart upload failed");
-                    }
-                });
-            }
+        if let Some(writer) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(e) = writer.abort().await {
+                    tracing::warn!(error = %e, "aborting a cancelled multipart upload failed");
+                }
+            });
         }
     }
 }

@@ -180,17 +180,16 @@ impl SqliteBackend {
         } else {
             SqliteConnectOptions::new().filename(url)
         };
-        if !in_memory {
-            if let Some(dir) = options.get_filename().parent() {
-                if !dir.as_os_str().is_empty() {
-                    tokio::fs::create_dir_all(dir).await.map_err(|source| {
-                        SqliteError::CreateDir {
-                            path: dir.to_path_buf(),
-                            source,
-                        }
-                    })?;
-                }
-            }
+        if !in_memory
+            && let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|source| SqliteError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
         }
         let filename = options.get_filename().to_path_buf();
         let options = options

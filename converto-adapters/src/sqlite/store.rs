@@ -215,13 +215,13 @@ impl SqliteConversionStore {
 #[async_trait]
 impl ConversionStore for SqliteConversionStore {
     async fn create(&self, new: NewConversion) -> Result<Created, StoreError> {
-        if let Some(key) = &new.idempotency_key {
-            if let Some(existing) = self.find_by_key(&new.tenant, key).await? {
-                return Ok(Created {
-                    conversion: existing,
-                    created: false,
-                });
-            }
+        if let Some(key) = &new.idempotency_key
+            && let Some(existing) = self.find_by_key(&new.tenant, key).await?
+        {
+            return Ok(Created {
+                conversion: existing,
+                created: false,
+            });
         }
         let record = new.into_record(Utc::now());
         match self.insert(&record).await? {
@@ -231,13 +231,13 @@ impl ConversionStore for SqliteConversionStore {
             }),
             Err(sqlx::Error::Database(db)) if db.kind() == ErrorKind::UniqueViolation => {
                 // Either the id exists, or a concurrent create took the idempotency key first.
-                if let Some(key) = &record.idempotency_key {
-                    if let Some(existing) = self.find_by_key(&record.tenant, key).await? {
-                        return Ok(Created {
-                            conversion: existing,
-                            created: false,
-                        });
-                    }
+                if let Some(key) = &record.idempotency_key
+                    && let Some(existing) = self.find_by_key(&record.tenant, key).await?
+                {
+                    return Ok(Created {
+                        conversion: existing,
+                        created: false,
+                    });
                 }
                 Err(StoreError::AlreadyExists { id: record.id })
             }

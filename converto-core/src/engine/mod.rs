@@ -1,6 +1,7 @@
 //! The scheduling engine: submits, runs and watches conversions over any set of backends.
 
 mod config;
+mod scratch;
 mod submit;
 mod sweeper;
 mod worker;
@@ -162,6 +163,8 @@ pub(crate) struct Inner {
     pub(crate) registry: ConverterRegistry,
     pub(crate) config: EngineConfig,
     running: Mutex<HashMap<ConversionId, Running>>,
+    /// This engine's part of the scratch directory, claimed when the first job runs.
+    scratch: tokio::sync::OnceCell<Option<scratch::ScratchRoot>>,
 }
 
 /// Builds an [`Engine`].
@@ -223,6 +226,7 @@ impl EngineBuilder {
                 registry: self.registry,
                 config: self.config,
                 running: Mutex::new(HashMap::new()),
+                scratch: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -248,6 +252,7 @@ impl Engine {
                 registry,
                 config,
                 running: Mutex::new(HashMap::new()),
+                scratch: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -270,15 +275,13 @@ impl Engine {
     /// One conversion, with the latest progress from the bus while it runs.
     pub async fn get(&self, id: ConversionId) -> Result<Conversion, EngineError> {
         let mut record = self.inner.backends.store.get(id).await?;
-        if record.status == Status::Running {
-            if let Ok(Some(Event::Progress {
+        if record.status == Status::Running
+            && let Ok(Some(Event::Progress {
                 attempt, progress, ..
             })) = self.inner.backends.bus.latest(id).await
-            {
-                if attempt == record.attempts {
-                    record.progress = Some(progress);
-                }
-            }
+            && attempt == record.attempts
+        {
+            record.progress = Some(progress);
         }
         Ok(record)
     }
@@ -397,6 +400,35 @@ impl Engine {
 }
 
 impl Inner {
+    /// Where this engine's jobs make their scratch directories: its own locked directory under
+    /// the configured one (claiming it removes what dead processes left there, see
+    /// [`scratch`]), or the configured directory itself if that cannot be claimed.
+    pub(crate) async fn scratch_dir(&self) -> std::path::PathBuf {
+        let root = &self.config.scratch_dir;
+        let claimed = self
+            .scratch
+            .get_or_init(|| {
+                let root = root.clone();
+                async move {
+                    let claimed = tokio::task::spawn_blocking(move || {
+                        scratch::ScratchRoot::claim(&root)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                    claimed
+                        .inspect_err(|e| {
+                            tracing::warn!(error = %e, "cannot claim a scratch directory; jobs use the shared one")
+                        })
+                        .ok()
+                }
+            })
+            .await;
+        claimed
+            .as_ref()
+            .map_or_else(|| root.clone(), |s| s.dir().to_path_buf())
+    }
+
     fn cancel_local(&self, id: ConversionId) {
         if let Some(r) = self.running.lock().get(&id) {
             r.cancel.cancel();

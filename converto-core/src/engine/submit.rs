@@ -157,12 +157,12 @@ impl Engine {
                 "options must be a JSON object".into(),
             ));
         }
-        if let Some(key) = &sub.idempotency_key {
-            if key.is_empty() || key.len() > 255 || key.chars().any(char::is_control) {
-                return Err(EngineError::InvalidRequest(
-                    "the idempotency key must be 1 to 255 printable characters".into(),
-                ));
-            }
+        if let Some(key) = &sub.idempotency_key
+            && (key.is_empty() || key.len() > 255 || key.chars().any(char::is_control))
+        {
+            return Err(EngineError::InvalidRequest(
+                "the idempotency key must be 1 to 255 printable characters".into(),
+            ));
         }
         if let Some(source) = &sub.source_format {
             self.check_route(source, &sub.target_format, &sub.options)?;

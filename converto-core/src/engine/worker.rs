@@ -57,10 +57,10 @@ impl Engine {
                 .available_permits()
                 .min(cfg.reserve_batch.saturating_sub(1));
             let mut permits = vec![first];
-            if extra > 0 {
-                if let Ok(more) = Arc::clone(&slots).try_acquire_many_owned(extra as u32) {
-                    permits.push(more);
-                }
+            if extra > 0
+                && let Ok(more) = Arc::clone(&slots).try_acquire_many_owned(extra as u32)
+            {
+                permits.push(more);
             }
             let want = 1 + extra;
             let reserved = tokio::select! {
@@ -298,7 +298,7 @@ async fn execute(
             .input_name
             .clone()
             .unwrap_or_else(|| format!("input.{}", record.source_format)),
-        cfg.scratch_dir.clone(),
+        inner.scratch_dir().await,
         progress_fn,
         cancel.clone(),
     );

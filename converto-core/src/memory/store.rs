@@ -47,15 +47,14 @@ impl MemoryConversionStore {
 impl ConversionStore for MemoryConversionStore {
     async fn create(&self, new: NewConversion) -> Result<Created, StoreError> {
         let mut state = self.state.lock();
-        if let Some(key) = &new.idempotency_key {
-            if let Some(id) = state.by_key.get(&(new.tenant.clone(), key.clone())) {
-                if let Some(existing) = state.records.get(id) {
-                    return Ok(Created {
-                        conversion: existing.clone(),
-                        created: false,
-                    });
-                }
-            }
+        if let Some(key) = &new.idempotency_key
+            && let Some(id) = state.by_key.get(&(new.tenant.clone(), key.clone()))
+            && let Some(existing) = state.records.get(id)
+        {
+            return Ok(Created {
+                conversion: existing.clone(),
+                created: false,
+            });
         }
         if state.records.contains_key(&new.id) {
             return Err(StoreError::AlreadyExists { id: new.id });

@@ -239,10 +239,10 @@ pub(crate) async fn create(
     let blobs = &state.engine.backends().blobs;
     match result {
         Ok(s) => {
-            if !s.created {
-                if let Some(k) = staged_key.filter(|k| *k != s.conversion.input_key) {
-                    let _ = blobs.delete(&k).await;
-                }
+            if !s.created
+                && let Some(k) = staged_key.filter(|k| *k != s.conversion.input_key)
+            {
+                let _ = blobs.delete(&k).await;
             }
             let view = ConversionView::from(&s.conversion);
             let status = if s.created {
@@ -286,15 +286,14 @@ async fn from_multipart(
                     // Fail fast, before reading a large body, when the route is known already.
                     if let Some(t) = &target {
                         let s = source.clone().or_else(|| file_name.as_deref().and_then(Format::from_file_name));
-                        if let Some(s) = s {
-                            if state.engine.registry().find(&s, t).is_none() {
+                        if let Some(s) = s
+                            && state.engine.registry().find(&s, t).is_none() {
                                 return Err(ApiError::UnsupportedRoute {
                                     source_format: s,
                                     target_format: t.clone(),
                                     supported: state.engine.registry().routes(),
                                 });
                             }
-                        }
                     }
                     let key = format!("uploads/staged-{}", uuid::Uuid::now_v7());
                     let size = stream_into_blob(blobs.as_ref(), &key, state.settings.max_upload_bytes, &mut field).await?;
@@ -693,10 +692,9 @@ pub(crate) async fn artifact(
     if let Some(inm) = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
+        && inm.split(',').any(|t| t.trim() == etag || t.trim() == "*")
     {
-        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
-            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
-        }
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
     let size = artifact.size;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {

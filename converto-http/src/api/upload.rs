@@ -195,10 +195,9 @@ pub(crate) async fn put(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+        && len > limit
     {
-        if len > limit {
-            return Err(ApiError::TooLarge { limit });
-        }
+        return Err(ApiError::TooLarge { limit });
     }
     let key = format!("uploads/{id}");
     let blobs = &state.engine.backends().blobs;
