@@ -485,7 +485,10 @@ async fn finish_succeeded(inner: &Arc<Inner>, lease: &Lease, artifacts: Vec<Arti
         attempt: lease.attempt,
         artifacts: artifacts.clone(),
     };
-    match retrying(|| inner.backends.store.transition(lease.id, &t)).await {
+    // Deleting "orphaned" artifacts after a conflict that is really our own lost answer would
+    // delete the recorded result: `recorded_by_us` tells the two apart.
+    let result = retrying(|| inner.backends.store.transition(lease.id, &t)).await;
+    match recorded_by_us(inner, lease, result, Status::Succeeded).await {
         Ok(record) => {
             ignore_lost(inner.backends.queue.ack(lease).await);
             metrics::counter!("converto_conversions_finished_total", "status" => "succeeded")
@@ -561,7 +564,10 @@ async fn handle_failure(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, tem
             attempt: lease.attempt,
             error: Some(error.clone()),
         };
-        match retrying(|| inner.backends.store.transition(lease.id, &t)).await {
+        // A conflict showing this very attempt already requeued is our own earlier try, whose
+        // answer was lost (see `recorded_by_us`).
+        let result = retrying(|| inner.backends.store.transition(lease.id, &t)).await;
+        match recorded_by_us(inner, lease, result, Status::Queued).await {
             Ok(record) => {
                 let delay = inner.config.retry_delay(lease.attempt);
                 tracing::info!(id = %lease.id, attempt = lease.attempt, ?delay, error = %error.message, "temporary failure; retrying");
@@ -589,7 +595,8 @@ async fn finish_failed(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, dead
         attempt: lease.attempt,
         error: error.clone(),
     };
-    match retrying(|| inner.backends.store.transition(lease.id, &t)).await {
+    let result = retrying(|| inner.backends.store.transition(lease.id, &t)).await;
+    match recorded_by_us(inner, lease, result, Status::Failed).await {
         Ok(record) => {
             let q = &inner.backends.queue;
             ignore_lost(if dead_letter {
@@ -608,6 +615,24 @@ async fn finish_failed(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, dead
                 ignore_lost(inner.backends.queue.ack(lease).await);
             }
         }
+    }
+}
+
+/// Turns a conflict that shows the conversion already in `status` on this very attempt (which
+/// only this lease runs) into the record: an earlier try of the retried call was written but its
+/// answer was lost, and the retry met it.
+async fn recorded_by_us(
+    inner: &Arc<Inner>,
+    lease: &Lease,
+    result: Result<Conversion, StoreError>,
+    status: Status,
+) -> Result<Conversion, StoreError> {
+    match result {
+        Err(StoreError::Conflict(c)) if c.status == status && c.attempts == lease.attempt => {
+            tracing::info!(id = %lease.id, %status, "already recorded by an earlier try");
+            inner.backends.store.get(lease.id).await
+        }
+        other => other,
     }
 }
 
