@@ -71,18 +71,19 @@ pub struct CommonArgs {
     /// Conversions run at once by this process's workers [default: number of CPUs].
     #[arg(long, env = "CONVERTO_CONCURRENCY", global = true)]
     pub concurrency: Option<usize>,
-    /// Execution timeout of one attempt, in seconds [default: 900].
+    /// Execution timeout of one attempt: seconds, or a duration such as 90s, 15m [default: 900].
     #[arg(long, env = "CONVERTO_JOB_TIMEOUT", global = true)]
-    pub job_timeout: Option<u64>,
-    /// Queue-wait limit in seconds: conversions waiting longer fail [default: none].
+    pub job_timeout: Option<DurationArg>,
+    /// Queue-wait limit (seconds or e.g. 10m): conversions waiting longer fail [default: none].
     #[arg(long, env = "CONVERTO_MAX_QUEUE_WAIT", global = true)]
-    pub max_queue_wait: Option<u64>,
+    pub max_queue_wait: Option<DurationArg>,
     /// Attempts before a temporarily failing conversion fails [default: 3].
     #[arg(long, env = "CONVERTO_MAX_ATTEMPTS", global = true)]
     pub max_attempts: Option<u32>,
-    /// Lease of a running job in seconds; a crashed worker's jobs restart after this [default: 20].
+    /// Lease of a running job (seconds or e.g. 20s); a crashed worker's jobs restart after this
+    /// [default: 20].
     #[arg(long, env = "CONVERTO_LEASE", global = true)]
-    pub lease: Option<u64>,
+    pub lease: Option<DurationArg>,
     /// Largest accepted upload in bytes [default: 2147483648].
     #[arg(long, env = "CONVERTO_MAX_UPLOAD_BYTES", global = true)]
     pub max_upload_bytes: Option<u64>,
@@ -140,6 +141,62 @@ pub struct ConvertArgs {
     pub options: Option<String>,
 }
 
+/// A duration given as whole seconds (`30`) or with units (`500ms`, `5s`, `2m`, `1h30m`), on
+/// the command line, in the environment or in the TOML file (where a bare integer is seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationArg(pub Duration);
+
+/// A duration that is neither whole seconds nor a duration with units.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "invalid duration {input:?}: {reason} (give seconds, e.g. 30, or a duration such as 500ms, 5s, 2m, 1h30m)"
+)]
+pub struct DurationArgError {
+    input: String,
+    reason: String,
+}
+
+impl std::str::FromStr for DurationArg {
+    type Err = DurationArgError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        if let Ok(secs) = text.parse::<u64>() {
+            return Ok(Self(Duration::from_secs(secs)));
+        }
+        humantime::parse_duration(text)
+            .map(Self)
+            .map_err(|e| DurationArgError {
+                input: s.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = DurationArg;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("whole seconds or a duration such as \"5s\" or \"2m\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationArg, E> {
+                Ok(DurationArg(Duration::from_secs(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationArg, E> {
+                u64::try_from(v)
+                    .map(|v| DurationArg(Duration::from_secs(v)))
+                    .map_err(|_| E::custom(format!("a duration cannot be negative: {v}")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationArg, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// The optional TOML file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,10 +209,10 @@ pub struct FileConfig {
     #[serde(default)]
     routes: Vec<PathBuf>,
     concurrency: Option<usize>,
-    job_timeout: Option<u64>,
-    max_queue_wait: Option<u64>,
+    job_timeout: Option<DurationArg>,
+    max_queue_wait: Option<DurationArg>,
     max_attempts: Option<u32>,
-    lease: Option<u64>,
+    lease: Option<DurationArg>,
     max_upload_bytes: Option<u64>,
     listen: Option<SocketAddr>,
     no_workers: Option<bool>,
@@ -342,15 +399,17 @@ impl Settings {
                 .unwrap_or_else(|| data_dir.join("blobs").display().to_string()),
             routes,
             concurrency: common.concurrency.or(file.concurrency),
-            job_timeout: Duration::from_secs(
-                common.job_timeout.or(file.job_timeout).unwrap_or(900),
-            ),
-            max_queue_wait: common
-                .max_queue_wait
-                .or(file.max_queue_wait)
-                .map(Duration::from_secs),
+            job_timeout: common
+                .job_timeout
+                .or(file.job_timeout)
+                .map_or(Duration::from_secs(900), |d| d.0),
+            max_queue_wait: common.max_queue_wait.or(file.max_queue_wait).map(|d| d.0),
             max_attempts: common.max_attempts.or(file.max_attempts).unwrap_or(3),
-            lease: Duration::from_secs(common.lease.or(file.lease).unwrap_or(20).max(1)),
+            lease: common
+                .lease
+                .or(file.lease)
+                .map_or(Duration::from_secs(20), |d| d.0)
+                .max(Duration::from_secs(1)),
             max_upload_bytes: common
                 .max_upload_bytes
                 .or(file.max_upload_bytes)
@@ -384,5 +443,50 @@ impl Settings {
             },
             data_dir,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn durations_take_seconds_or_units_from_flags_and_the_file() {
+        let cli = Cli::try_parse_from([
+            "converto",
+            "--lease",
+            "5s",
+            "--job-timeout",
+            "90",
+            "--max-queue-wait",
+            "1h30m",
+            "worker",
+        ])
+        .expect("flags");
+        let s = Settings::resolve(None, &cli.common, None).expect("settings");
+        assert_eq!(s.lease, Duration::from_secs(5));
+        assert_eq!(s.job_timeout, Duration::from_secs(90));
+        assert_eq!(s.max_queue_wait, Some(Duration::from_secs(5400)));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("converto.toml");
+        std::fs::write(
+            &file,
+            "lease = 7\njob_timeout = \"20m\"\nmax_queue_wait = \"500ms\"\n",
+        )
+        .expect("write");
+        let cli = Cli::try_parse_from(["converto", "worker"]).expect("flags");
+        let s = Settings::resolve(Some(&file), &cli.common, None).expect("settings");
+        assert_eq!(s.lease, Duration::from_secs(7));
+        assert_eq!(s.job_timeout, Duration::from_secs(1200));
+        assert_eq!(s.max_queue_wait, Some(Duration::from_millis(500)));
+
+        let err = Cli::try_parse_from(["converto", "--lease", "5 parsecs", "worker"])
+            .expect_err("a bad duration");
+        assert!(err.to_string().contains("invalid duration"), "{err}");
+        std::fs::write(&file, "lease = -3\n").expect("write");
+        assert!(Settings::resolve(Some(&file), &cli.common, None).is_err());
     }
 }
