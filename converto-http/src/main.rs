@@ -116,6 +116,13 @@ async fn serve(s: Settings) -> Result<(), BoxError> {
         let (engine, stop) = (engine.clone(), stop.clone());
         tokio::spawn(async move { engine.run_workers(stop).await })
     });
+    // Uploads nobody converted go an hour after their ticket expired.
+    tokio::spawn(converto_http::api::upload::run_upload_janitor(
+        Arc::clone(&engine.backends().blobs),
+        state.settings.presign_ttl + converto_http::api::upload::UNCLAIMED_UPLOAD_GRACE,
+        Duration::from_secs(600),
+        stop.clone(),
+    ));
     tracing::info!(
         %addr, store = %s.store, blobs = %s.blobs, workers = !s.no_workers,
         routes = engine.registry().routes().len(), "converto listening"

@@ -566,12 +566,106 @@ async fn upload_first_then_convert() {
         StatusCode::BAD_REQUEST,
     )
     .await;
+    // Uploads are written once: the conversion above reads this one.
     problem(
-        api.call(Request::put(&url).body(Body::empty()).expect("r"))
+        api.call(Request::put(&url).body(Body::from("other")).expect("r"))
+            .await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    let fresh = json_of(api.post("/v1/uploads").await).await["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    problem(
+        api.call(Request::put(&fresh).body(Body::empty()).expect("r"))
             .await,
         StatusCode::BAD_REQUEST,
     )
     .await;
+}
+
+/// Uploads nobody converts are removed once old enough; an upload a conversion uses is kept,
+/// and survives the deletion of one of two conversions made from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclaimed_uploads_are_removed_claimed_ones_kept() {
+    let api = api();
+    let mut uploads = Vec::new();
+    for body in ["converted twice", "never converted"] {
+        let ticket = json_of(api.post("/v1/uploads").await).await;
+        let url = ticket["url"].as_str().expect("url").to_owned();
+        let put = api
+            .call(Request::put(&url).body(Body::from(body)).expect("r"))
+            .await;
+        assert_eq!(put.status(), StatusCode::CREATED);
+        uploads.push(ticket["upload_id"].as_str().expect("id").to_owned());
+    }
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let resp = api
+            .call(
+                Request::post("/v1/conversions")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(
+                        json!({"upload_id": uploads[0], "target_format": "upper", "file_name": "a.txt"})
+                            .to_string(),
+                    ))
+                    .expect("r"),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        ids.push(json_of(resp).await["id"].as_str().expect("id").to_owned());
+    }
+    let blobs = &api.backends.blobs;
+    let young = converto_http::api::upload::remove_unclaimed_uploads(
+        blobs.as_ref(),
+        Duration::from_secs(3600),
+    )
+    .await
+    .expect("janitor");
+    assert_eq!(young, 0, "uploads younger than the limit are kept");
+    let removed =
+        converto_http::api::upload::remove_unclaimed_uploads(blobs.as_ref(), Duration::ZERO)
+            .await
+            .expect("janitor");
+    assert_eq!(removed, 1);
+    let key = |i: usize| format!("uploads/{}", uploads[i]);
+    assert!(
+        blobs.head(&key(0)).await.is_ok(),
+        "a claimed upload was removed"
+    );
+    assert!(
+        blobs.head(&key(1)).await.is_err(),
+        "the unclaimed upload is still there"
+    );
+
+    let deleted = api
+        .call(
+            Request::delete(format!("/v1/conversions/{}", ids[0]))
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    assert!(
+        blobs.head(&key(0)).await.is_ok(),
+        "deleting one conversion removed the upload the other one converts"
+    );
+    let events = api.follow(&ids[1]).await;
+    assert!(
+        events.last().is_some_and(|e| e.contains("succeeded")),
+        "{events:?}"
+    );
+    let deleted = api
+        .call(
+            Request::delete(format!("/v1/conversions/{}", ids[1]))
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    assert!(deleted.status().is_success());
+    let left = blobs.list("uploads/").await.expect("list");
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

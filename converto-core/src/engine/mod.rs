@@ -308,7 +308,9 @@ impl Engine {
         Ok(record)
     }
 
-    /// Removes a conversion, its queue entry and its blobs (cancelling it first if needed).
+    /// Removes a conversion, its queue entry and its blobs (cancelling it first if needed). An
+    /// input it shares with other conversions (one upload converted twice) stays until the last
+    /// of them is deleted.
     pub async fn delete(&self, id: ConversionId) -> Result<Conversion, EngineError> {
         let record = self.inner.backends.store.get(id).await?;
         if !record.status.is_terminal() {
@@ -320,10 +322,24 @@ impl Engine {
         let record = self.inner.backends.store.delete(id).await?;
         self.inner.backends.queue.remove(id).await?;
         let blobs = &self.inner.backends.blobs;
-        for meta in blobs.list(&format!("conversions/{id}/")).await? {
+        let owned = format!("conversions/{id}/");
+        for meta in blobs.list(&owned).await? {
             blobs.delete(&meta.key).await?;
         }
-        blobs.delete(&record.input_key).await?;
+        if !record.input_key.starts_with(&owned) {
+            // A shared input (an upload): drop this conversion's claim, and the blob with the
+            // last claim.
+            blobs
+                .delete(&submit::claim_key(&record.input_key, id))
+                .await?;
+            if blobs
+                .list(&submit::claims_prefix(&record.input_key))
+                .await?
+                .is_empty()
+            {
+                blobs.delete(&record.input_key).await?;
+            }
+        }
         let _ = self.inner.backends.bus.forget(id).await;
         Ok(record)
     }

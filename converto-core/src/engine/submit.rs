@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{Engine, EngineError};
-use crate::blob::{BlobError, ByteStream};
+use crate::blob::{BlobError, BlobStoreExt, ByteStream};
 use crate::conversion::{Conversion, NewConversion, Status, sanitize_file_name};
 use crate::converter::ConvertError;
 use crate::queue::JobSpec;
@@ -139,6 +139,16 @@ pub struct Submitted {
     pub created: bool,
 }
 
+/// The blob that records conversion `id`'s claim on the shared input blob `input_key`.
+pub(crate) fn claim_key(input_key: &str, id: ConversionId) -> String {
+    format!("{}{id}", claims_prefix(input_key))
+}
+
+/// Where the claims on the shared input blob `input_key` are kept.
+pub(crate) fn claims_prefix(input_key: &str) -> String {
+    format!("{input_key}.claims/")
+}
+
 /// How many leading bytes are read to detect a format.
 const SNIFF_BYTES: usize = 4096;
 
@@ -219,6 +229,15 @@ impl Engine {
                 (key, input_name, meta.size, source, false)
             }
         };
+        // An input handed over as an existing blob may feed several conversions (one upload
+        // converted to two formats): each conversion claims it, and deleting a conversion
+        // deletes the blob only when no claim is left (see `Engine::delete`). The claim is
+        // written before the record, so a crash in between leaves a claim (the blob is kept),
+        // never a record without one.
+        let claim = (!uploaded).then(|| claim_key(&input_key, id));
+        if let Some(claim) = &claim {
+            blobs.put_bytes(claim, Bytes::new()).await?;
+        }
         let new = NewConversion {
             id,
             tenant: sub.tenant.unwrap_or_else(|| "default".into()),
@@ -238,11 +257,19 @@ impl Engine {
                 if uploaded {
                     let _ = blobs.delete(&input_key).await;
                 }
+                if let Some(claim) = &claim {
+                    let _ = blobs.delete(claim).await;
+                }
                 return Err(e.into());
             }
         };
-        if !created.created && uploaded {
-            let _ = blobs.delete(&input_key).await;
+        if !created.created {
+            if uploaded {
+                let _ = blobs.delete(&input_key).await;
+            }
+            if let Some(claim) = &claim {
+                let _ = blobs.delete(claim).await;
+            }
         }
         let record = created.conversion;
         // A replay re-enqueues a still-queued record too: that heals a crash between the

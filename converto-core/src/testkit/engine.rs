@@ -168,6 +168,7 @@ pub async fn run_engine_suite(make: impl AsyncFn() -> Backends) {
     graceful_shutdown(&make().await).await;
     sweeper_recovers_lost_queue_entries(&make().await).await;
     delete_removes_everything(&make().await).await;
+    shared_inputs_stay_until_their_last_conversion_goes(&make().await).await;
     bad_submissions_leave_nothing(&make().await).await;
 }
 
@@ -693,6 +694,46 @@ pub async fn sweeper_recovers_lost_queue_entries(b: &Backends) {
     let w = Workers::start(&engine);
     let (_, done) = follow(&engine, id).await;
     assert_eq!(done.status, Status::Succeeded);
+    w.stop().await;
+}
+
+/// An existing blob handed to two conversions (one upload converted twice) survives the
+/// deletion of the first, feeds the second, and goes with the last.
+pub async fn shared_inputs_stay_until_their_last_conversion_goes(b: &Backends) {
+    let (engine, _) = engine_with(b, fast_config());
+    let key = "uploads/shared-input";
+    b.blobs
+        .put_bytes(key, Bytes::from_static(b"shared"))
+        .await
+        .expect("upload");
+    let sub = || {
+        Submission::new(
+            f("upper"),
+            SubmitInput::Blob {
+                key: key.into(),
+                file_name: Some("s.txt".into()),
+            },
+        )
+    };
+    let first = engine.submit(sub()).await.expect("first").conversion;
+    let second = engine.submit(sub()).await.expect("second").conversion;
+    engine.delete(first.id).await.expect("delete the first");
+    assert!(
+        b.blobs.head(key).await.is_ok(),
+        "deleting one conversion deleted the input another one needs"
+    );
+    let w = Workers::start(&engine);
+    let (_, done) = follow(&engine, second.id).await;
+    assert_eq!(done.status, Status::Succeeded);
+    let out = b
+        .blobs
+        .get_bytes(&done.artifacts[0].blob_key)
+        .await
+        .expect("artifact");
+    assert!(out.starts_with(b"SHARED"));
+    engine.delete(second.id).await.expect("delete the second");
+    let left = b.blobs.list("uploads/").await.expect("list");
+    assert!(left.is_empty(), "left behind: {left:?}");
     w.stop().await;
 }
 

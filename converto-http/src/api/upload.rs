@@ -180,7 +180,7 @@ pub(crate) async fn create(
 /// Upload the bytes of a file (streamed to the blob store).
 #[utoipa::path(put, path = "/v1/uploads/{id}", tag = "uploads", params(("id" = String, Path)),
     request_body(content = String, content_type = "application/octet-stream"),
-    responses((status = 201, body = UploadView), (status = 400, body = Problem), (status = 413, body = Problem)))]
+    responses((status = 201, body = UploadView), (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem)))]
 pub(crate) async fn put(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -201,6 +201,18 @@ pub(crate) async fn put(
     }
     let key = format!("uploads/{id}");
     let blobs = &state.engine.backends().blobs;
+    // Uploads are written once: a conversion may already be reading this one.
+    match blobs.head(&key).await {
+        Ok(_) => {
+            return Err(ApiError::Conflict {
+                detail: format!(
+                    "upload {id} was already received; ask POST /v1/uploads for a new one"
+                ),
+            });
+        }
+        Err(BlobError::NotFound { .. }) => {}
+        Err(e) => return Err(ApiError::from(converto_core::EngineError::Blob(e))),
+    }
     let size = stream_into_blob(
         blobs.as_ref(),
         &key,
@@ -222,4 +234,60 @@ pub(crate) async fn put(
             size,
         }),
     ))
+}
+
+/// How long after its ticket expired an unclaimed upload is kept (a client may have started
+/// its upload just before the expiry and submit just after).
+pub const UNCLAIMED_UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes uploads (`uploads/…`: made with `POST /v1/uploads`, or staged by a multipart
+/// submission that never completed) that no conversion claims and that are older than
+/// `older_than`. Returns how many it removed. A conversion claims its input when it is
+/// submitted (`Engine::submit`), so an upload in use is never removed.
+pub async fn remove_unclaimed_uploads(
+    blobs: &dyn BlobStore,
+    older_than: std::time::Duration,
+) -> Result<usize, BlobError> {
+    let cutoff = Utc::now()
+        - chrono::Duration::from_std(older_than).unwrap_or_else(|_| chrono::Duration::days(1));
+    let mut removed = 0;
+    for meta in blobs.list("uploads/").await? {
+        let is_upload = meta
+            .key
+            .strip_prefix("uploads/")
+            .is_some_and(|rest| !rest.contains('/'));
+        if !is_upload || meta.last_modified > cutoff {
+            continue;
+        }
+        if blobs
+            .list(&format!("{}.claims/", meta.key))
+            .await?
+            .is_empty()
+        {
+            blobs.delete(&meta.key).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Runs [`remove_unclaimed_uploads`] now and then every `every` until `stop` is cancelled,
+/// logging what it removed and any error (the next round tries again).
+pub async fn run_upload_janitor(
+    blobs: Arc<dyn BlobStore>,
+    older_than: std::time::Duration,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        match remove_unclaimed_uploads(blobs.as_ref(), older_than).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed unclaimed uploads past their expiry"),
+            Err(e) => tracing::warn!(error = %e, "could not clean up unclaimed uploads"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
 }
