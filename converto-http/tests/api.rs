@@ -82,6 +82,11 @@ impl Api {
             .await
     }
 
+    async fn delete(&self, uri: &str) -> Response<Body> {
+        self.call(Request::delete(uri).body(Body::empty()).expect("request"))
+            .await
+    }
+
     /// Follows the SSE stream to its end and returns the event names in order.
     async fn follow(&self, id: &str) -> Vec<String> {
         let resp = self.get(&format!("/v1/conversions/{id}/events")).await;
@@ -236,9 +241,7 @@ async fn submit_follow_download() {
         StatusCode::CONFLICT,
     )
     .await;
-    let del = api
-        .call(Request::delete(&location).body(Body::empty()).expect("r"))
-        .await;
+    let del = api.delete(&location).await;
     assert_eq!(del.status(), StatusCode::NO_CONTENT);
     problem(api.get(&location).await, StatusCode::NOT_FOUND).await;
     api.assert_nothing_stored().await;
@@ -639,13 +642,7 @@ async fn unclaimed_uploads_are_removed_claimed_ones_kept() {
         "the unclaimed upload is still there"
     );
 
-    let deleted = api
-        .call(
-            Request::delete(format!("/v1/conversions/{}", ids[0]))
-                .body(Body::empty())
-                .expect("r"),
-        )
-        .await;
+    let deleted = api.delete(&format!("/v1/conversions/{}", ids[0])).await;
     assert!(deleted.status().is_success(), "{}", deleted.status());
     assert!(
         blobs.head(&key(0)).await.is_ok(),
@@ -656,13 +653,7 @@ async fn unclaimed_uploads_are_removed_claimed_ones_kept() {
         events.last().is_some_and(|e| e.contains("succeeded")),
         "{events:?}"
     );
-    let deleted = api
-        .call(
-            Request::delete(format!("/v1/conversions/{}", ids[1]))
-                .body(Body::empty())
-                .expect("r"),
-        )
-        .await;
+    let deleted = api.delete(&format!("/v1/conversions/{}", ids[1])).await;
     assert!(deleted.status().is_success());
     let left = blobs.list("uploads/").await.expect("list");
     assert!(left.is_empty(), "left behind: {left:?}");
