@@ -222,8 +222,7 @@ async fn run_job(inner: &Arc<Inner>, lease: Lease, hand_back: CancellationToken)
                 attempt,
                 error: None,
             };
-            let requeued = retrying(|| store.transition(id, &t)).await;
-            if let Ok(r) = requeued {
+            if let Ok(r) = lease_transition(inner, &lease, &t).await {
                 ignore_lost(queue.retry(&lease, Utc::now()).await);
                 inner.publish(Event::status_of(&r)).await;
             }
@@ -485,10 +484,9 @@ async fn finish_succeeded(inner: &Arc<Inner>, lease: &Lease, artifacts: Vec<Arti
         attempt: lease.attempt,
         artifacts: artifacts.clone(),
     };
-    // Deleting "orphaned" artifacts after a conflict that is really our own lost answer would
-    // delete the recorded result: `recorded_by_us` tells the two apart.
-    let result = retrying(|| inner.backends.store.transition(lease.id, &t)).await;
-    match recorded_by_us(inner, lease, result, Status::Succeeded).await {
+    // A conflict here means fenced out, never our own lost answer (`lease_transition` tells
+    // the two apart): deleting the artifacts below cannot delete a recorded result.
+    match lease_transition(inner, lease, &t).await {
         Ok(record) => {
             ignore_lost(inner.backends.queue.ack(lease).await);
             metrics::counter!("converto_conversions_finished_total", "status" => "succeeded")
@@ -564,10 +562,7 @@ async fn handle_failure(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, tem
             attempt: lease.attempt,
             error: Some(error.clone()),
         };
-        // A conflict showing this very attempt already requeued is our own earlier try, whose
-        // answer was lost (see `recorded_by_us`).
-        let result = retrying(|| inner.backends.store.transition(lease.id, &t)).await;
-        match recorded_by_us(inner, lease, result, Status::Queued).await {
+        match lease_transition(inner, lease, &t).await {
             Ok(record) => {
                 let delay = inner.config.retry_delay(lease.attempt);
                 tracing::info!(id = %lease.id, attempt = lease.attempt, ?delay, error = %error.message, "temporary failure; retrying");
@@ -595,8 +590,7 @@ async fn finish_failed(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, dead
         attempt: lease.attempt,
         error: error.clone(),
     };
-    let result = retrying(|| inner.backends.store.transition(lease.id, &t)).await;
-    match recorded_by_us(inner, lease, result, Status::Failed).await {
+    match lease_transition(inner, lease, &t).await {
         Ok(record) => {
             let q = &inner.backends.queue;
             ignore_lost(if dead_letter {
@@ -618,18 +612,26 @@ async fn finish_failed(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, dead
     }
 }
 
-/// Turns a conflict that shows the conversion already in `status` on this very attempt (which
-/// only this lease runs) into the record: an earlier try of the retried call was written but its
-/// answer was lost, and the retry met it.
-async fn recorded_by_us(
+/// Applies a lease holder's verdict (`Succeed`, `Fail` or `Requeue`), retrying temporary store
+/// errors. A retry can meet the verdict's own earlier try, written although its answer was lost
+/// (a dropped connection): a conflict showing the conversion already where `t` leads, on this
+/// very attempt (which only this lease runs), is that try, and its record is returned.
+async fn lease_transition(
     inner: &Arc<Inner>,
     lease: &Lease,
-    result: Result<Conversion, StoreError>,
-    status: Status,
+    t: &Transition,
 ) -> Result<Conversion, StoreError> {
-    match result {
-        Err(StoreError::Conflict(c)) if c.status == status && c.attempts == lease.attempt => {
-            tracing::info!(id = %lease.id, %status, "already recorded by an earlier try");
+    let leads_to = match t {
+        Transition::Succeed { .. } => Some(Status::Succeeded),
+        Transition::Fail { .. } => Some(Status::Failed),
+        Transition::Requeue { .. } => Some(Status::Queued),
+        _ => None,
+    };
+    match retrying(|| inner.backends.store.transition(lease.id, t)).await {
+        Err(StoreError::Conflict(c))
+            if Some(c.status) == leads_to && c.attempts == lease.attempt =>
+        {
+            tracing::info!(id = %lease.id, status = %c.status, "already recorded by an earlier try");
             inner.backends.store.get(lease.id).await
         }
         other => other,
