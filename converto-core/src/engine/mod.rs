@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 pub use config::EngineConfig;
-pub use submit::{Submission, SubmitInput, Submitted};
+pub use submit::{Submission, SubmitInput, Submitted, claimed_input};
 
 use crate::blob::{BlobError, BlobRead, BlobStore};
 use crate::conversion::{Artifact, Conversion, Status, Transition, TransitionConflict};

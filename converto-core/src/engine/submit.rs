@@ -139,6 +139,9 @@ pub struct Submitted {
     pub created: bool,
 }
 
+/// What separates a shared input's key from its claims' ids: `{input_key}.claims/{id}`.
+const CLAIMS: &str = ".claims/";
+
 /// The blob that records conversion `id`'s claim on the shared input blob `input_key`.
 pub(crate) fn claim_key(input_key: &str, id: ConversionId) -> String {
     format!("{}{id}", claims_prefix(input_key))
@@ -146,7 +149,13 @@ pub(crate) fn claim_key(input_key: &str, id: ConversionId) -> String {
 
 /// Where the claims on the shared input blob `input_key` are kept.
 pub(crate) fn claims_prefix(input_key: &str) -> String {
-    format!("{input_key}.claims/")
+    format!("{input_key}{CLAIMS}")
+}
+
+/// The shared input a blob key claims, if the key is a conversion's claim on one (see
+/// [`Engine::delete`]): how a cleaner of inputs tells claimed ones from a single listing.
+pub fn claimed_input(key: &str) -> Option<&str> {
+    key.rsplit_once(CLAIMS).map(|(input, _)| input)
 }
 
 /// How many leading bytes are read to detect a format.
@@ -234,10 +243,16 @@ impl Engine {
         // deletes the blob only when no claim is left (see `Engine::delete`). The claim is
         // written before the record, so a crash in between leaves a claim (the blob is kept),
         // never a record without one.
-        let claim = (!uploaded).then(|| claim_key(&input_key, id));
-        if let Some(claim) = &claim {
-            blobs.put_bytes(claim, Bytes::new()).await?;
-        }
+        //
+        // `written` is what this submission wrote, removed again if no new conversion comes of
+        // it: the input it stored, or its claim on an input it was handed.
+        let written = if uploaded {
+            input_key.clone()
+        } else {
+            let claim = claim_key(&input_key, id);
+            blobs.put_bytes(&claim, Bytes::new()).await?;
+            claim
+        };
         let new = NewConversion {
             id,
             tenant: sub.tenant.unwrap_or_else(|| "default".into()),
@@ -254,22 +269,12 @@ impl Engine {
         let created = match self.inner.backends.store.create(new).await {
             Ok(c) => c,
             Err(e) => {
-                if uploaded {
-                    let _ = blobs.delete(&input_key).await;
-                }
-                if let Some(claim) = &claim {
-                    let _ = blobs.delete(claim).await;
-                }
+                let _ = blobs.delete(&written).await;
                 return Err(e.into());
             }
         };
         if !created.created {
-            if uploaded {
-                let _ = blobs.delete(&input_key).await;
-            }
-            if let Some(claim) = &claim {
-                let _ = blobs.delete(claim).await;
-            }
+            let _ = blobs.delete(&written).await;
         }
         let record = created.conversion;
         // A replay re-enqueues a still-queued record too: that heals a crash between the

@@ -250,20 +250,19 @@ pub async fn remove_unclaimed_uploads(
 ) -> Result<usize, BlobError> {
     let cutoff = Utc::now()
         - chrono::Duration::from_std(older_than).unwrap_or_else(|_| chrono::Duration::days(1));
+    // One listing holds the uploads and their claims (`uploads/ID.claims/CONVERSION`).
+    let listed = blobs.list("uploads/").await?;
+    let claimed: std::collections::HashSet<&str> = listed
+        .iter()
+        .filter_map(|meta| converto_core::engine::claimed_input(&meta.key))
+        .collect();
     let mut removed = 0;
-    for meta in blobs.list("uploads/").await? {
+    for meta in &listed {
         let is_upload = meta
             .key
             .strip_prefix("uploads/")
             .is_some_and(|rest| !rest.contains('/'));
-        if !is_upload || meta.last_modified > cutoff {
-            continue;
-        }
-        if blobs
-            .list(&format!("{}.claims/", meta.key))
-            .await?
-            .is_empty()
-        {
+        if is_upload && meta.last_modified <= cutoff && !claimed.contains(meta.key.as_str()) {
             blobs.delete(&meta.key).await?;
             removed += 1;
         }
