@@ -207,14 +207,18 @@ pub async fn expired_lease_is_delivered_again(q: &dyn JobQueue) {
     q.ack(second).await.expect("the current lease acks");
 }
 
-/// Heartbeats keep a short lease alive past its first expiry.
+/// Heartbeats keep a short lease alive past its first expiry (here, to twice its length).
+///
+/// Each heartbeat comes a third of the lease after the last, leaving the call 1 s to answer: a
+/// busy CI machine running the other suites against the same server took longer than the 250 ms
+/// an earlier 400 ms lease left.
 pub async fn heartbeat_keeps_the_lease(q: &dyn JobQueue) {
     let id = ConversionId::new();
     q.enqueue(JobSpec::now(id, 0)).await.expect("enqueue");
-    let short = Duration::from_millis(400);
+    let short = Duration::from_millis(1500);
     let mut lease = q.reserve(1, short, NOW).await.expect("reserve").remove(0);
     for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let next = q.heartbeat(&lease, short).await.expect("heartbeat");
         assert!(next.expires_at >= lease.expires_at);
         lease = next;
@@ -240,7 +244,8 @@ pub async fn retry_dead_letter_remove_stats(q: &dyn JobQueue) {
     assert_eq!(leases.len(), 3);
     assert_eq!(q.stats().await.expect("stats").leased, 3);
     let by_id: HashMap<_, _> = leases.into_iter().map(|l| (l.id, l)).collect();
-    q.retry(&by_id[&a], after(Utc::now(), Duration::from_millis(300)))
+    // The delay must outlast the calls below that check it is honoured, on a busy machine too.
+    q.retry(&by_id[&a], after(Utc::now(), Duration::from_secs(2)))
         .await
         .expect("retry");
     q.dead_letter(&by_id[&b], &ErrorInfo::new("timeout", "too slow"))
