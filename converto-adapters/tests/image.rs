@@ -482,6 +482,71 @@ async fn decompression_bombs_are_rejected_from_the_header() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_sizes_are_bounded_before_anything_is_allocated() {
+    // Issue 9: a 4096x1 PNG asked for 4096 high with upscaling would be 16 777 216 x 4096.
+    let thin = encode(
+        &DynamicImage::ImageRgb8(test_card(4096, 1)),
+        ImageFormat::Png,
+    );
+    let run = convert(
+        &thin,
+        "png",
+        "png",
+        json!({"height": 4096, "upscale": true}),
+    )
+    .await;
+    assert!(
+        matches!(&run.result, Err(ConvertError::TooLarge(m)) if m.contains("16777216x4096")),
+        "{:?}",
+        run.result
+    );
+    assert_eq!(
+        run.result.as_ref().err().map(ConvertError::code),
+        Some("input_too_large")
+    );
+
+    // Variants count together: each of these is within 1 000 000 pixels, all three are not.
+    let limited = ImageConverter::new(ImageConfig::default().with_max_pixels(1_000_000));
+    let card = encode(
+        &DynamicImage::ImageRgb8(test_card(1000, 1000)),
+        ImageFormat::Png,
+    );
+    let three = json!({"variants": ["600x600", "599x599", "598x598"], "fit": "fill"});
+    let run = convert_with(&limited, &card, "png", "png", three, None).await;
+    assert!(
+        matches!(&run.result, Err(ConvertError::TooLarge(m)) if m.contains("3 outputs together")),
+        "{:?}",
+        run.result
+    );
+    let two = json!({"variants": ["600x600", "599x599"], "fit": "fill"});
+    let run = convert_with(&limited, &card, "png", "png", two, None).await;
+    assert_eq!(run.result.map(|o| o.len()).ok(), Some(2));
+
+    // Sizes the options fix on their own are refused when the job is submitted.
+    let huge = json!({"variants": ["16384x16384"], "fit": "fill", "upscale": true});
+    let checked = limited.check_options(&format("png"), &format("png"), &huge);
+    assert!(
+        matches!(&checked, Err(ConvertError::InvalidOptions(m)) if m.contains("268435456 pixels")),
+        "{checked:?}"
+    );
+    let fine = json!({"variants": ["1000x1000"], "fit": "fill", "upscale": true});
+    assert!(
+        limited
+            .check_options(&format("png"), &format("png"), &fine)
+            .is_ok()
+    );
+
+    // The encoded bytes of all outputs together are bounded too.
+    let few_bytes = ImageConverter::new(ImageConfig::default().with_max_output_bytes(10_000));
+    let run = convert_with(&few_bytes, &card, "png", "png", Value::Null, None).await;
+    assert!(
+        matches!(&run.result, Err(ConvertError::TooLarge(m)) if m.contains("10000 bytes")),
+        "{:?}",
+        run.result
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_and_corrupt_files_are_invalid_input() {
     let card = DynamicImage::ImageRgb8(test_card(256, 192));
     for source in INPUTS {

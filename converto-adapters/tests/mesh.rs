@@ -13,7 +13,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use converto_adapters::mesh::{
-    Encoding, Mesh, MeshConverter, MeshError, MeshFormat, Monitor, read_mesh, write_mesh,
+    Encoding, Mesh, MeshConverter, MeshError, MeshFormat, MeshLimits, Monitor, read_mesh,
+    write_mesh,
 };
 use converto_core::converter::OutputBody;
 use converto_core::{
@@ -572,6 +573,129 @@ async fn hostile_input_is_a_permanent_invalid_input_and_leaves_no_output() {
     assert!(!err.is_temporary());
     assert_eq!(err.code(), "invalid_input");
     assert!(!out.path().join("out").join("output.obj").exists());
+}
+
+/// Converts `content` (a `source` file) with `limits`; the error, and whether an output was left.
+async fn convert_limited(
+    limits: MeshLimits,
+    content: &[u8],
+    source: &str,
+    target: &str,
+) -> (Result<usize, ConvertError>, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join(format!("in.{source}"));
+    std::fs::write(&input, content).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let ctx = ConvertContext::for_file(input, out.path().to_path_buf(), Arc::new(|_, _| {}));
+    let result = MeshConverter::with_limits(limits)
+        .convert(&request(source, target, Value::Null), &ctx)
+        .await
+        .map(|o| o.len());
+    let left = out
+        .path()
+        .join("out")
+        .join(format!("output.{target}"))
+        .exists();
+    (result, left)
+}
+
+fn too_large(result: &Result<usize, ConvertError>, needle: &str) {
+    match result {
+        Err(e @ ConvertError::TooLarge(message)) => {
+            assert_eq!(e.code(), "input_too_large");
+            assert!(!e.is_temporary());
+            assert!(
+                message.contains(needle),
+                "{message:?} should mention {needle:?}"
+            );
+        }
+        other => panic!("expected TooLarge mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn limits_refuse_large_meshes_before_allocating_them() {
+    let defaults = MeshLimits::default();
+    // Faces: a fan of 12 corners is 10 triangles.
+    let fan = b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3 1 2 3 1 2 3 1 2 3\n";
+    let (ok, _) = convert_limited(defaults.clone().with_max_faces(10), fan, "obj", "stl").await;
+    assert_eq!(ok.ok(), Some(1));
+    let (result, left) =
+        convert_limited(defaults.clone().with_max_faces(9), fan, "obj", "stl").await;
+    too_large(&result, "triangles");
+    assert!(!left);
+
+    // Corners per polygon, in OBJ and in a PLY whose ushort list count says 1000.
+    let (result, _) = convert_limited(
+        defaults.clone().with_max_face_corners(11),
+        fan,
+        "obj",
+        "ply",
+    )
+    .await;
+    too_large(&result, "corners");
+    let mut ply = b"ply\nformat binary_little_endian 1.0\nelement vertex 3\nproperty float x\n\
+        property float y\nproperty float z\nelement face 1\n\
+        property list ushort uchar vertex_indices\nend_header\n"
+        .to_vec();
+    ply.extend(std::iter::repeat_n(0u8, 36));
+    ply.extend_from_slice(&1000u16.to_le_bytes());
+    ply.extend((0..1000).map(|i| (i % 3) as u8));
+    let (result, _) = convert_limited(
+        defaults.clone().with_max_face_corners(999),
+        &ply,
+        "ply",
+        "stl",
+    )
+    .await;
+    too_large(&result, "corners");
+    let (ok, _) = convert_limited(defaults.clone(), &ply, "ply", "stl").await;
+    assert_eq!(ok.ok(), Some(1));
+
+    // Vertices, from a binary STL's header count, before reading them.
+    let stl = binary_stl(&[TRI, TRI], 2);
+    let (result, _) = convert_limited(defaults.clone().with_max_faces(1), &stl, "stl", "obj").await;
+    too_large(&result, "triangles");
+
+    // Output bytes, known before writing: the PLY's 998 triangles are 84 + 50 x 998 bytes
+    // of binary STL.
+    let exact = 84 + 50 * 998;
+    let (result, left) = convert_limited(
+        defaults.clone().with_max_output_bytes(exact),
+        &ply,
+        "ply",
+        "stl",
+    )
+    .await;
+    assert_eq!(result.ok(), Some(1));
+    assert!(left);
+    let (result, left) = convert_limited(
+        defaults.clone().with_max_output_bytes(exact - 1),
+        &ply,
+        "ply",
+        "stl",
+    )
+    .await;
+    too_large(&result, "output bytes");
+    assert!(!left);
+
+    // Lines: an ASCII STL line longer than the limit.
+    let mut giant = b"solid x\nfacet normal 0 0 1".to_vec();
+    giant.extend(std::iter::repeat_n(b' ', 5000));
+    giant.extend_from_slice(b"\nendsolid\n");
+    let (result, _) = convert_limited(
+        defaults.clone().with_max_line_bytes(4096),
+        &giant,
+        "stl",
+        "obj",
+    )
+    .await;
+    too_large(&result, "line longer than 4096 bytes");
+
+    // The limits deserialise with defaults for what is missing.
+    let parsed: MeshLimits = serde_json::from_value(json!({"max_faces": 5})).unwrap();
+    assert_eq!(parsed, MeshLimits::default().with_max_faces(5));
+    assert!(serde_json::from_value::<MeshLimits>(json!({"max_facez": 5})).is_err());
 }
 
 fn grid_stl(n: usize) -> Vec<u8> {

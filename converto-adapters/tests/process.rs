@@ -794,3 +794,62 @@ env = { LICENSE_KEY = "hunter2" }
     assert_eq!(conv.with_name("renamed").name(), "renamed");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_output_that_is_a_symlink_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "not the job's to read\n")?;
+    let body = format!("ln -s '{}' \"$1\"\n", secret.display());
+    let conv = converter(sh_route(dir.path(), &body)?.arg("{output}"))?;
+    let job = Job::new("in.txt", b"hello\n")?;
+    let (code, message, temporary) = failed(
+        conv.convert(&request("txt", "out", json!(null)), &job.ctx())
+            .await,
+    );
+    assert_eq!(code, "invalid_output", "{message}");
+    assert!(!temporary);
+    assert!(message.contains("symbolic link"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_output_resolving_outside_the_scratch_directory_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let outside = tempfile::tempdir()?;
+    // The output file itself is regular, but the program swapped its directory for a link to
+    // somewhere else: the path leaves the job's scratch directory.
+    let body = format!(
+        "rm -r \"$2\" && ln -s '{}' \"$2\" && echo data > \"$1\"\n",
+        outside.path().display()
+    );
+    let conv = converter(
+        sh_route(dir.path(), &body)?
+            .arg("{output}")
+            .arg("{output_dir}"),
+    )?;
+    let job = Job::new("in.txt", b"hello\n")?;
+    let (code, message, temporary) = failed(
+        conv.convert(&request("txt", "out", json!(null)), &job.ctx())
+            .await,
+    );
+    assert_eq!(code, "invalid_output", "{message}");
+    assert!(!temporary);
+    assert!(message.contains("outside"), "{message}");
+    // The program did write there; the converter just never hands it out.
+    assert_eq!(std::fs::read_dir(outside.path())?.count(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_fifo_output_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let conv = converter(sh_route(dir.path(), "mkfifo \"$1\"\n")?.arg("{output}"))?;
+    let job = Job::new("in.txt", b"hello\n")?;
+    let (code, message, _) = failed(
+        conv.convert(&request("txt", "out", json!(null)), &job.ctx())
+            .await,
+    );
+    assert_eq!(code, "invalid_output", "{message}");
+    Ok(())
+}

@@ -223,10 +223,7 @@ async fn presigned_urls_work_with_a_plain_http_client() {
         store
             .presign(PresignMethod::Get, key, Duration::from_secs(8 * 24 * 3600))
             .await,
-        Err(BlobError::Backend {
-            temporary: false,
-            ..
-        })
+        Err(BlobError::Backend(e)) if !e.temporary
     ));
     store.delete(key).await.expect("delete");
 }

@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
+use crate::error::BackendError;
+
 /// A stream of bytes, the unit of I/O for blobs: nothing is ever held whole in memory.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
@@ -113,28 +115,14 @@ pub enum BlobError {
     #[error("reading the upload failed: {0}")]
     Body(#[source] std::io::Error),
     /// The backend failed.
-    #[error("{backend} blob store failed: {source}")]
-    Backend {
-        /// Which store.
-        backend: &'static str,
-        /// Whether trying again may work.
-        temporary: bool,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 impl BlobError {
     /// Whether trying again may succeed.
     pub fn is_temporary(&self) -> bool {
-        matches!(
-            self,
-            BlobError::Backend {
-                temporary: true,
-                ..
-            }
-        )
+        matches!(self, BlobError::Backend(e) if e.is_temporary())
     }
 
     /// A backend error from any cause.
@@ -143,11 +131,7 @@ impl BlobError {
         temporary: bool,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        BlobError::Backend {
-            backend,
-            temporary,
-            source: source.into(),
-        }
+        BlobError::Backend(BackendError::new(backend, temporary, source))
     }
 }
 

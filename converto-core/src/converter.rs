@@ -32,6 +32,11 @@ impl Route {
         Self { source, target }
     }
 
+    /// A route from two format names, validated.
+    pub fn parse(source: &str, target: &str) -> Result<Self, crate::ParseFormatError> {
+        Ok(Self::new(Format::new(source)?, Format::new(target)?))
+    }
+
     /// Every pair `source -> target` with `source != target`, from one list of formats.
     pub fn all_pairs(formats: &[Format]) -> Vec<Route> {
         let mut out = Vec::new();

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ConversionId;
 use crate::conversion::{Conversion, ErrorInfo, Progress, Status};
+use crate::error::BackendError;
 
 /// A `dyn ProgressBus`.
 pub type DynProgressBus = dyn ProgressBus;
@@ -83,28 +84,14 @@ impl Event {
 #[non_exhaustive]
 pub enum BusError {
     /// The backend failed.
-    #[error("{backend} progress bus failed: {source}")]
-    Backend {
-        /// Which bus.
-        backend: &'static str,
-        /// Whether trying again may work.
-        temporary: bool,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 impl BusError {
     /// Whether trying again may succeed.
     pub fn is_temporary(&self) -> bool {
-        matches!(
-            self,
-            BusError::Backend {
-                temporary: true,
-                ..
-            }
-        )
+        matches!(self, BusError::Backend(e) if e.is_temporary())
     }
 
     /// A backend error from any cause.
@@ -113,11 +100,7 @@ impl BusError {
         temporary: bool,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        BusError::Backend {
-            backend,
-            temporary,
-            source: source.into(),
-        }
+        BusError::Backend(BackendError::new(backend, temporary, source))
     }
 }
 

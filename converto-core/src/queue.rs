@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::ConversionId;
 use crate::conversion::ErrorInfo;
+use crate::error::BackendError;
 
 /// A `dyn JobQueue`.
 pub type DynJobQueue = dyn JobQueue;
@@ -78,28 +79,14 @@ pub enum QueueError {
         id: ConversionId,
     },
     /// The backend failed.
-    #[error("{backend} job queue failed: {source}")]
-    Backend {
-        /// Which queue.
-        backend: &'static str,
-        /// Whether trying again may work.
-        temporary: bool,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 impl QueueError {
     /// Whether trying again may succeed.
     pub fn is_temporary(&self) -> bool {
-        matches!(
-            self,
-            QueueError::Backend {
-                temporary: true,
-                ..
-            }
-        )
+        matches!(self, QueueError::Backend(e) if e.is_temporary())
     }
 
     /// A backend error from any cause.
@@ -108,11 +95,7 @@ impl QueueError {
         temporary: bool,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        QueueError::Backend {
-            backend,
-            temporary,
-            source: source.into(),
-        }
+        QueueError::Backend(BackendError::new(backend, temporary, source))
     }
 }
 
@@ -181,4 +164,73 @@ pub fn after_neg(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .ok()
         .and_then(|d| now.checked_sub_signed(d))
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// What one look at a queue found, for [`wait_for_jobs`].
+#[derive(Debug)]
+pub struct Look<T> {
+    /// The jobs reserved (empty if none was ready).
+    pub reserved: Vec<T>,
+    /// How long until the next scheduled job is due, if the queue knows one.
+    pub next_due_in: Option<Duration>,
+    /// Look again after at most this long even without a wake-up (a queue that cannot hear
+    /// every enqueue, e.g. one written by other processes or a lost connection).
+    pub recheck_in: Option<Duration>,
+}
+
+impl<T> Look<T> {
+    /// Nothing ready and nothing known about what comes next.
+    pub fn nothing() -> Self {
+        Self {
+            reserved: Vec::new(),
+            next_due_in: None,
+            recheck_in: None,
+        }
+    }
+}
+
+/// The wait loop every queue's `reserve` shares: look; if nothing is ready, sleep until a
+/// wake-up (`wake`, notified on enqueue), the next job's due time, a recheck or the deadline,
+/// and look again. The wake-up is registered before each look, so an enqueue between the look
+/// and the sleep is never missed. Returns an empty list at the deadline.
+pub async fn wait_for_jobs<T, E, F, Fut>(
+    wake: &tokio::sync::Notify,
+    wait: Duration,
+    mut look: F,
+) -> Result<Vec<T>, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Look<T>, E>>,
+{
+    /// Slack after a due time, so the entry is due by the queue's clock when we look again.
+    const DUE_SLACK: Duration = Duration::from_millis(1);
+    let start = tokio::time::Instant::now();
+    // A huge wait means "until something comes": cap it rather than overflow the clock.
+    let deadline = start
+        .checked_add(wait)
+        .unwrap_or(start + Duration::from_secs(86_400 * 365));
+    loop {
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let found = look().await?;
+        if !found.reserved.is_empty() {
+            return Ok(found.reserved);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(found.reserved);
+        }
+        let mut until = deadline;
+        if let Some(due) = found.next_due_in {
+            until = until.min(now + due + DUE_SLACK);
+        }
+        if let Some(recheck) = found.recheck_in {
+            until = until.min(now + recheck);
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(until) => {}
+        }
+    }
 }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::conversion::{Conversion, NewConversion, Status, Transition, TransitionConflict};
+use crate::error::BackendError;
 use crate::{ConversionId, Format};
 
 /// A `dyn ConversionStore`.
@@ -35,28 +36,14 @@ pub enum StoreError {
     #[error("stored conversion is corrupt: {0}")]
     Corrupt(String),
     /// The backend failed.
-    #[error("{backend} conversion store failed: {source}")]
-    Backend {
-        /// Which store.
-        backend: &'static str,
-        /// Whether trying again may work.
-        temporary: bool,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 impl StoreError {
     /// Whether trying again may succeed.
     pub fn is_temporary(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Backend {
-                temporary: true,
-                ..
-            }
-        )
+        matches!(self, StoreError::Backend(e) if e.is_temporary())
     }
 
     /// A backend error from any cause.
@@ -65,11 +52,7 @@ impl StoreError {
         temporary: bool,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        StoreError::Backend {
-            backend,
-            temporary,
-            source: source.into(),
-        }
+        StoreError::Backend(BackendError::new(backend, temporary, source))
     }
 }
 
@@ -154,6 +137,48 @@ pub struct Page {
     pub items: Vec<Conversion>,
     /// Pass as `cursor` for the next page; `None` on the last page.
     pub next_cursor: Option<ConversionId>,
+}
+
+impl Page {
+    /// A page from records read newest first with one more than `limit` asked for: the extra
+    /// one only tells that a next page exists, and the cursor is the last record kept.
+    pub fn from_overfetch(mut items: Vec<Conversion>, limit: usize) -> Self {
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|c| c.id)
+        } else {
+            None
+        };
+        Self { items, next_cursor }
+    }
+}
+
+/// The compare-and-set loop stores share for [`ConversionStore::transition`]: read the record,
+/// apply the transition (which may refuse), write it if the version is still the one read, and
+/// start again from the winner's record when another writer got there first. `None` when every
+/// one of `tries` lost the race; the store turns that into its own "contended" error.
+pub async fn transition_by_cas<R, RF, W, WF>(
+    transition: &Transition,
+    now: impl Fn() -> chrono::DateTime<chrono::Utc>,
+    tries: u32,
+    mut read: R,
+    mut write: W,
+) -> Result<Option<Conversion>, StoreError>
+where
+    R: FnMut() -> RF,
+    RF: std::future::Future<Output = Result<Conversion, StoreError>>,
+    W: FnMut(Conversion, u64) -> WF,
+    WF: std::future::Future<Output = Result<Option<Conversion>, StoreError>>,
+{
+    for _ in 0..tries {
+        let current = read().await?;
+        let mut next = current.clone();
+        transition.apply(&mut next, now())?;
+        if let Some(written) = write(next, current.version).await? {
+            return Ok(Some(written));
+        }
+    }
+    Ok(None)
 }
 
 /// Stores conversion records. Every status change goes through [`Transition::apply`] under a

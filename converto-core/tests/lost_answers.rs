@@ -55,11 +55,11 @@ impl ConversionStore for LosesFirstAnswer {
     ) -> Result<Conversion, StoreError> {
         let result = self.inner.transition(id, transition).await;
         if (self.loses)(transition) && result.is_ok() && !self.lost.swap(true, Ordering::SeqCst) {
-            return Err(StoreError::Backend {
-                backend: "lossy",
-                temporary: true,
-                source: "connection reset after commit".into(),
-            });
+            return Err(StoreError::backend(
+                "lossy",
+                true,
+                "connection reset after commit",
+            ));
         }
         result
     }

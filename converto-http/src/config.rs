@@ -40,6 +40,9 @@ pub enum Command {
     Migrate,
     /// Print the supported conversions.
     Formats,
+    /// Run one isolated conversion (started by `serve` and `worker`; reads a job on stdin).
+    #[command(name = "__child", hide = true)]
+    Child,
 }
 
 /// Settings shared by every command. Each is also read from the environment and the file.
@@ -102,6 +105,18 @@ pub struct CommonArgs {
     /// Multipart parts uploaded at once; memory per upload is this times the part size [default: 4].
     #[arg(long, env = "CONVERTO_S3_MAX_PARTS_IN_FLIGHT", global = true)]
     pub s3_max_parts_in_flight: Option<usize>,
+    /// Where built-in converters run: `process` (a child process per conversion, with the job
+    /// limits; a crash fails only that job) or `none` (in this process) [default: process].
+    #[arg(long, env = "CONVERTO_ISOLATION", global = true, value_enum)]
+    pub isolation: Option<crate::isolate::Isolation>,
+    /// Memory one isolated conversion may use (RLIMIT_DATA), e.g. 512MiB, 2GiB; 0 for no limit
+    /// [default: the machine's memory / concurrency, at least 512 MiB].
+    #[arg(long, env = "CONVERTO_JOB_MEMORY_LIMIT", global = true)]
+    pub job_memory_limit: Option<crate::isolate::ByteSize>,
+    /// CPU time one isolated conversion may use (RLIMIT_CPU), seconds or e.g. 10m [default:
+    /// none; the job timeout bounds the wall time].
+    #[arg(long, env = "CONVERTO_JOB_CPU_LIMIT", global = true)]
+    pub job_cpu_limit: Option<DurationArg>,
 }
 
 /// `converto serve`.
@@ -119,6 +134,44 @@ pub struct ServeArgs {
     /// Public base URL of this server, used in upload URLs.
     #[arg(long, env = "CONVERTO_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Secret that signs upload tickets (at least 16 bytes) [default: a random secret kept in
+    /// the blob store, shared by the API nodes that share it].
+    #[arg(long, env = "CONVERTO_UPLOAD_SECRET", hide_env_values = true)]
+    pub upload_secret: Option<String>,
+    /// Connection limits and request size limits of the HTTP server.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limits of `converto serve`: what one client can hold or send.
+#[derive(Debug, Args, Default, Clone)]
+pub struct LimitArgs {
+    /// Time a client has to send a request's headers (seconds or e.g. 10s) [default: 10].
+    #[arg(long, env = "CONVERTO_HEADER_TIMEOUT")]
+    pub header_timeout: Option<DurationArg>,
+    /// A connection moving no byte for this long is closed (seconds or e.g. 30s) [default: 30].
+    #[arg(long, env = "CONVERTO_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<DurationArg>,
+    /// Connections served at once; more are answered 503 [default: 1024].
+    #[arg(long, env = "CONVERTO_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Event streams (`/events`) open at once; more are answered 503 [default: 512].
+    #[arg(long, env = "CONVERTO_MAX_EVENT_STREAMS")]
+    pub max_event_streams: Option<usize>,
+    /// Largest JSON request body in bytes [default: 65536].
+    #[arg(long, env = "CONVERTO_MAX_JSON_BYTES")]
+    pub max_json_bytes: Option<usize>,
+    /// Largest non-file multipart field in bytes [default: 16384].
+    #[arg(long, env = "CONVERTO_MAX_FIELD_BYTES")]
+    pub max_field_bytes: Option<usize>,
+    /// An origin allowed to call the API from a browser (CORS), repeatable
+    /// [default: none, CORS off].
+    #[arg(
+        long = "cors-allow-origin",
+        env = "CONVERTO_CORS_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_allow_origin: Vec<String>,
 }
 
 /// `converto convert`.
@@ -218,6 +271,18 @@ pub struct FileConfig {
     no_workers: Option<bool>,
     redirect_downloads: Option<bool>,
     public_url: Option<String>,
+    upload_secret: Option<Secret>,
+    header_timeout: Option<DurationArg>,
+    idle_timeout: Option<DurationArg>,
+    max_connections: Option<usize>,
+    max_event_streams: Option<usize>,
+    max_json_bytes: Option<usize>,
+    max_field_bytes: Option<usize>,
+    #[serde(default)]
+    cors_allow_origin: Vec<String>,
+    isolation: Option<crate::isolate::Isolation>,
+    job_memory_limit: Option<crate::isolate::ByteSize>,
+    job_cpu_limit: Option<DurationArg>,
     #[serde(default)]
     s3: S3File,
 }
@@ -337,6 +402,28 @@ pub struct Settings {
     pub redirect_downloads: bool,
     /// Public URL.
     pub public_url: Option<String>,
+    /// Signs upload tickets; `None`: the secret kept in the blob store.
+    pub upload_secret: Option<Secret>,
+    /// Time to send a request's headers.
+    pub header_timeout: Duration,
+    /// Idle connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Event streams at once.
+    pub max_event_streams: usize,
+    /// Largest JSON body.
+    pub max_json_bytes: usize,
+    /// Largest non-file multipart field.
+    pub max_field_bytes: usize,
+    /// CORS origins (empty: CORS off).
+    pub cors_allow_origins: Vec<String>,
+    /// Where built-in converters run.
+    pub isolation: crate::isolate::Isolation,
+    /// Memory limit of one isolated conversion in bytes (`None`: unlimited).
+    pub job_memory_limit: Option<u64>,
+    /// CPU-time limit of one isolated conversion (`None`: unlimited).
+    pub job_cpu_limit: Option<Duration>,
     /// S3 settings from flags and `CONVERTO_S3_*` variables.
     pub s3_explicit: S3Settings,
     /// S3 settings from the file's `[s3]` table.
@@ -378,6 +465,11 @@ impl Settings {
             .clone()
             .or(file.queue)
             .unwrap_or_else(|| store.clone());
+        let progress = common
+            .progress
+            .clone()
+            .or(file.progress)
+            .unwrap_or_else(|| default_progress(&queue, &store));
         let serve = serve.cloned().unwrap_or_default();
         let routes = if common.routes.is_empty() {
             file.routes
@@ -387,11 +479,7 @@ impl Settings {
         Ok(Self {
             store,
             queue,
-            progress: common
-                .progress
-                .clone()
-                .or(file.progress)
-                .unwrap_or_else(|| "memory".into()),
+            progress,
             blobs: common
                 .blobs
                 .clone()
@@ -422,6 +510,57 @@ impl Settings {
             redirect_downloads: serve.redirect_downloads
                 || file.redirect_downloads.unwrap_or(false),
             public_url: serve.public_url.or(file.public_url),
+            upload_secret: serve.upload_secret.map(Secret).or(file.upload_secret),
+            header_timeout: serve
+                .limits
+                .header_timeout
+                .or(file.header_timeout)
+                .map_or(Duration::from_secs(10), |d| d.0),
+            idle_timeout: serve
+                .limits
+                .idle_timeout
+                .or(file.idle_timeout)
+                .map_or(Duration::from_secs(30), |d| d.0),
+            max_connections: serve
+                .limits
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(1024),
+            max_event_streams: serve
+                .limits
+                .max_event_streams
+                .or(file.max_event_streams)
+                .unwrap_or(512),
+            max_json_bytes: serve
+                .limits
+                .max_json_bytes
+                .or(file.max_json_bytes)
+                .unwrap_or(64 * 1024),
+            max_field_bytes: serve
+                .limits
+                .max_field_bytes
+                .or(file.max_field_bytes)
+                .unwrap_or(16 * 1024),
+            cors_allow_origins: if serve.limits.cors_allow_origin.is_empty() {
+                file.cors_allow_origin
+            } else {
+                serve.limits.cors_allow_origin.clone()
+            },
+            isolation: common.isolation.or(file.isolation).unwrap_or_default(),
+            job_memory_limit: match common.job_memory_limit.or(file.job_memory_limit) {
+                Some(crate::isolate::ByteSize(0)) => None,
+                Some(crate::isolate::ByteSize(n)) => Some(n),
+                None => Some(crate::isolate::default_memory_limit(
+                    common.concurrency.or(file.concurrency).unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, usize::from)
+                    }),
+                )),
+            },
+            job_cpu_limit: common
+                .job_cpu_limit
+                .or(file.job_cpu_limit)
+                .map(|d| d.0)
+                .filter(|d| !d.is_zero()),
             s3_explicit: S3Settings {
                 region: common.s3_region.clone(),
                 endpoint: common.s3_endpoint.clone(),
@@ -444,6 +583,22 @@ impl Settings {
             data_dir,
         })
     }
+}
+
+/// The progress bus when none is configured: the queue's backend, else the store's, when that
+/// is a server other processes share (PostgreSQL or Redis), so an API node hears the progress
+/// of conversions run by worker processes; in-process memory otherwise (SQLite and memory
+/// deployments run their workers in the serving process).
+fn default_progress(queue: &str, store: &str) -> String {
+    let shared = |u: &str| {
+        ["postgres://", "postgresql://", "redis://", "rediss://"]
+            .iter()
+            .any(|p| u.starts_with(p))
+    };
+    [queue, store]
+        .into_iter()
+        .find(|u| shared(u))
+        .map_or_else(|| "memory".to_owned(), str::to_owned)
 }
 
 #[cfg(test)]
@@ -488,5 +643,17 @@ mod tests {
         assert!(err.to_string().contains("invalid duration"), "{err}");
         std::fs::write(&file, "lease = -3\n").expect("write");
         assert!(Settings::resolve(Some(&file), &cli.common, None).is_err());
+    }
+
+    #[test]
+    fn the_progress_bus_follows_a_shared_queue_or_store() {
+        let pg = "postgres://u@db/app";
+        let redis = "redis://cache:6379";
+        let sqlite = "sqlite://data/converto.db";
+        assert_eq!(default_progress(redis, pg), redis);
+        assert_eq!(default_progress(pg, pg), pg);
+        assert_eq!(default_progress("memory", pg), pg);
+        assert_eq!(default_progress(sqlite, sqlite), "memory");
+        assert_eq!(default_progress("memory", "memory"), "memory");
     }
 }

@@ -60,6 +60,20 @@ pub enum ApiError {
         /// What is wrong.
         detail: String,
     },
+    /// The request carries no valid permission (e.g. an upload without a valid ticket).
+    #[error("{detail}")]
+    Forbidden {
+        /// A stable slug, e.g. `invalid-upload-ticket`.
+        slug: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An idempotency key was reused for a different request.
+    #[error("{detail}")]
+    IdempotencyMismatch {
+        /// What differs.
+        detail: String,
+    },
     /// Nothing there.
     #[error("{detail}")]
     NotFound {
@@ -115,6 +129,8 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::IdempotencyMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -128,6 +144,8 @@ impl ApiError {
     fn slug(&self) -> &'static str {
         match self {
             ApiError::BadRequest { slug, .. } => slug,
+            ApiError::Forbidden { slug, .. } => slug,
+            ApiError::IdempotencyMismatch { .. } => "idempotency-key-reused",
             ApiError::NotFound { .. } => "not-found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::TooLarge { .. } => "payload-too-large",
@@ -166,6 +184,9 @@ impl From<EngineError> for ApiError {
             EngineError::EmptyInput => ApiError::bad_request("empty-file", "the uploaded file is empty"),
             EngineError::InputTooLarge { limit } => ApiError::TooLarge { limit },
             EngineError::InvalidOptions(d) => ApiError::bad_request("invalid-options", d),
+            e @ EngineError::IdempotencyMismatch { .. } => ApiError::IdempotencyMismatch {
+                detail: format!("{e}; use a new Idempotency-Key for a different request"),
+            },
             EngineError::InvalidRequest(d) => ApiError::bad_request("invalid-request", d),
             EngineError::Conflict(c) => ApiError::Conflict {
                 detail: format!("conversion {} is {}; cannot {} it", c.id, c.status, c.wanted),

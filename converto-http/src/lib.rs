@@ -5,8 +5,16 @@
 
 pub mod api;
 pub mod config;
+#[cfg(feature = "crash-test-converters")]
+pub mod crash_test;
 pub mod error;
+pub mod isolate;
+pub mod limits;
+pub mod middleware;
+pub mod problem;
 pub mod runtime;
+pub mod server;
+pub mod tickets;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -33,6 +41,18 @@ pub struct ApiSettings {
     /// The server's public base URL (e.g. `https://convert.example.com`), used in upload
     /// URLs; relative URLs are given without it.
     pub public_url: Option<String>,
+    /// Signs and checks the tickets of `PUT /v1/uploads/{id}` (see [`tickets`]).
+    pub upload_signer: tickets::UploadSigner,
+    /// Largest accepted JSON request body in bytes (larger ones: 413, refused while reading).
+    pub max_json_bytes: usize,
+    /// Largest accepted non-file multipart field in bytes.
+    pub max_field_bytes: usize,
+    /// Event streams (`/events`) open at once; more are answered 503.
+    pub max_event_streams: usize,
+    /// How often an event stream sends a keep-alive comment.
+    pub event_keep_alive: Duration,
+    /// Origins allowed to call the API from a browser (CORS); empty: CORS off.
+    pub cors_allow_origins: Vec<String>,
 }
 
 impl Default for ApiSettings {
@@ -42,6 +62,12 @@ impl Default for ApiSettings {
             redirect_downloads: false,
             presign_ttl: Duration::from_secs(3600),
             public_url: None,
+            upload_signer: tickets::UploadSigner::ephemeral(),
+            max_json_bytes: 64 * 1024,
+            max_field_bytes: 16 * 1024,
+            max_event_streams: 512,
+            event_keep_alive: Duration::from_secs(15),
+            cors_allow_origins: Vec::new(),
         }
     }
 }
@@ -55,6 +81,8 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Places for open event streams (`settings.max_event_streams`).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -70,6 +98,9 @@ impl AppState {
     pub fn new(engine: Engine, settings: ApiSettings) -> Self {
         Self {
             engine,
+            event_streams: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_event_streams.max(1),
+            )),
             settings: Arc::new(settings),
             metrics: prometheus(),
         }
@@ -137,9 +168,14 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 
 /// The whole application: the API, `/openapi.json`, request metrics and tracing.
 pub fn app(state: AppState) -> Router {
+    // Invalid origins are refused at start-up by the binary; here they leave CORS off.
+    let cors = middleware::cors(&state.settings.cors_allow_origins).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "CORS stays off");
+        None
+    });
     let (router, spec) = router_and_spec(state);
     let spec_json = Arc::new(spec.to_pretty_json().unwrap_or_else(|_| "{}".into()));
-    router
+    let router = router
         .route(
             "/openapi.json",
             axum::routing::get(move || {
@@ -157,9 +193,27 @@ pub fn app(state: AppState) -> Router {
                 detail: "no such endpoint; see /openapi.json".into(),
             }
         })
+        .layer(axum::middleware::map_response(problem::bare_errors_as_problems))
         .layer(axum::middleware::from_fn(track_requests))
-        .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            problem::panic_as_problem,
+        ))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                // `harden` (outside) has put an acceptable id into the header.
+                let id = req
+                    .headers()
+                    .get(middleware::REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        );
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.layer(axum::middleware::from_fn(middleware::harden))
 }
 
 async fn track_requests(req: Request, next: Next) -> Response {

@@ -29,6 +29,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if matches!(cli.command, Command::Child) {
+        // One isolated conversion, on its own current-thread runtime, under its limits.
+        return converto_http::isolate::child_main();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,6 +68,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             }
             Ok(())
         }
+        Command::Child => Ok(()), // handled in main, before a runtime exists
         Command::Formats => {
             for r in runtime::registry(&settings)?.routes() {
                 println!("{:<8} -> {:<8} ({})", r.source, r.target, r.converter);
@@ -97,7 +102,15 @@ async fn shutdown_signal() {
 }
 
 async fn serve(s: Settings) -> Result<(), BoxError> {
+    converto_http::middleware::cors(&s.cors_allow_origins)?; // refuse bad origins up front
     let engine = runtime::engine(&s).await?;
+    let upload_signer = match &s.upload_secret {
+        Some(secret) => converto_http::tickets::UploadSigner::new(secret.expose().as_bytes())?,
+        None => {
+            converto_http::tickets::UploadSigner::from_blob_store(engine.backends().blobs.as_ref())
+                .await?
+        }
+    };
     let state = AppState::new(
         engine.clone(),
         ApiSettings {
@@ -105,6 +118,14 @@ async fn serve(s: Settings) -> Result<(), BoxError> {
             redirect_downloads: s.redirect_downloads,
             presign_ttl: Duration::from_secs(3600),
             public_url: s.public_url.clone(),
+            upload_signer,
+            max_json_bytes: s.max_json_bytes,
+            max_field_bytes: s.max_field_bytes,
+            max_event_streams: s.max_event_streams,
+            // Comments keep streams alive through the idle timeout (and proxies').
+            event_keep_alive: (s.idle_timeout / 2)
+                .clamp(Duration::from_millis(100), Duration::from_secs(15)),
+            cors_allow_origins: s.cors_allow_origins.clone(),
         },
     );
     let listener = tokio::net::TcpListener::bind(s.listen)
@@ -124,14 +145,22 @@ async fn serve(s: Settings) -> Result<(), BoxError> {
         stop.clone(),
     ));
     tracing::info!(
-        %addr, store = %s.store, blobs = %s.blobs, workers = !s.no_workers,
+        %addr, store = %runtime::redact(&s.store), blobs = %runtime::redact(&s.blobs), workers = !s.no_workers,
         routes = engine.registry().routes().len(), "converto listening"
     );
     println!("converto listening on http://{addr}");
     let server_stop = stop.clone();
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { server_stop.cancelled().await });
-    let server = tokio::spawn(async move { server.await });
+    let limits = converto_http::server::ServerLimits {
+        header_read_timeout: s.header_timeout,
+        idle_timeout: s.idle_timeout,
+        max_connections: s.max_connections,
+    };
+    let server = tokio::spawn(converto_http::server::serve(
+        listener,
+        app(state),
+        limits,
+        async move { server_stop.cancelled().await },
+    ));
     shutdown_signal().await;
     tracing::info!("shutting down: no new requests, running conversions get their grace");
     stop.cancel();
@@ -145,7 +174,10 @@ async fn serve(s: Settings) -> Result<(), BoxError> {
 
 async fn worker(s: Settings) -> Result<(), BoxError> {
     let engine = runtime::engine(&s).await?;
-    tracing::info!(store = %s.store, queue = %s.queue, blobs = %s.blobs, "converto worker running");
+    tracing::info!(
+        store = %runtime::redact(&s.store), queue = %runtime::redact(&s.queue),
+        blobs = %runtime::redact(&s.blobs), "converto worker running"
+    );
     let stop = CancellationToken::new();
     let handle = {
         let (engine, stop) = (engine.clone(), stop.clone());

@@ -26,7 +26,7 @@ pub enum StartError {
         /// The URL given.
         url: String,
         /// What would work.
-        supported: &'static str,
+        supported: String,
     },
     /// A backend could not be opened.
     #[error("{what} {url:?}: {source}")]
@@ -46,18 +46,52 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-fn redact(url: &str) -> String {
-    // scheme://user:password@host -> scheme://user:***@host
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_owned(),
-            }
+/// A backend URL fit for logs and messages: the password of `scheme://user:password@host` and
+/// the values of secret-looking query parameters (`password`, `secret`, `token`, `key`, ...)
+/// replaced with `***`.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((creds, host)) => match creds.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
         }
-        _ => url.to_owned(),
-    }
+        None => tail.to_owned(),
+    };
+    format!("{}{authority}{tail}", &url[..scheme_end])
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "credential",
+        "auth",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
 }
 
 #[allow(dead_code)] // used by the backends some builds leave out
@@ -155,18 +189,42 @@ impl Opened {
     }
 }
 
-const STORES: &str = "sqlite://PATH, postgres://..., memory";
-const QUEUES: &str = "sqlite://PATH, postgres://..., redis://..., memory";
-const BUSES: &str = "memory, postgres://..., redis://...";
-const BLOBS: &str = "a directory, file:///DIR, s3://BUCKET/PREFIX, memory";
+/// What this build supports, listed in "unsupported" errors: only the schemes compiled in.
+fn supported(what: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let sqlite = cfg!(feature = "sqlite");
+    let postgres = cfg!(feature = "postgres");
+    let redis = cfg!(feature = "redis");
+    match what {
+        "store" => {
+            out.extend(sqlite.then_some("sqlite://PATH"));
+            out.extend(postgres.then_some("postgres://..."));
+        }
+        "queue" => {
+            out.extend(sqlite.then_some("sqlite://PATH"));
+            out.extend(postgres.then_some("postgres://..."));
+            out.extend(redis.then_some("redis://..."));
+        }
+        "progress" => {
+            out.extend(postgres.then_some("postgres://..."));
+            out.extend(redis.then_some("redis://..."));
+        }
+        _ => {
+            out.extend(cfg!(feature = "local").then_some("a directory, file:///DIR"));
+            out.extend(cfg!(feature = "s3").then_some("s3://BUCKET/PREFIX"));
+        }
+    }
+    out.push("memory");
+    out.join(", ")
+}
 
 /// Opens the four backends the settings name.
 pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
     let mut opened = Opened::default();
-    let unsupported = |what, url: &str, supported| StartError::Unsupported {
+    let unsupported = |what: &'static str, url: &str| StartError::Unsupported {
         what,
         url: redact(url),
-        supported,
+        supported: supported(what),
     };
 
     let store: Arc<dyn ConversionStore> = match s.store.as_str() {
@@ -177,7 +235,7 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
         u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
             opened.postgres(u, "store").await?.store()
         }
-        u => return Err(unsupported("store", u, STORES)),
+        u => return Err(unsupported("store", u)),
     };
     let queue: Arc<dyn JobQueue> = match s.queue.as_str() {
         "memory" => Arc::new(MemoryJobQueue::new()),
@@ -191,7 +249,7 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
         u if u.starts_with("redis://") || u.starts_with("rediss://") => {
             opened.redis(u, "queue").await?.queue()
         }
-        u => return Err(unsupported("queue", u, QUEUES)),
+        u => return Err(unsupported("queue", u)),
     };
     let bus: Arc<dyn ProgressBus> = match s.progress.as_str() {
         "memory" => Arc::new(MemoryProgressBus::new()),
@@ -203,7 +261,7 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
         u if u.starts_with("redis://") || u.starts_with("rediss://") => {
             opened.redis(u, "progress").await?.bus()
         }
-        u => return Err(unsupported("progress", u, BUSES)),
+        u => return Err(unsupported("progress", u)),
     };
     let blobs: Arc<dyn BlobStore> = match s.blobs.as_str() {
         "memory" => Arc::new(MemoryBlobStore::new()),
@@ -224,7 +282,7 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
                     .map_err(|e| backend_err("blobs", u, e))?,
             )
         }
-        u => return Err(unsupported("blobs", u, BLOBS)),
+        u => return Err(unsupported("blobs", u)),
     };
     let _ = &mut opened;
     Ok(Backends {
@@ -283,15 +341,32 @@ pub async fn migrate(s: &Settings) -> Result<Vec<String>, StartError> {
 }
 
 /// Every converter built into this binary, plus the external-program routes configured.
+///
+/// With [`Isolation::Process`](crate::isolate::Isolation) (the default) each built-in converter
+/// is wrapped in an [`IsolatedConverter`](crate::isolate::IsolatedConverter): its conversions
+/// run in a child process with the job limits. External-program routes already run a separate
+/// program and are not wrapped.
 pub fn registry(s: &Settings) -> Result<ConverterRegistry, StartError> {
     #[allow(unused_mut)]
     let mut reg = ConverterRegistry::new();
-    #[cfg(feature = "mesh")]
-    reg.register(Arc::new(converto_adapters::mesh::MeshConverter::new()));
-    #[cfg(feature = "image")]
-    reg.register(Arc::new(converto_adapters::image::ImageConverter::new(
-        converto_adapters::image::ImageConfig::default(),
-    )));
+    let isolation = match s.isolation {
+        crate::isolate::Isolation::None => None,
+        crate::isolate::Isolation::Process => Some(Arc::new(
+            crate::isolate::IsolationSettings::this_executable(crate::isolate::ChildLimits {
+                memory_bytes: s.job_memory_limit,
+                cpu_seconds: s.job_cpu_limit.map(|d| d.as_secs().max(1)),
+            })?,
+        )),
+    };
+    for converter in builtin_converters() {
+        match &isolation {
+            Some(settings) => reg.register(Arc::new(crate::isolate::IsolatedConverter::new(
+                converter,
+                Arc::clone(settings),
+            ))),
+            None => reg.register(converter),
+        };
+    }
     #[cfg(feature = "process")]
     for path in &s.routes {
         let conv = converto_adapters::process::ProcessConverter::from_toml_file(path)
@@ -303,10 +378,30 @@ pub fn registry(s: &Settings) -> Result<ConverterRegistry, StartError> {
         return Err(StartError::Unsupported {
             what: "routes",
             url: format!("{:?}", s.routes),
-            supported: "nothing: built without the process feature",
+            supported: "nothing: built without the process feature".into(),
         });
     }
     Ok(reg)
+}
+
+/// The converters compiled into this binary (not the external-program routes).
+///
+/// `converto __child` builds them again, by name, to run one isolated conversion
+/// ([`crate::isolate`]): a built-in converter must therefore be built the same way in both
+/// processes. Configuration it takes from [`Settings`] has to travel in the child's
+/// [`JobSpec`](crate::isolate::JobSpec).
+pub fn builtin_converters() -> Vec<Arc<dyn converto_core::Converter>> {
+    #[allow(unused_mut)]
+    let mut converters: Vec<Arc<dyn converto_core::Converter>> = Vec::new();
+    #[cfg(feature = "mesh")]
+    converters.push(Arc::new(converto_adapters::mesh::MeshConverter::new()));
+    #[cfg(feature = "image")]
+    converters.push(Arc::new(converto_adapters::image::ImageConverter::new(
+        converto_adapters::image::ImageConfig::default(),
+    )));
+    #[cfg(feature = "crash-test-converters")]
+    converters.extend(crate::crash_test::converters());
+    converters
 }
 
 /// The engine configuration the settings give.
@@ -347,5 +442,12 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=require&password=hunter2"),
+            "postgres://u@h/db?sslmode=require&password=***"
+        );
+        assert_eq!(redact("redis://:p%40ss@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("s3://bucket/a@b"), "s3://bucket/a@b");
+        assert_eq!(redact("/var/lib/converto"), "/var/lib/converto");
     }
 }

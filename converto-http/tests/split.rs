@@ -106,3 +106,68 @@ async fn split_deployment_survives_a_killed_worker() {
     let live = common::listed(&client, &a, "queued,running").await;
     assert!(live.is_empty(), "records left live: {live:?}");
 }
+
+/// The split deployment with every setting but the store at its default (`serve --no-workers`
+/// and `worker` over one PostgreSQL database): an `/events` stream opened on the API node
+/// follows a conversion the worker process runs to its terminal status, and then ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_on_an_api_node_follow_a_worker_to_the_end_by_default() {
+    let (pg, _) = pg_and_redis_urls();
+    if reachable(&pg, 5432).is_none() {
+        return skip_or_fail(
+            "the split-deployment events test",
+            &format!("PostgreSQL ({pg}) unreachable; set CONVERTO_TEST_POSTGRES_URL"),
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = common::slow_route(dir.path(), "1");
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let env = vec![("CONVERTO_POSTGRES_SCHEMA", format!("converto_events_{tag}"))];
+    // The API node and the worker share the data directory (hence the blob directory), as two
+    // processes on one host would; nothing names a queue or a progress bus.
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            "--data-dir".to_owned(),
+            dir.path().join("data").display().to_string(),
+            "--store".to_owned(),
+            pg.clone(),
+            "--routes".to_owned(),
+            routes.display().to_string(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let mut migrate = Proc::spawn(&args(&["migrate"]), &env, false);
+    assert!(migrate.child.wait().expect("migrate").success());
+    let api = Proc::spawn(
+        &args(&["serve", "--no-workers", "--listen", "127.0.0.1:0"]),
+        &env,
+        true,
+    );
+    let client = reqwest::Client::new();
+    let id = common::submit(&client, api.base(), "a.txt", b"hello".to_vec(), "slowtxt").await;
+    // Open the stream before any worker exists: it must show `queued`, then everything the
+    // worker process does, and end on its own after the terminal status.
+    let resp = client
+        .get(api.url(&format!("/v1/conversions/{id}/events")))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(resp.status(), 200);
+    let _worker = Proc::spawn(&args(&["worker"]), &env, false);
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    let read_all = async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        }
+    };
+    // A safety net only: the stream ends when the conversion does (about a second).
+    tokio::time::timeout(Duration::from_secs(120), read_all)
+        .await
+        .expect("the event stream never ended");
+    assert!(text.contains("\"status\":\"running\""), "{text}");
+    let succeeded = text.find("\"status\":\"succeeded\"").expect(&text);
+    let running = text.find("\"status\":\"running\"").expect(&text);
+    assert!(running < succeeded, "{text}");
+}

@@ -9,9 +9,13 @@ use std::path::Path;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
-use super::error::ImageFailure;
+use tokio_util::sync::CancellationToken;
 
-type Reader = BufReader<File>;
+use super::error::ImageFailure;
+use super::guard::Guarded;
+
+/// Reads stop with `Cancelled` once the job is cancelled, wherever the decoder is.
+type Reader = BufReader<Guarded<File>>;
 
 /// Decoded 8-bit pixels, RGB or RGBA, rows top to bottom without padding.
 #[derive(Debug, Clone)]
@@ -117,16 +121,20 @@ fn jpeg_failure(err: jpeg_decoder::Error) -> ImageFailure {
 impl Probe {
     /// Reads the header of the image at `path`. Fails with `TooManyPixels` for an image over
     /// `max_pixels` before any pixel buffer exists.
-    pub(crate) fn open(path: &Path, max_pixels: u64) -> Result<Self, ImageFailure> {
-        let reader = ImageReader::new(open_buffered(path)?).with_guessed_format()?;
+    pub(crate) fn open(
+        path: &Path,
+        max_pixels: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Self, ImageFailure> {
+        let reader = ImageReader::new(open_buffered(path, cancel)?).with_guessed_format()?;
         let format = reader.format().ok_or(ImageFailure::UnknownFormat)?;
         let name = format_name(format).ok_or(ImageFailure::UnknownFormat)?;
         if format == ImageFormat::Jpeg {
             drop(reader);
-            if let Some(probe) = Self::open_jpeg(path, max_pixels)? {
+            if let Some(probe) = Self::open_jpeg(path, max_pixels, cancel)? {
                 return Ok(probe);
             }
-            let reader = ImageReader::with_format(open_buffered(path)?, format);
+            let reader = ImageReader::with_format(open_buffered(path, cancel)?, format);
             return Self::open_generic(reader, name, max_pixels);
         }
         Self::open_generic(reader, name, max_pixels)
@@ -134,8 +142,12 @@ impl Probe {
 
     /// `None` when `jpeg-decoder` cannot take this JPEG (CMYK, 16-bit, unsupported coding):
     /// the `image` crate's decoder gets it instead.
-    fn open_jpeg(path: &Path, max_pixels: u64) -> Result<Option<Self>, ImageFailure> {
-        let mut decoder = jpeg_decoder::Decoder::new(open_buffered(path)?);
+    fn open_jpeg(
+        path: &Path,
+        max_pixels: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Self>, ImageFailure> {
+        let mut decoder = jpeg_decoder::Decoder::new(open_buffered(path, cancel)?);
         match decoder.read_info() {
             Ok(()) => {}
             Err(jpeg_decoder::Error::Unsupported(_)) => return Ok(None),
@@ -279,12 +291,15 @@ fn decode_jpeg_scaled(
     })
 }
 
-fn open_buffered(path: &Path) -> Result<Reader, ImageFailure> {
+fn open_buffered(path: &Path, cancel: &CancellationToken) -> Result<Reader, ImageFailure> {
     let file = File::open(path)?;
     if file.metadata()?.len() == 0 {
         return Err(ImageFailure::Empty);
     }
-    Ok(BufReader::with_capacity(256 * 1024, file))
+    Ok(BufReader::with_capacity(
+        256 * 1024,
+        Guarded::new(file, cancel.clone()),
+    ))
 }
 
 fn generic_decoder(
@@ -324,4 +339,51 @@ fn decode_generic(
             data: image.into_rgb8().into_raw(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PNG of noise (incompressible), well over the 256 KiB read buffer.
+    fn noise_png(path: &Path) {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let image = image::RgbImage::from_fn(700, 700, |_, _| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let [a, b, c, ..] = state.to_le_bytes();
+            image::Rgb([a, b, c])
+        });
+        image
+            .save_with_format(path, ImageFormat::Png)
+            .expect("write test image");
+    }
+
+    #[test]
+    fn cancelling_between_header_and_pixels_stops_the_decoder() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("noise.png");
+        noise_png(&path);
+        assert!(std::fs::metadata(&path).expect("written").len() > 1 << 20);
+        let cancel = CancellationToken::new();
+        let probe = Probe::open(&path, 100_000_000, &cancel).expect("header reads");
+        // Mid-way: the header is read, the pixels (most of the file) are not.
+        cancel.cancel();
+        match probe.decode(1.0) {
+            Err(ImageFailure::Cancelled) => {}
+            other => panic!("expected Cancelled, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_same_file_decodes_when_not_cancelled() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("noise.png");
+        noise_png(&path);
+        let cancel = CancellationToken::new();
+        let probe = Probe::open(&path, 100_000_000, &cancel).expect("header reads");
+        let decoded = probe.decode(1.0).expect("decodes");
+        assert_eq!((decoded.pixels.width, decoded.pixels.height), (700, 700));
+    }
 }

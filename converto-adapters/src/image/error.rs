@@ -70,6 +70,19 @@ pub(crate) enum ImageFailure {
         width: u32,
         height: u32,
     },
+    /// The outputs (all variants together) or a working buffer would need more pixels than
+    /// the configured limit allows; computed from the header and options before allocating.
+    #[error(
+        "the requested output needs {pixels} pixels ({what}), above the limit of {max_pixels} pixels: ask for a smaller width/height or fewer variants"
+    )]
+    OutputPixels {
+        what: String,
+        pixels: u64,
+        max_pixels: u64,
+    },
+    /// The encoded outputs together grew past the configured byte limit.
+    #[error("the encoded outputs exceed the limit of {max} bytes")]
+    OutputBytes { max: u64 },
     /// An encoder failed on valid pixels (a bug or a resource problem).
     #[error("encoding {format}: {reason}")]
     Encode {
@@ -81,7 +94,7 @@ pub(crate) enum ImageFailure {
     Resize(String),
     /// Scratch-space I/O.
     #[error(transparent)]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The conversion was cancelled between two stages.
     #[error("cancelled")]
     Cancelled,
@@ -108,6 +121,9 @@ impl ImageFailure {
     /// An I/O error while decoding a local file we could open is almost always the content's
     /// fault (truncated, or a decoder reporting bad data as `InvalidData`).
     pub(crate) fn from_decoder_io(format: &'static str, err: io::Error) -> Self {
+        if let Some(stop) = Self::from_guard(&err) {
+            return stop;
+        }
         match err.kind() {
             io::ErrorKind::UnexpectedEof => ImageFailure::Decode {
                 format,
@@ -122,6 +138,38 @@ impl ImageFailure {
     }
 }
 
+/// Why a [`Guarded`] reader or writer stopped the work: carried inside an `io::Error` through
+/// the decoders and encoders, recognised again on the way out.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub(crate) enum GuardStop {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("output byte limit reached")]
+    TooManyBytes { max: u64 },
+}
+
+impl ImageFailure {
+    /// The failure a [`GuardStop`] inside `err` stands for, if there is one.
+    fn from_guard(err: &io::Error) -> Option<Self> {
+        let stop = err.get_ref()?.downcast_ref::<GuardStop>()?;
+        Some(match *stop {
+            GuardStop::Cancelled => ImageFailure::Cancelled,
+            GuardStop::TooManyBytes { max } => ImageFailure::OutputBytes { max },
+        })
+    }
+
+    /// An I/O error on the output side: a guard's stop, or a genuine (temporary) I/O failure.
+    pub(crate) fn from_io(err: io::Error) -> Self {
+        Self::from_guard(&err).unwrap_or(ImageFailure::Io(err))
+    }
+}
+
+impl From<io::Error> for ImageFailure {
+    fn from(err: io::Error) -> Self {
+        Self::from_io(err)
+    }
+}
+
 impl From<ImageFailure> for ConvertError {
     fn from(failure: ImageFailure) -> Self {
         match failure {
@@ -130,6 +178,8 @@ impl From<ImageFailure> for ConvertError {
             e @ (ImageFailure::TooManyPixels { .. }
             | ImageFailure::InputTooLarge { .. }
             | ImageFailure::DecoderLimit { .. }
+            | ImageFailure::OutputPixels { .. }
+            | ImageFailure::OutputBytes { .. }
             | ImageFailure::OutputTooLarge { .. }) => ConvertError::TooLarge(e.to_string()),
             e @ (ImageFailure::OptionsNotObject { .. }
             | ImageFailure::UnknownOption { .. }

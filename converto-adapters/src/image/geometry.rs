@@ -1,6 +1,7 @@
 //! Output sizes and source crops, computed from the (upright) source size alone.
 
-use super::options::{Fit, Variant};
+use super::error::ImageFailure;
+use super::options::{Fit, ImageOptions, Variant};
 
 /// A rectangle of the source, in source pixels (fractional: the resizer samples sub-pixel).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,7 +33,8 @@ impl Plan {
 }
 
 fn round_side(x: f64) -> u32 {
-    // Sides are bounded by the source or by MAX_SIDE, so the cast cannot overflow.
+    // An upscaled side may exceed u32: the cast saturates, and `check_budget` refuses the
+    // plan before anything is allocated for it.
     (x.round() as u32).max(1)
 }
 
@@ -95,6 +97,68 @@ pub(crate) fn plan(
     }
 }
 
+/// Checks, before any pixel buffer exists, that the outputs of all `plans` together, and the
+/// working buffer of each resize, stay within `max_pixels`. `source_w x source_h` is the upright
+/// source size.
+///
+/// A two-pass resize holds an intermediate image of `output width x source height` (or
+/// `source width x output height`, depending on the pass order), so both are bounded: an
+/// option that stretches a thin image (a 4096x1 PNG asked for `height: 4096` with `upscale`
+/// would be 16 million pixels wide) fails here instead of allocating gigabytes.
+pub(crate) fn check_budget(
+    source_w: u32,
+    source_h: u32,
+    plans: &[Plan],
+    max_pixels: u64,
+) -> Result<(), ImageFailure> {
+    let too_many = |what: String, pixels: u64| ImageFailure::OutputPixels {
+        what,
+        pixels,
+        max_pixels,
+    };
+    let mut total = 0u64;
+    for plan in plans {
+        let (w, h) = (u64::from(plan.width), u64::from(plan.height));
+        let pixels = w.saturating_mul(h);
+        total = total.saturating_add(pixels);
+        let work = w
+            .saturating_mul(u64::from(source_h))
+            .max(u64::from(source_w).saturating_mul(h));
+        if pixels > max_pixels {
+            return Err(too_many(
+                format!("{} would be {}x{}", plan.name, plan.width, plan.height),
+                pixels,
+            ));
+        }
+        if work > max_pixels {
+            return Err(too_many(
+                format!(
+                    "resizing {source_w}x{source_h} to {}x{} for {}",
+                    plan.width, plan.height, plan.name
+                ),
+                work,
+            ));
+        }
+    }
+    if total > max_pixels {
+        return Err(too_many(format!("{} outputs together", plans.len()), total));
+    }
+    Ok(())
+}
+
+/// The output pixels the options fix whatever the source: an upscaled `fill` or `cover` box
+/// is exactly its box. Other outputs depend on the source size and count as 0 here.
+pub(crate) fn known_output_pixels(options: &ImageOptions) -> u64 {
+    if !options.upscale || options.fit == Fit::Contain {
+        return 0;
+    }
+    options
+        .variants
+        .iter()
+        .filter_map(|v| Some(u64::from(v.width?) * u64::from(v.height?)))
+        .fold(0u64, u64::saturating_add)
+}
+
 /// The largest centred rectangle of the source with the given aspect ratio (width / height).
 fn centred_crop(sw: f64, sh: f64, aspect: f64) -> Crop {
     if sw / sh > aspect {
@@ -146,6 +210,24 @@ mod tests {
         let p = plan(800, 600, &v(Some(400), Some(100)), Fit::Fill, false);
         assert_eq!((p.width, p.height), (400, 100));
         assert_eq!(p.crop.width, 800.0);
+    }
+
+    #[test]
+    fn budget_refuses_stretched_thin_images_and_sums_variants() {
+        let p = plan(4096, 1, &v(None, Some(4096)), Fit::Contain, true);
+        assert_eq!((p.width, p.height), (4096 * 4096, 4096));
+        assert!(check_budget(4096, 1, &[p], 100_000_000).is_err());
+        let small = plan(1000, 1000, &v(None, Some(500)), Fit::Contain, false);
+        assert!(check_budget(1000, 1000, std::slice::from_ref(&small), 1_000_000).is_ok());
+        let plans = vec![
+            small.clone(),
+            small.clone(),
+            small.clone(),
+            small.clone(),
+            small,
+        ];
+        // 5 x 250 000 output pixels: over a 1 000 000 budget together, not alone.
+        assert!(check_budget(1000, 1000, &plans, 1_000_000).is_err());
     }
 
     #[test]

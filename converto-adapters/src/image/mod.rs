@@ -31,6 +31,30 @@
 //!
 //! - The pixel count is read from the header and checked against [`ImageConfig::max_pixels`]
 //!   before any pixel buffer is allocated (decompression bombs fail with `TooLarge`).
+//! - The output sizes are computed from the header and the options before anything is
+//!   decoded: the output pixels of all variants together, and each resize's working buffer
+//!   (output width x source height, source width x output height), must stay within
+//!   [`ImageConfig::max_pixels`], or the conversion fails with `TooLarge` (a 4096x1 PNG asked
+//!   for `{"height": 4096, "upscale": true}` would be 16 million pixels wide). Outputs whose
+//!   size the options fix on their own (an upscaled `fill` or `cover` box) are checked in
+//!   `check_options` already, so such a job is refused with `InvalidOptions` when it is
+//!   submitted. The encoded
+//!   outputs together are bounded by [`ImageConfig::max_output_bytes`] while they are written.
+//! - Cancellation (or the job's timeout) stops decoding and encoding from the inside: the
+//!   input is read and the outputs written through wrappers that fail once the job's token is
+//!   cancelled, and the converter waits for its blocking task to end before it returns
+//!   `Cancelled`.
+//!
+//! # Memory
+//!
+//! Peak heap is bounded by the pixel limit, not by the input (a compressed image can be tiny):
+//! at most **20 bytes x [`ImageConfig::max_pixels`] + 8 MiB**, whatever the file or the
+//! options ask for. That is the decoded source at up to 8 bytes a pixel while it is turned
+//! into 8-bit RGB(A), then the 8-bit source, one variant's resize buffer and output, and its
+//! rotated copy, each within the limit. The input file is streamed through 256 KiB buffers;
+//! refused requests allocate no pixel buffer at all. (libwebp's own buffers for WebP output
+//! are allocated outside Rust and come on top.) The memory tests measure about 16 bytes a
+//! pixel for a 16-bit RGBA PNG at the limit, and under 300 KB for refused requests.
 //! - Large JPEGs that are only wanted smaller are decoded at 1/2, 1/4 or 1/8 scale in the DCT
 //!   domain (`jpeg-decoder`), never below the size the largest variant needs; all variants are
 //!   resized from that one decode.
@@ -43,11 +67,13 @@
 mod decode;
 mod error;
 mod geometry;
+mod guard;
 mod options;
 mod render;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use converto_core::{
@@ -58,7 +84,7 @@ use self::decode::{Decoded, Probe};
 use self::error::ImageFailure;
 use self::geometry::Plan;
 use self::options::ImageOptions;
-use self::render::Target;
+use self::render::{Sink, Target};
 
 /// The formats the converter reads.
 pub const INPUT_FORMATS: [&str; 6] = ["jpeg", "png", "webp", "gif", "bmp", "tiff"];
@@ -70,9 +96,14 @@ pub const OUTPUT_FORMATS: [&str; 3] = ["jpeg", "png", "webp"];
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ImageConfig {
-    /// The most pixels (width x height) an input may have; checked from the header, before
-    /// decoding. Default 100 megapixels.
+    /// The most pixels (width x height) an input may have, checked from the header before
+    /// decoding; also the most pixels the outputs of all variants may have together, and the
+    /// largest working buffer of one resize, checked from the header and options before any
+    /// pixel buffer is allocated. Default 100 megapixels.
     pub max_pixels: u64,
+    /// The most bytes the encoded outputs of one conversion may have together; checked while
+    /// they are written. Default 1 GiB.
+    pub max_output_bytes: u64,
     /// The largest input file, in bytes. Default 256 MiB.
     pub max_input_bytes: u64,
     /// JPEG quality when the options give none (1..=100). Default 85.
@@ -85,6 +116,7 @@ impl Default for ImageConfig {
     fn default() -> Self {
         Self {
             max_pixels: 100_000_000,
+            max_output_bytes: 1 << 30,
             max_input_bytes: 256 << 20,
             default_jpeg_quality: 85,
             default_webp_quality: 80,
@@ -96,6 +128,12 @@ impl ImageConfig {
     /// Sets [`ImageConfig::max_pixels`].
     pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
         self.max_pixels = max_pixels;
+        self
+    }
+
+    /// Sets [`ImageConfig::max_output_bytes`].
+    pub fn with_max_output_bytes(mut self, max_output_bytes: u64) -> Self {
+        self.max_output_bytes = max_output_bytes;
         self
     }
 
@@ -172,12 +210,20 @@ impl Converter for ImageConverter {
         target: &Format,
         options: &serde_json::Value,
     ) -> Result<(), ConvertError> {
-        match Target::from_name(target.as_str()) {
-            Some(target) => ImageOptions::parse(options, target.name())
-                .map(|_| ())
-                .map_err(ConvertError::from),
-            None => Ok(()),
+        let Some(target) = Target::from_name(target.as_str()) else {
+            return Ok(());
+        };
+        let options = ImageOptions::parse(options, target.name())?;
+        // Some outputs have a size known without the source (an upscaled `fill` or `cover`
+        // box is exactly the box): refuse those over the limit before the job is accepted.
+        let known = geometry::known_output_pixels(&options);
+        if known > self.config.max_pixels {
+            return Err(ConvertError::InvalidOptions(format!(
+                "the requested outputs are {known} pixels together, above the limit of {} pixels: ask for smaller sizes or fewer variants",
+                self.config.max_pixels
+            )));
         }
+        Ok(())
     }
 
     async fn convert(
@@ -218,14 +264,26 @@ impl Converter for ImageConverter {
         // may go, and the header alone is checked against the pixel limit first.
         let max_pixels = self.config.max_pixels;
         let cancel = ctx.cancel_token().clone();
+        let decode_cancel = cancel.clone();
         let (decoded, plans) = blocking(move || {
-            let probe = Probe::open(&input, max_pixels)?;
+            let cancel = decode_cancel;
+            // A decoder may flatten the guard's I/O error: the token says what happened.
+            let stopped = |e: ImageFailure| {
+                if cancel.is_cancelled() {
+                    ImageFailure::Cancelled
+                } else {
+                    e
+                }
+            };
+            let probe = Probe::open(&input, max_pixels, &cancel).map_err(stopped)?;
             let (w, h) = probe.upright_size();
             let plans: Vec<Plan> = options
                 .variants
                 .iter()
                 .map(|v| geometry::plan(w, h, v, options.fit, options.upscale))
                 .collect();
+            // Every buffer the plans need is sized here, before the first one is allocated.
+            geometry::check_budget(w, h, &plans, max_pixels)?;
             let min_scale = plans
                 .iter()
                 .map(Plan::required_scale)
@@ -234,11 +292,16 @@ impl Converter for ImageConverter {
             if cancel.is_cancelled() {
                 return Err(ImageFailure::Cancelled);
             }
-            Ok((Arc::new(probe.decode(min_scale)?), plans))
+            Ok((Arc::new(probe.decode(min_scale).map_err(stopped)?), plans))
         })
         .await?;
         ctx.progress(40, Some("decoded"));
 
+        let sink = Sink {
+            cancel,
+            written: Arc::new(AtomicU64::new(0)),
+            max_bytes: self.config.max_output_bytes,
+        };
         let total = plans.len();
         let mut outputs = Vec::with_capacity(total);
         for (done, plan) in plans.into_iter().enumerate() {
@@ -249,7 +312,16 @@ impl Converter for ImageConverter {
             let path: PathBuf = out_dir.join(&file_name);
             let decoded: Arc<Decoded> = Arc::clone(&decoded);
             let out_path = path.clone();
-            blocking(move || render::render(&decoded, &plan, target, quality, &out_path)).await?;
+            let sink = sink.clone();
+            let rendered = blocking(move || {
+                render::render(&decoded, &plan, target, quality, &out_path, &sink)
+            })
+            .await;
+            if let Err(e) = rendered {
+                // Leave nothing half-written behind.
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(e);
+            }
             let percent = 40 + (60 * (done + 1) / total) as u8;
             ctx.progress(percent.min(100), Some(&format!("encoded {file_name}")));
             outputs.push(Output::file(file_name, request.target.clone(), path));

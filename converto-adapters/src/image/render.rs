@@ -5,14 +5,43 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use fast_image_resize as fir;
 use image::metadata::Orientation;
 use image::{DynamicImage, ExtendedColorType, ImageBuffer, ImageEncoder};
+use tokio_util::sync::CancellationToken;
 
 use super::decode::{Decoded, Pixels, swaps_axes};
 use super::error::ImageFailure;
 use super::geometry::Plan;
+use super::guard::Guarded;
+
+/// Where encoded bytes go: stopped by cancellation, and counted against the byte limit shared
+/// by all the conversion's outputs.
+#[derive(Debug, Clone)]
+pub(crate) struct Sink {
+    pub(crate) cancel: CancellationToken,
+    pub(crate) written: Arc<AtomicU64>,
+    pub(crate) max_bytes: u64,
+}
+
+impl Sink {
+    /// Why the guarded writer stopped an encoder, if it did. Read from the shared state rather
+    /// than from the error, because some encoders flatten the I/O errors they pass on.
+    pub(crate) fn stopped(&self) -> Option<ImageFailure> {
+        if self.cancel.is_cancelled() {
+            Some(ImageFailure::Cancelled)
+        } else if self.written.load(std::sync::atomic::Ordering::Relaxed) > self.max_bytes {
+            Some(ImageFailure::OutputBytes {
+                max: self.max_bytes,
+            })
+        } else {
+            None
+        }
+    }
+}
 
 /// An output format this converter writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +86,7 @@ pub(crate) fn render(
     target: Target,
     quality: u8,
     path: &Path,
+    sink: &Sink,
 ) -> Result<(), ImageFailure> {
     let max = target.max_side();
     if plan.width > max || plan.height > max {
@@ -74,7 +104,10 @@ pub(crate) fn render(
     } else {
         Cow::Borrowed(&upright)
     };
-    encode(&flat, target, quality, path)
+    if sink.cancel.is_cancelled() {
+        return Err(ImageFailure::Cancelled);
+    }
+    encode(&flat, target, quality, path, sink).map_err(|e| sink.stopped().unwrap_or(e))
 }
 
 /// Crops and scales the stored (not yet upright) pixels to the plan's size, turned as stored.
@@ -174,7 +207,13 @@ fn flatten_on_white(pixels: &Pixels) -> Pixels {
     }
 }
 
-fn encode(pixels: &Pixels, target: Target, quality: u8, path: &Path) -> Result<(), ImageFailure> {
+fn encode(
+    pixels: &Pixels,
+    target: Target,
+    quality: u8,
+    path: &Path,
+    sink: &Sink,
+) -> Result<(), ImageFailure> {
     let color = if pixels.alpha {
         ExtendedColorType::Rgba8
     } else {
@@ -185,10 +224,12 @@ fn encode(pixels: &Pixels, target: Target, quality: u8, path: &Path) -> Result<(
         reason,
     };
     let image_err = |e: image::ImageError| match e {
-        image::ImageError::IoError(e) => ImageFailure::Io(e),
+        image::ImageError::IoError(e) => ImageFailure::from_io(e),
         other => encode_err(other.to_string()),
     };
-    let mut out = BufWriter::with_capacity(256 * 1024, File::create(path)?);
+    let file = Guarded::new(File::create(path)?, sink.cancel.clone())
+        .with_byte_limit(Arc::clone(&sink.written), sink.max_bytes);
+    let mut out = BufWriter::with_capacity(256 * 1024, file);
     match target {
         Target::Jpeg => {
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)

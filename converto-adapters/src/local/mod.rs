@@ -12,3 +12,28 @@
 mod store;
 
 pub use store::LocalBlobStore;
+
+/// Configuration of a [`LocalBlobStore`]: the directory the blobs live under.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LocalConfig {
+    /// The root directory (created if missing).
+    pub root: std::path::PathBuf,
+}
+
+impl LocalConfig {
+    /// Blobs under `root`.
+    pub fn new(root: impl Into<std::path::PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+}
+
+impl LocalBlobStore {
+    /// Opens the store a [`LocalConfig`] describes; the same as [`LocalBlobStore::open`].
+    pub async fn connect(
+        config: LocalConfig,
+    ) -> Result<LocalBlobStore, converto_core::blob::BlobError> {
+        Self::open(config.root).await
+    }
+}

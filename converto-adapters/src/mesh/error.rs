@@ -158,6 +158,18 @@ pub enum MeshError {
         /// The limit.
         limit: u64,
     },
+    /// The mesh exceeds a configured [`MeshLimits`](super::MeshLimits) limit.
+    #[error("{format}: {what}: {count}, above the limit of {limit}")]
+    LimitExceeded {
+        /// The format being read or written.
+        format: MeshFormat,
+        /// What was counted (`triangles`, `vertices`, `corners in one face`, `output bytes`).
+        what: &'static str,
+        /// How many there are (at least; for output bytes, an upper bound of the text size).
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// Cancelled through the monitor's token.
     #[error("cancelled")]
     Cancelled,
@@ -169,7 +181,10 @@ pub enum MeshError {
 impl MeshError {
     /// Whether the error is about the input's content (as opposed to I/O or cancellation).
     pub fn is_invalid_input(&self) -> bool {
-        !matches!(self, MeshError::Cancelled | MeshError::Io(_))
+        !matches!(
+            self,
+            MeshError::Cancelled | MeshError::Io(_) | MeshError::LimitExceeded { .. }
+        )
     }
 
     pub(crate) fn malformed(format: MeshFormat, location: Location, reason: Reason) -> Self {

@@ -16,8 +16,31 @@
 //! Every corrupt, truncated or hostile input fails with [`ConvertError::InvalidInput`] and a
 //! reason naming the line or record; the lower-level [`read_mesh`] and [`write_mesh`] work on
 //! any reader and writer.
+//!
+//! # Limits and memory
+//!
+//! [`MeshLimits`] bounds the triangles, vertices, corners per polygon, text line length and
+//! output bytes of a conversion; over a limit the conversion fails with
+//! [`ConvertError::TooLarge`] before the memory is allocated. Counts a file declares (binary
+//! STL triangle count, PLY element and list counts) size nothing unless the file's remaining
+//! bytes can hold them; polygons are fan-triangulated as their corners are read; vectors grow
+//! by doubling but never past what the bytes left in the file could fill.
+//!
+//! **Peak heap is at most 16 x the input's size + 16 MiB** (with the default 4 MiB line
+//! limit; the constant is 2 x `max_line_bytes` + 8 MiB). The worst case is a binary PLY
+//! whose faces are long lists of one-byte (`uchar`) indices: each byte is one more 12-byte
+//! triangle. Text formats need at least 2 bytes a corner (6 x), binary STL 50 bytes a
+//! triangle (under 4 x with the vertex table). Writing adds only a 256 KiB buffer. The
+//! mesh tests measure this on crafted worst cases with a counting allocator.
+//!
+//! # Cancellation
+//!
+//! Reading checks the job's token on every read of the input (at most 256 KiB apart) and
+//! writing every 16 384 records; the async side waits for the blocking task to end before it
+//! returns [`ConvertError::Cancelled`], so the worker's slot is not freed while work goes on.
 
 mod error;
+mod limits;
 mod model;
 mod obj;
 mod ply;
@@ -35,10 +58,11 @@ use converto_core::{
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Location, MeshError, Reason};
+pub use limits::MeshLimits;
 pub use model::{Encoding, Mesh, MeshFormat, Monitor, Stage};
-pub use obj::{read_obj, write_obj};
-pub use ply::{read_ply, write_ply_ascii, write_ply_binary};
-pub use stl::{read_stl, write_stl_ascii, write_stl_binary};
+pub use obj::{read_obj, read_obj_limited, write_obj};
+pub use ply::{read_ply, read_ply_limited, write_ply_ascii, write_ply_binary};
+pub use stl::{read_stl, read_stl_limited, write_stl_ascii, write_stl_binary};
 
 use model::ProgressReader;
 
@@ -46,11 +70,22 @@ use model::ProgressReader;
 /// from ASCII STL, to cap allocations declared by the file, and for progress).
 ///
 /// The reader is buffered here; progress (percent of `size` read) and cancellation go through
-/// `monitor`.
+/// `monitor`. Uses the default [`MeshLimits`].
 pub fn read_mesh<R: Read>(
     reader: R,
     format: MeshFormat,
     size: u64,
+    monitor: &mut Monitor<'_>,
+) -> Result<Mesh, MeshError> {
+    read_mesh_limited(reader, format, size, &MeshLimits::default(), monitor)
+}
+
+/// [`read_mesh`] within `limits`.
+pub fn read_mesh_limited<R: Read>(
+    reader: R,
+    format: MeshFormat,
+    size: u64,
+    limits: &MeshLimits,
     monitor: &mut Monitor<'_>,
 ) -> Result<Mesh, MeshError> {
     let counted = ProgressReader {
@@ -61,9 +96,9 @@ pub fn read_mesh<R: Read>(
     };
     let buffered = BufReader::with_capacity(256 * 1024, counted);
     let mesh = match format {
-        MeshFormat::Stl => read_stl(buffered, size)?,
-        MeshFormat::Obj => read_obj(buffered)?,
-        MeshFormat::Ply => read_ply(buffered, size)?,
+        MeshFormat::Stl => read_stl_limited(buffered, size, limits)?,
+        MeshFormat::Obj => read_obj_limited(buffered, Some(size).filter(|&s| s > 0), limits)?,
+        MeshFormat::Ply => read_ply_limited(buffered, size, limits)?,
     };
     mesh.validate(format)?;
     Ok(mesh)
@@ -120,16 +155,26 @@ impl MeshOptions {
     }
 }
 
-/// Converts between STL, OBJ and PLY, in pure Rust.
+/// Converts between STL, OBJ and PLY, in pure Rust, within [`MeshLimits`].
 #[derive(Debug, Clone, Default)]
 pub struct MeshConverter {
-    _private: (),
+    limits: MeshLimits,
 }
 
 impl MeshConverter {
-    /// The converter.
+    /// The converter, with the default [`MeshLimits`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The converter with these limits.
+    pub fn with_limits(limits: MeshLimits) -> Self {
+        Self { limits }
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> &MeshLimits {
+        &self.limits
     }
 }
 
@@ -188,6 +233,7 @@ impl Converter for MeshConverter {
             target,
             encoding: options.encoding.unwrap_or_default(),
             cancel: ctx.cancel_token().clone(),
+            limits: self.limits.clone(),
         };
         let mut work = tokio::task::spawn_blocking(move || {
             job.run(move |stage, percent| {
@@ -235,12 +281,18 @@ fn overall(stage: Stage, percent: u8) -> u8 {
     u8::try_from(value).unwrap_or(100)
 }
 
-/// Maps a mesh error onto the converter's error: content problems are permanent
-/// `InvalidInput`, I/O on the scratch files is temporary.
+/// Maps a mesh error onto the converter's error: limits are permanent `TooLarge`, content
+/// problems permanent `InvalidInput`, I/O on the scratch files is temporary.
 fn convert_error(e: MeshError) -> ConvertError {
     match e {
         MeshError::Cancelled => ConvertError::Cancelled,
         MeshError::Io(io) => ConvertError::Io(io),
+        e @ (MeshError::LimitExceeded { .. }
+        | MeshError::TooLarge { .. }
+        | MeshError::Malformed {
+            reason: Reason::LineTooLong { .. },
+            ..
+        }) => ConvertError::TooLarge(e.to_string()),
         other => ConvertError::InvalidInput(other.to_string()),
     }
 }
@@ -253,6 +305,7 @@ struct Job {
     target: MeshFormat,
     encoding: Encoding,
     cancel: CancellationToken,
+    limits: MeshLimits,
 }
 
 impl Job {
@@ -262,7 +315,14 @@ impl Job {
             .on_progress(report);
         let file = std::fs::File::open(&self.input)?;
         let size = file.metadata()?.len();
-        let mesh = read_mesh(file, self.source, size, &mut monitor)?;
+        let mesh = read_mesh_limited(file, self.source, size, &self.limits, &mut monitor)?;
+        // The output's size is known from the mesh: refuse it before writing a byte.
+        MeshLimits::check(
+            self.target,
+            "output bytes",
+            write::output_size(&mesh, self.target, self.encoding),
+            self.limits.max_output_bytes,
+        )?;
         write_file(
             &mesh,
             &self.output,

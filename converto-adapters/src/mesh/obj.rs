@@ -3,8 +3,8 @@
 use std::io::{BufRead, Write};
 
 use super::error::{Location, MeshError, Reason, excerpt};
+use super::limits::{Fan, MeshLimits, more_possible, push_bounded};
 use super::model::{Mesh, MeshFormat, Monitor};
-use super::stl::fan;
 use super::text::{LineReader, coordinate, parse_i64, skip_utf8_bom, tokens};
 use super::write::{Chunked, push_f32, push_u64};
 
@@ -17,16 +17,33 @@ const FORMAT: MeshFormat = MeshFormat::Obj;
 /// smoothing groups, free-form geometry and unknown statements are ignored; points (`p`) and
 /// lines (`l`) are not triangles and are dropped. Coordinates are read like C's `strtod`, as
 /// other OBJ readers do (`3.1+e2` is 3.1). A UTF-8 byte order mark at the start is skipped.
-pub fn read_obj<R: BufRead>(mut reader: R) -> Result<Mesh, MeshError> {
-    skip_utf8_bom(&mut reader)?;
-    let mut lines = LineReader::new(reader, FORMAT);
+/// Uses the default [`MeshLimits`].
+pub fn read_obj<R: BufRead>(reader: R) -> Result<Mesh, MeshError> {
+    read_obj_limited(reader, None, &MeshLimits::default())
+}
+
+/// [`read_obj`] within `limits`; `size` (the input's length, if known) bounds how far buffers
+/// may grow: a face corner takes at least 2 bytes (`" 1"`) and a vertex 7 (`"v 0 0 0"`), so
+/// the triangles and positions never take more than 6 and 2 times the input's bytes.
+pub fn read_obj_limited<R: BufRead>(
+    mut reader: R,
+    size: Option<u64>,
+    limits: &MeshLimits,
+) -> Result<Mesh, MeshError> {
+    let bom = skip_utf8_bom(&mut reader)?;
+    let mut lines = LineReader::new(reader, FORMAT, limits.line_limit());
     let mut positions: Vec<[f32; 3]> = Vec::new();
     let mut triangles: Vec<[u32; 3]> = Vec::new();
-    let mut polygon: Vec<u32> = Vec::new();
+    let mut fan = Fan::default();
     // The largest index and the line using it, to blame if it ends up out of range.
     let mut max_index: Option<(u32, u64)> = None;
     let mut points_and_lines = 0u64;
-    while let Some((line_no, line)) = lines.next_line()? {
+    loop {
+        // Input bytes left from the start of this line: what its corners can still add.
+        let remaining = size.map(|s| s.saturating_sub(bom + lines.consumed));
+        let Some((line_no, line)) = lines.next_line()? else {
+            break;
+        };
         let mut words = tokens(line);
         let at = |reason| MeshError::malformed(FORMAT, Location::Line(line_no), reason);
         match words.next() {
@@ -36,10 +53,22 @@ pub fn read_obj<R: BufRead>(mut reader: R) -> Result<Mesh, MeshError> {
                     coordinate(words.next(), "y coordinate", true, at)?,
                     coordinate(words.next(), "z coordinate", true, at)?,
                 ];
-                positions.push(p);
+                MeshLimits::check(
+                    FORMAT,
+                    "vertices",
+                    positions.len() as u64 + 1,
+                    limits.max_vertices,
+                )?;
+                let bound = more_possible(remaining, 7).map_or(limits.max_vertices, |more| {
+                    (positions.len() as u64 + more).min(limits.max_vertices)
+                });
+                push_bounded(&mut positions, p, bound);
             }
             Some(b"f") => {
-                polygon.clear();
+                fan.reset();
+                let bound = more_possible(remaining, 2).map_or(limits.max_faces, |more| {
+                    (triangles.len() as u64 + more).min(limits.max_faces)
+                });
                 for corner in words {
                     let mut parts = corner.split(|&b| b == b'/');
                     let vertex = parts.next().unwrap_or_default();
@@ -77,14 +106,13 @@ pub fn read_obj<R: BufRead>(mut reader: R) -> Result<Mesh, MeshError> {
                     if max_index.is_none_or(|(m, _)| resolved > m) {
                         max_index = Some((resolved, line_no));
                     }
-                    polygon.push(resolved);
+                    fan.corner(resolved, &mut triangles, bound, limits, FORMAT)?;
                 }
-                if polygon.len() < 3 {
+                if fan.corners < 3 {
                     return Err(at(Reason::TooFewCorners {
-                        corners: polygon.len() as u64,
+                        corners: fan.corners,
                     }));
                 }
-                fan(&polygon, &mut triangles);
             }
             Some(b"p" | b"l") => points_and_lines += 1,
             // vt, vn, vp, g, o, s, usemtl, mtllib, comments, free-form surfaces, unknown.

@@ -4,8 +4,8 @@
 use std::io::{BufRead, Read, Write};
 
 use super::error::{Location, MeshError, Reason, excerpt};
+use super::limits::{Fan, MeshLimits, more_possible, push_bounded};
 use super::model::{Mesh, MeshFormat, Monitor};
-use super::stl::fan;
 use super::text::{LineReader, parse_f64, skip_utf8_bom, tokens};
 use super::write::{Chunked, push_f32, push_u64};
 
@@ -277,10 +277,25 @@ enum Role {
 
 /// Reads a PLY file of `size` bytes: the `x`, `y`, `z` of the `vertex` element and the
 /// `vertex_indices` (or `vertex_index`) list of the `face` element; polygons are
-/// fan-triangulated. Any other elements and properties, of any type, are skipped.
-pub fn read_ply<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError> {
+/// fan-triangulated. Any other elements and properties, of any type, are skipped. Uses the
+/// default [`MeshLimits`].
+pub fn read_ply<R: BufRead>(reader: R, size: u64) -> Result<Mesh, MeshError> {
+    read_ply_limited(reader, size, &MeshLimits::default())
+}
+
+/// [`read_ply`] within `limits`. Element counts are checked against the limits and against
+/// what the rest of the file could hold before anything is sized by them; a face's list count
+/// (of any count type) is checked against [`MeshLimits::max_face_corners`] before its corners
+/// are read, and the corners are fan-triangulated as they are read, never buffered. Buffers
+/// grow no further than the bytes left could fill: a corner takes at least one byte (a binary
+/// `uchar` index), so triangles never take more than 12 times the input's bytes.
+pub fn read_ply_limited<R: BufRead>(
+    mut reader: R,
+    size: u64,
+    limits: &MeshLimits,
+) -> Result<Mesh, MeshError> {
     let bom = skip_utf8_bom(&mut reader)?;
-    let mut lines = LineReader::new(reader, FORMAT);
+    let mut lines = LineReader::new(reader, FORMAT, limits.line_limit());
     let header = read_header(&mut lines)?;
     let header_bytes = bom + lines.consumed;
     let reader = lines.into_inner();
@@ -340,6 +355,16 @@ pub fn read_ply<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
             });
         }
         remaining -= needed;
+        match role {
+            Role::Vertex { .. } => {
+                MeshLimits::check(FORMAT, "vertices", element.count, limits.max_vertices)?;
+            }
+            // Every face is at least one triangle.
+            Role::Face { .. } => {
+                MeshLimits::check(FORMAT, "triangles", element.count, limits.max_faces)?;
+            }
+            Role::Skip => {}
+        }
         roles.push(role);
     }
     if !faces_declared {
@@ -354,12 +379,12 @@ pub fn read_ply<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
         });
     }
 
-    let mut body = Body::new(reader, header.encoding);
+    let body_size = size.saturating_sub(header_bytes);
+    let mut body = Body::new(reader, header.encoding, limits.line_limit());
     let mut positions: Vec<[f32; 3]> = Vec::new();
     let mut triangles: Vec<[u32; 3]> = Vec::new();
     let mut record: Vec<f64> = Vec::new();
-    let mut list: Vec<f64> = Vec::new();
-    let mut polygon: Vec<u32> = Vec::new();
+    let mut fan = Fan::default();
     // The largest index and the face using it, checked once the vertices are known.
     let mut max_index: Option<(u32, u64)> = None;
     for (element, role) in header.elements.iter().zip(&roles) {
@@ -367,16 +392,28 @@ pub fn read_ply<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
             element: element.name.clone(),
             index,
         };
-        // Capped by what the file size allows (checked above).
-        let cap = element
-            .count
-            .min(size / element.min_record(header.encoding).max(1));
         match role {
-            Role::Vertex { .. } => positions.reserve(usize::try_from(cap).unwrap_or(0)),
-            Role::Face { .. } => triangles.reserve(usize::try_from(cap).unwrap_or(0)),
+            // The count fits what is left of the file and the vertex limit (checked above).
+            Role::Vertex { .. } => {
+                positions.reserve_exact(usize::try_from(element.count).unwrap_or(0));
+            }
+            // Faces reserve nothing up front: how many triangles a face makes is only known
+            // from its list count, so the vector grows as they come (see `push_bounded`).
+            Role::Face { .. } => {}
             Role::Skip if element.properties.is_empty() => continue,
             Role::Skip => {}
         }
+        // The fewest bytes a further triangle of a face takes: one more list item.
+        let item_bytes = match (header.encoding, &role) {
+            (Encoding::Ascii, _) => 2,
+            (_, Role::Face { indices }) => element.properties.get(*indices).map_or(1, |p| match p
+                .kind
+            {
+                Kind::List { item, .. } => item.size() as u64,
+                Kind::Scalar(s) => s.size() as u64,
+            }),
+            _ => 1,
+        };
         if let (Role::Skip, Encoding::LittleEndian | Encoding::BigEndian, true) =
             (role, header.encoding, element.fixed_size())
         {
@@ -386,7 +423,11 @@ pub fn read_ply<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
         }
         for index in 0..element.count {
             record.clear();
-            let mut wanted_list: Option<usize> = None;
+            let remaining = Some(body_size.saturating_sub(body.consumed));
+            let bound = more_possible(remaining, item_bytes).map_or(limits.max_faces, |more| {
+                (triangles.len() as u64 + more).min(limits.max_faces)
+            });
+            let mut wanted_list: Option<u64> = None;
             for (p, property) in element.properties.iter().enumerate() {
                 match property.kind {
                     Kind::Scalar(s) => record.push(body.value(s).map_err(|e| eof(e, at(index)))?),
@@ -405,13 +446,22 @@ pub fn read_ply<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
                         }
                         let keep = matches!(role, Role::Face { indices } if *indices == p);
                         if keep {
-                            list.clear();
-                            wanted_list = Some(n as usize);
+                            // Before reading a single corner: a hostile count stops here.
+                            limits
+                                .check_corners(FORMAT, n as u64)
+                                .map_err(|e| eof(e, at(index)))?;
+                            fan.reset();
+                            wanted_list = Some(n as u64);
                         }
                         for _ in 0..n as u64 {
                             let v = body.value(item).map_err(|e| eof(e, at(index)))?;
                             if keep {
-                                list.push(v);
+                                let v = vertex_index(v)
+                                    .map_err(|r| MeshError::malformed(FORMAT, at(index), r))?;
+                                if max_index.is_none_or(|(m, _)| v > m) {
+                                    max_index = Some((v, index));
+                                }
+                                fan.corner(v, &mut triangles, bound, limits, FORMAT)?;
                             }
                         }
                     }
@@ -433,7 +483,7 @@ pub fn read_ply<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
                         }
                         *slot = v;
                     }
-                    positions.push(p);
+                    push_bounded(&mut positions, p, limits.max_vertices);
                 }
                 Role::Face { .. } => {
                     let corners = wanted_list.unwrap_or(0);
@@ -441,30 +491,9 @@ pub fn read_ply<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
                         return Err(MeshError::malformed(
                             FORMAT,
                             at(index),
-                            Reason::TooFewCorners {
-                                corners: corners as u64,
-                            },
+                            Reason::TooFewCorners { corners },
                         ));
                     }
-                    polygon.clear();
-                    for &v in &list {
-                        if !(v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX)) {
-                            return Err(MeshError::malformed(
-                                FORMAT,
-                                at(index),
-                                Reason::BadNumber {
-                                    what: "vertex index",
-                                    token: v.to_string(),
-                                },
-                            ));
-                        }
-                        let v = v as u32;
-                        if max_index.is_none_or(|(m, _)| v > m) {
-                            max_index = Some((v, index));
-                        }
-                        polygon.push(v);
-                    }
-                    fan(&polygon, &mut triangles);
                 }
                 Role::Skip => {}
             }
@@ -491,6 +520,17 @@ pub fn read_ply<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
     })
 }
 
+/// A list value as a vertex index: a whole number from 0 to `u32::MAX`.
+fn vertex_index(v: f64) -> Result<u32, Reason> {
+    if !(v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX)) {
+        return Err(Reason::BadNumber {
+            what: "vertex index",
+            token: v.to_string(),
+        });
+    }
+    Ok(v as u32)
+}
+
 fn eof(e: MeshError, location: Location) -> MeshError {
     match e {
         MeshError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -511,15 +551,21 @@ struct Body<R> {
     /// The current ASCII line and the read position in it.
     line: Vec<u8>,
     pos: usize,
+    /// Body bytes read so far.
+    consumed: u64,
+    /// The longest ASCII line accepted.
+    max_line: usize,
 }
 
 impl<R: BufRead> Body<R> {
-    fn new(reader: R, encoding: Encoding) -> Self {
+    fn new(reader: R, encoding: Encoding, max_line: usize) -> Self {
         Self {
             reader,
             encoding,
             line: Vec::new(),
             pos: 0,
+            consumed: 0,
+            max_line,
         }
     }
 
@@ -542,6 +588,7 @@ impl<R: BufRead> Body<R> {
                 let mut b = [0u8; 8];
                 let bytes = b.get_mut(..scalar.size()).unwrap_or_default();
                 self.reader.read_exact(bytes)?;
+                self.consumed += bytes.len() as u64;
                 Ok(scalar.decode(bytes, self.encoding == Encoding::BigEndian))
             }
         }
@@ -549,6 +596,7 @@ impl<R: BufRead> Body<R> {
 
     fn skip(&mut self, bytes: u64) -> Result<(), MeshError> {
         let copied = std::io::copy(&mut (&mut self.reader).take(bytes), &mut std::io::sink())?;
+        self.consumed += copied;
         if copied < bytes {
             return Err(MeshError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
@@ -573,10 +621,20 @@ impl<R: BufRead> Body<R> {
             self.line.clear();
             self.pos = 0;
             let n = (&mut self.reader)
-                .take(super::text::MAX_LINE as u64)
+                .take(self.max_line as u64 + 1)
                 .read_until(b'\n', &mut self.line)?;
             if n == 0 {
                 return Err(MeshError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.consumed += n as u64;
+            if n > self.max_line && self.line.last() != Some(&b'\n') {
+                return Err(MeshError::malformed(
+                    FORMAT,
+                    Location::File,
+                    Reason::LineTooLong {
+                        limit: self.max_line,
+                    },
+                ));
             }
             if self.line.contains(&0) {
                 return Err(MeshError::malformed(
@@ -589,7 +647,7 @@ impl<R: BufRead> Body<R> {
     }
 }
 
-fn header(mesh: &Mesh, encoding: &str) -> String {
+pub(crate) fn header(mesh: &Mesh, encoding: &str) -> String {
     format!(
         "ply\nformat {encoding} 1.0\ncomment written by converto\nelement vertex {}\n\
          property float x\nproperty float y\nproperty float z\nelement face {}\n\

@@ -3,6 +3,7 @@
 use std::io::{BufRead, Read, Write};
 
 use super::error::{Location, MeshError, Reason, excerpt};
+use super::limits::{Fan, MeshLimits, more_possible};
 use super::model::{Mesh, MeshFormat, Monitor, VertexMerger};
 use super::text::{LineReader, UTF8_BOM, coordinate, tokens};
 use super::write::{Chunked, normal, push_f32};
@@ -20,8 +21,19 @@ const BATCH: usize = 8192;
 /// triangle count declares, or when it does not start with `solid`. A binary STL whose header
 /// happens to start with `solid` is therefore still read as binary; a file that starts with
 /// `solid` and has any other size is read as ASCII. Vertices with identical bit patterns are
-/// merged.
-pub fn read_stl<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError> {
+/// merged. Uses the default [`MeshLimits`].
+pub fn read_stl<R: BufRead>(reader: R, size: u64) -> Result<Mesh, MeshError> {
+    read_stl_limited(reader, size, &MeshLimits::default())
+}
+
+/// [`read_stl`] within `limits`. A binary STL's declared triangle count is checked against the
+/// limits and the file size before anything is sized by it; an ASCII loop's corners are
+/// fan-triangulated as they are read, never buffered.
+pub fn read_stl_limited<R: BufRead>(
+    mut reader: R,
+    size: u64,
+    limits: &MeshLimits,
+) -> Result<Mesh, MeshError> {
     // Peek (without consuming) at the start of the file to tell the encodings apart.
     let head = reader.fill_buf()?;
     let declared = head
@@ -42,7 +54,7 @@ pub fn read_stl<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
     let has_nul = head.iter().take(HEADER + 4 + RECORD).any(|&b| b == 0);
     if starts_with_solid && binary_size != Some(size) && !has_nul {
         reader.consume(bom);
-        return read_ascii(reader);
+        return read_ascii(reader, size, limits);
     }
     let mut header = [0u8; HEADER + 4];
     reader.read_exact(&mut header).map_err(|e| match e.kind() {
@@ -53,10 +65,15 @@ pub fn read_stl<R: BufRead>(mut reader: R, size: u64) -> Result<Mesh, MeshError>
         _ => MeshError::from(e),
     })?;
     let [.., a, b, c, d] = header;
-    read_binary(reader, u32::from_le_bytes([a, b, c, d]), size)
+    read_binary(reader, u32::from_le_bytes([a, b, c, d]), size, limits)
 }
 
-fn read_binary<R: Read>(mut reader: R, declared: u32, size: u64) -> Result<Mesh, MeshError> {
+fn read_binary<R: Read>(
+    mut reader: R,
+    declared: u32,
+    size: u64,
+    limits: &MeshLimits,
+) -> Result<Mesh, MeshError> {
     let available = size.saturating_sub(HEADER as u64 + 4);
     let needed = RECORD as u64 * u64::from(declared);
     if needed > available {
@@ -74,6 +91,7 @@ fn read_binary<R: Read>(mut reader: R, declared: u32, size: u64) -> Result<Mesh,
             detail: " (the binary header declares 0 triangles)".into(),
         });
     }
+    MeshLimits::check(FORMAT, "triangles", u64::from(declared), limits.max_faces)?;
     if needed < available {
         tracing::debug!(
             trailing = available - needed,
@@ -149,14 +167,22 @@ enum State {
     InLoop,
 }
 
-fn read_ascii<R: BufRead>(reader: R) -> Result<Mesh, MeshError> {
-    let mut lines = LineReader::new(reader, FORMAT);
+fn read_ascii<R: BufRead>(reader: R, size: u64, limits: &MeshLimits) -> Result<Mesh, MeshError> {
+    let mut lines = LineReader::new(reader, FORMAT, limits.line_limit());
     let mut merger = VertexMerger::with_capacity(1024);
     let mut triangles = Vec::new();
-    let mut polygon: Vec<u32> = Vec::with_capacity(3);
+    let mut fan = Fan::default();
     let mut state = State::Outside;
     let mut solids = 0u64;
-    while let Some((line_no, line)) = lines.next_line()? {
+    loop {
+        // Each further triangle needs a `vertex x y z` line: at least 12 bytes.
+        let more = more_possible(Some(size.saturating_sub(lines.consumed)), 12);
+        let bound = more.map_or(limits.max_faces, |more| {
+            (triangles.len() as u64 + more).min(limits.max_faces)
+        });
+        let Some((line_no, line)) = lines.next_line()? else {
+            break;
+        };
         let at = |reason| MeshError::malformed(FORMAT, Location::Line(line_no), reason);
         let mut words = tokens(line);
         let Some(keyword) = words.next() else {
@@ -184,13 +210,12 @@ fn read_ascii<R: BufRead>(reader: R) -> Result<Mesh, MeshError> {
                 continue;
             }
             State::InFacet if is("endfacet") => {
-                if polygon.len() < 3 {
+                if fan.corners < 3 {
                     return Err(at(Reason::TooFewCorners {
-                        corners: polygon.len() as u64,
+                        corners: fan.corners,
                     }));
                 }
-                fan(&polygon, &mut triangles);
-                polygon.clear();
+                fan.reset();
                 state = State::InSolid;
                 continue;
             }
@@ -201,7 +226,14 @@ fn read_ascii<R: BufRead>(reader: R) -> Result<Mesh, MeshError> {
                     coordinate(words.next(), "y coordinate", false, at)?,
                     coordinate(words.next(), "z coordinate", false, at)?,
                 ];
-                polygon.push(merger.index(p, FORMAT)?);
+                let index = merger.index(p, FORMAT)?;
+                MeshLimits::check(
+                    FORMAT,
+                    "vertices",
+                    merger.positions.len() as u64,
+                    limits.max_vertices,
+                )?;
+                fan.corner(index, &mut triangles, bound, limits, FORMAT)?;
                 continue;
             }
             State::InLoop if is("endloop") => {
@@ -238,17 +270,6 @@ fn truncated(inside: &str) -> MeshError {
     MeshError::Truncated {
         format: FORMAT,
         location: Location::Section(inside.into()),
-    }
-}
-
-/// Fan-triangulates a convex polygon (the usual reading of OBJ, PLY and STL polygons).
-pub(crate) fn fan(polygon: &[u32], out: &mut Vec<[u32; 3]>) {
-    if let Some((&first, rest)) = polygon.split_first() {
-        for pair in rest.windows(2) {
-            if let [b, c] = *pair {
-                out.push([first, b, c]);
-            }
-        }
     }
 }
 

@@ -5,9 +5,6 @@ use std::io::{BufRead, Read};
 use super::error::{Location, MeshError, Reason, excerpt};
 use super::model::MeshFormat;
 
-/// The longest line accepted (OBJ faces can be long; nothing legitimate is this long).
-pub(crate) const MAX_LINE: usize = 16 * 1024 * 1024;
-
 /// The UTF-8 byte order mark some Windows tools write at the start of text files.
 pub(crate) const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -30,16 +27,19 @@ pub(crate) struct LineReader<R> {
     /// Bytes consumed so far.
     pub(crate) consumed: u64,
     format: MeshFormat,
+    /// The longest line accepted: a longer one fails instead of being buffered.
+    max_line: usize,
 }
 
 impl<R: BufRead> LineReader<R> {
-    pub(crate) fn new(inner: R, format: MeshFormat) -> Self {
+    pub(crate) fn new(inner: R, format: MeshFormat, max_line: usize) -> Self {
         Self {
             inner,
             buf: Vec::with_capacity(256),
             line: 0,
             consumed: 0,
             format,
+            max_line,
         }
     }
 
@@ -47,7 +47,7 @@ impl<R: BufRead> LineReader<R> {
     pub(crate) fn next_line(&mut self) -> Result<Option<(u64, &[u8])>, MeshError> {
         self.buf.clear();
         let n = (&mut self.inner)
-            .take(MAX_LINE as u64 + 1)
+            .take(self.max_line as u64 + 1)
             .read_until(b'\n', &mut self.buf)?;
         if n == 0 {
             return Ok(None);
@@ -56,8 +56,10 @@ impl<R: BufRead> LineReader<R> {
         self.consumed += n as u64;
         if self.buf.last() == Some(&b'\n') {
             self.buf.pop();
-        } else if self.buf.len() > MAX_LINE {
-            return Err(self.error(Reason::LineTooLong { limit: MAX_LINE }));
+        } else if self.buf.len() > self.max_line {
+            return Err(self.error(Reason::LineTooLong {
+                limit: self.max_line,
+            }));
         }
         if self.buf.last() == Some(&b'\r') {
             self.buf.pop();

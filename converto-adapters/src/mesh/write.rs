@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::error::MeshError;
-use super::model::{Monitor, Stage};
+use super::model::{Encoding, Mesh, MeshFormat, Monitor, Stage};
 
 /// Flush to the writer in blocks of about this many bytes.
 const BLOCK: usize = 256 * 1024;
@@ -77,5 +77,74 @@ pub(crate) fn normal(a: [f32; 3], b: [f32; 3], c: [f32; 3]) -> [f32; 3] {
         [n[0] / len, n[1] / len, n[2] / len]
     } else {
         [0.0; 3]
+    }
+}
+
+/// The most bytes `mesh` takes written as `format`: exact for binary STL and PLY, an upper
+/// bound for text (every number at its longest: 15 characters for an `f32` as `ryu` writes
+/// it, 10 for a `u32`, plus separators).
+pub(crate) fn output_size(mesh: &Mesh, format: MeshFormat, encoding: Encoding) -> u64 {
+    const FLOAT: u64 = 16;
+    const INT: u64 = 11;
+    let v = mesh.positions.len() as u64;
+    let t = mesh.triangles.len() as u64;
+    let header = 512;
+    let per = |vertex: u64, triangle: u64| {
+        v.saturating_mul(vertex)
+            .saturating_add(t.saturating_mul(triangle))
+            .saturating_add(header)
+    };
+    match (format, encoding) {
+        (MeshFormat::Stl, Encoding::Binary) => 84u64.saturating_add(t.saturating_mul(50)),
+        // "  facet normal" n, "outer loop", three "vertex" lines, "endloop", "endfacet".
+        (MeshFormat::Stl, Encoding::Ascii) => {
+            per(0, 14 + 3 * FLOAT + 16 + 3 * (12 + 3 * FLOAT + 1) + 24)
+        }
+        (MeshFormat::Obj, _) => per(2 + 3 * FLOAT, 2 + 3 * INT),
+        (MeshFormat::Ply, Encoding::Binary) => {
+            let header = super::ply::header(mesh, "binary_little_endian").len() as u64;
+            v.saturating_mul(12)
+                .saturating_add(t.saturating_mul(13))
+                .saturating_add(header)
+        }
+        (MeshFormat::Ply, Encoding::Ascii) => per(3 * FLOAT + 1, 2 + 3 * INT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::write_mesh;
+
+    #[test]
+    fn output_size_is_exact_for_binary_and_an_upper_bound_for_text() {
+        // Long floats and long indices: the text writers' worst case.
+        let long = [-1.234_567_9e-38_f32, -3.402_823e37, -0.000_123_456_79];
+        let mut mesh = Mesh::default();
+        for i in 0..3000u32 {
+            mesh.positions
+                .push(long.map(|v| v * (1.0 + i as f32 * 1e-6)));
+        }
+        for i in 0..2998u32 {
+            mesh.triangles.push([i, i + 1, i + 2]);
+        }
+        for format in MeshFormat::ALL {
+            for encoding in [Encoding::Binary, Encoding::Ascii] {
+                if format == MeshFormat::Obj && encoding == Encoding::Binary {
+                    continue;
+                }
+                let mut out = Vec::new();
+                write_mesh(&mesh, format, encoding, &mut out, &mut Monitor::new()).expect("writes");
+                let bound = output_size(&mesh, format, encoding);
+                let written = out.len() as u64;
+                assert!(
+                    written <= bound,
+                    "{format} {encoding:?}: {written} > {bound}"
+                );
+                if encoding == Encoding::Binary && format != MeshFormat::Obj {
+                    assert_eq!(written, bound, "{format} binary is exact");
+                }
+            }
+        }
     }
 }

@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use converto_core::ConversionId;
 use converto_core::conversion::ErrorInfo;
-use converto_core::queue::{JobQueue, JobSpec, Lease, QueueError, QueueStats, new_lease_token};
+use converto_core::queue::{
+    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, new_lease_token, wait_for_jobs,
+};
 use sqlx::types::Json;
 use tokio::sync::{Notify, OnceCell};
 use uuid::Uuid;
@@ -279,25 +281,20 @@ impl JobQueue for PostgresJobQueue {
             return self.try_reserve(max, lease_for).await;
         }
         self.ensure_listener().await?;
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Registered before looking, so a notification during the query is not lost.
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let leases = self.try_reserve(max, lease_for).await?;
-            if !leases.is_empty() || tokio::time::Instant::now() >= deadline {
-                return Ok(leases);
-            }
-            let until = match self.next_due().await? {
-                Some(d) => deadline.min(tokio::time::Instant::now() + d),
-                None => deadline,
+        wait_for_jobs(&self.wake, wait, move || async move {
+            let reserved = self.try_reserve(max, lease_for).await?;
+            let next_due_in = if reserved.is_empty() {
+                self.next_due().await?
+            } else {
+                None
             };
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(until) => {}
-            }
-        }
+            Ok(Look {
+                reserved,
+                next_due_in,
+                recheck_in: None,
+            })
+        })
+        .await
     }
 
     async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {

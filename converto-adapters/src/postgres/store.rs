@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use converto_core::conversion::{
     Artifact, Conversion, ErrorInfo, NewConversion, Progress, Status, Transition,
 };
-use converto_core::store::{ConversionStore, Created, ListQuery, Page, StoreError};
+use converto_core::store::{
+    ConversionStore, Created, ListQuery, Page, StoreError, transition_by_cas,
+};
 use converto_core::{ConversionId, Format};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -256,14 +258,8 @@ impl ConversionStore for PostgresConversionStore {
         qb.push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::try_from(limit + 1).unwrap_or(i64::MAX));
         let rows = qb.build().fetch_all(&self.shared.pool).await.map_err(sql)?;
-        let mut items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|c| c.id)
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_overfetch(items, limit))
     }
 
     async fn transition(
@@ -271,29 +267,33 @@ impl ConversionStore for PostgresConversionStore {
         id: ConversionId,
         transition: &Transition,
     ) -> Result<Conversion, StoreError> {
-        for _ in 0..CAS_ATTEMPTS {
-            let current = self.fetch(id).await?.ok_or(StoreError::NotFound { id })?;
-            let mut next = current.clone();
-            transition.apply(&mut next, now_micros())?;
-            let updated = sqlx::query(UPDATE_IF_VERSION)
-                .bind(id.as_uuid())
-                .bind(to_i64("version", current.version)?)
-                .bind(next.status.as_str())
-                .bind(next.progress.as_ref().map(Json))
-                .bind(i64::from(next.attempts))
-                .bind(next.error.as_ref().map(Json))
-                .bind(Json(&next.artifacts))
-                .bind(next.started_at)
-                .bind(next.finished_at)
-                .bind(next.updated_at)
-                .bind(to_i64("version", next.version)?)
-                .execute(&self.shared.pool)
-                .await
-                .map_err(sql)?;
-            if updated.rows_affected() == 1 {
-                return Ok(next);
-            }
-            // Another writer won; apply the transition to what it wrote (which may now refuse).
+        let written = transition_by_cas(
+            transition,
+            now_micros,
+            CAS_ATTEMPTS,
+            || async move { self.fetch(id).await?.ok_or(StoreError::NotFound { id }) },
+            |next, version| async move {
+                let updated = sqlx::query(UPDATE_IF_VERSION)
+                    .bind(id.as_uuid())
+                    .bind(to_i64("version", version)?)
+                    .bind(next.status.as_str())
+                    .bind(next.progress.as_ref().map(Json))
+                    .bind(i64::from(next.attempts))
+                    .bind(next.error.as_ref().map(Json))
+                    .bind(Json(&next.artifacts))
+                    .bind(next.started_at)
+                    .bind(next.finished_at)
+                    .bind(next.updated_at)
+                    .bind(to_i64("version", next.version)?)
+                    .execute(&self.shared.pool)
+                    .await
+                    .map_err(sql)?;
+                Ok((updated.rows_affected() == 1).then_some(next))
+            },
+        )
+        .await?;
+        if let Some(next) = written {
+            return Ok(next);
         }
         Err(PostgresError::Contended {
             id,

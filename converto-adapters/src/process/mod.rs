@@ -33,8 +33,13 @@
 //! Failures: a non-zero exit is `converter_exit_<n>` (temporary only for
 //! `temporary_exit_codes`), death by a signal is a temporary `converter_killed`, the route's
 //! time limit is `converter_timeout` (permanent unless `retry_on_timeout`), a program that
-//! exits 0 without writing its output is a permanent `no_output`. Messages end with the last
-//! 4 KiB of the program's stderr.
+//! exits 0 without writing its output is a permanent `no_output`, and an output that is a
+//! symbolic link, not a regular file, or resolves outside the job's scratch directory is a
+//! permanent `invalid_output`. Messages end with the last 4 KiB of the program's stderr.
+//!
+//! The process group is signalled only while its leader has not been reaped (the exit is
+//! observed with `waitid(WNOWAIT)` first, the leader reaped after the last signal), so a
+//! recycled pid can never direct `killpg` at an unrelated group.
 
 mod compile;
 mod config;
@@ -121,6 +126,46 @@ fn with_stderr(message: String, tail: &str) -> String {
     } else {
         format!("{message}; stderr: {tail}")
     }
+}
+
+/// The size of the program's output, 0 when there is none, after making sure it is a regular
+/// file inside the job's scratch directory: an output that is a symlink (to `/etc/passwd`, to
+/// another job's files), sits under a symlinked directory leading out of the scratch
+/// directory, or is a FIFO or socket is refused with a permanent `invalid_output`, so the
+/// engine never reads from outside the job.
+async fn checked_output_size(
+    output: &Path,
+    scratch_dir: &Path,
+    output_name: &str,
+    program: &str,
+) -> Result<u64, ConvertError> {
+    let invalid = |why: &str| {
+        ConvertError::permanent(
+            "invalid_output",
+            format!("{program} left an output {output_name} that {why}; refused"),
+        )
+    };
+    let meta = match tokio::fs::symlink_metadata(output).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        return Err(invalid("is a symbolic link"));
+    }
+    if kind.is_dir() {
+        return Ok(0);
+    }
+    if !kind.is_file() {
+        return Err(invalid("is not a regular file"));
+    }
+    let real = tokio::fs::canonicalize(output).await?;
+    let root = tokio::fs::canonicalize(scratch_dir).await?;
+    if !real.starts_with(&root) {
+        return Err(invalid("resolves outside the job's scratch directory"));
+    }
+    Ok(meta.len())
 }
 
 fn program_name(program: &Path) -> String {
@@ -270,12 +315,7 @@ impl Converter for ProcessConverter {
             ));
         }
 
-        let size = match tokio::fs::metadata(&output).await {
-            Ok(m) if m.is_file() => m.len(),
-            Ok(_) => 0,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e.into()),
-        };
+        let size = checked_output_size(&output, &scratch_dir, &output_name, &name).await?;
         if size == 0 {
             return Err(ConvertError::permanent(
                 "no_output",

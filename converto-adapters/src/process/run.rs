@@ -10,6 +10,7 @@ use std::time::Duration;
 use converto_core::{ConvertContext, ConvertError};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
@@ -57,6 +58,11 @@ pub(crate) struct RunResult {
 
 /// Kills the process group when dropped, so a dropped conversion future leaves no process
 /// behind.
+///
+/// The group is only ever signalled while its leader (our child) has not been reaped: a
+/// zombie leader keeps its pid, and so the group id, from being reused. Once the leader is
+/// reaped the guard is disarmed at once; signalling a reaped pgid could hit an unrelated
+/// process group that was given the same number.
 #[derive(Debug)]
 struct GroupGuard {
     pgid: Option<Pid>,
@@ -187,15 +193,45 @@ fn spawn_error(program: &Path, e: std::io::Error) -> ConvertError {
     }
 }
 
-/// Stops the group: SIGTERM, up to `grace` for the leader to exit, then SIGKILL for whatever
-/// is left, and reaps the leader.
-async fn terminate(child: &mut Child, guard: &GroupGuard, grace: Duration) {
-    guard.signal(Signal::SIGTERM);
-    let exited = tokio::time::timeout(grace, child.wait()).await.is_ok();
-    guard.signal(Signal::SIGKILL);
-    if !exited {
-        let _ = child.wait().await;
+/// Waits (on a blocking thread) until the process `pid` has exited, *without reaping it*
+/// (`waitid` with `WNOWAIT`), then sets `exited`. Until our own `Child::wait` reaps it, the
+/// leader stays a zombie, so its process group id cannot be reused and `killpg` on it is safe.
+fn watch_exit(pid: Option<Pid>) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    if let Some(pid) = pid {
+        tokio::task::spawn_blocking(move || {
+            // Retried only when interrupted; exited (or ECHILD: already gone) ends the wait.
+            while let Err(Errno::EINTR) =
+                waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+            {}
+            tx.send_replace(true);
+        });
+    } else {
+        tx.send_replace(true);
     }
+    rx
+}
+
+/// Resolves once the watched process has exited (not reaped).
+async fn exited(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    // An error means the watcher is gone, which it only is after `waitid` returned.
+    let _ = rx.wait_for(|exited| *exited).await;
+}
+
+/// Stops the group: SIGTERM, up to `grace` for the leader to exit, then SIGKILL for whatever
+/// is left, and reaps the leader. Both signals go out before the leader is reaped.
+async fn terminate(
+    child: &mut Child,
+    guard: &mut GroupGuard,
+    exit: &mut tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) {
+    guard.signal(Signal::SIGTERM);
+    let _ = tokio::time::timeout(grace, exited(exit)).await;
+    guard.signal(Signal::SIGKILL);
+    let _ = child.wait().await;
+    // Reaped: the pgid may be reused from here on.
+    guard.disarm();
 }
 
 async fn deadline(limit: Option<Duration>) {
@@ -227,6 +263,7 @@ pub(crate) async fn run(
             .and_then(|id| i32::try_from(id).ok())
             .map(Pid::from_raw),
     };
+    let mut exit = watch_exit(guard.pgid);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let mut tail = Tail::new(STDERR_TAIL_BYTES);
@@ -262,32 +299,42 @@ pub(crate) async fn run(
             },
             Some(&mut tail),
         );
-        let finished = async {
+        let mut exit = exit.clone();
+        let guard = &guard;
+        let finished = async move {
             let mut pumps = std::pin::pin!(async { tokio::join!(out, err) });
             let mut drained = false;
-            let status = loop {
+            loop {
                 tokio::select! {
-                    status = child.wait() => break status,
+                    () = exited(&mut exit) => break,
                     _ = &mut pumps, if !drained => drained = true,
                 }
-            };
-            // The leader is gone: anything left in its group is a straggler holding our pipes.
+            }
+            // The leader has exited but is not reaped yet, so its group id is still ours:
+            // anything left in the group is a straggler holding our pipes.
             guard.signal(Signal::SIGKILL);
             if !drained {
                 let _ = tokio::time::timeout(DRAIN_LIMIT, &mut pumps).await;
             }
-            status
         };
         tokio::select! {
-            status = finished => RunEnd::Exited(status?),
-            _ = ctx.cancel_token().cancelled() => RunEnd::Cancelled,
-            _ = deadline(spec.timeout) => RunEnd::TimedOut,
+            () = finished => None,
+            _ = ctx.cancel_token().cancelled() => Some(RunEnd::Cancelled),
+            _ = deadline(spec.timeout) => Some(RunEnd::TimedOut),
         }
     };
-    if !matches!(end, RunEnd::Exited(_)) {
-        terminate(&mut child, &guard, spec.kill_grace).await;
-    }
-    guard.disarm();
+    let end = match end {
+        None => {
+            let status = child.wait().await;
+            // Reaped: the pgid may be reused from here on.
+            guard.disarm();
+            RunEnd::Exited(status?)
+        }
+        Some(end) => {
+            terminate(&mut child, &mut guard, &mut exit, spec.kill_grace).await;
+            end
+        }
+    };
     Ok(RunResult {
         end,
         stderr_tail: tail.text(),

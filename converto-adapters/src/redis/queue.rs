@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use converto_core::ConversionId;
 use converto_core::conversion::ErrorInfo;
-use converto_core::queue::{JobQueue, JobSpec, Lease, QueueError, QueueStats, new_lease_token};
+use converto_core::queue::{
+    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, new_lease_token, wait_for_jobs,
+};
 use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, Script};
 
@@ -245,19 +247,13 @@ impl JobQueue for RedisJobQueue {
     ) -> Result<Vec<Lease>, QueueError> {
         let max = max.clamp(1, MAX_RESERVE);
         let lease_us = lease_us(lease_for);
-        let start = tokio::time::Instant::now();
-        let deadline = start
-            .checked_add(wait)
-            .unwrap_or(start + Duration::from_secs(MAX_LEASE_US / 1_000_000));
-        loop {
-            // Registered before looking, so a wake-up between the look and the wait counts.
-            let notified = self.hub.wake().notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        wait_for_jobs(self.hub.wake(), wait, move || async move {
             let reserved = self.try_reserve(max, lease_us).await?;
-            if !reserved.jobs.is_empty() {
+            let leases = if reserved.jobs.is_empty() {
+                Vec::new()
+            } else {
                 let expires_at = from_us(reserved.expires_us)?;
-                return reserved
+                reserved
                     .jobs
                     .into_iter()
                     .map(|(id, attempt, priority, token)| {
@@ -273,26 +269,16 @@ impl JobQueue for RedisJobQueue {
                             expires_at,
                         })
                     })
-                    .collect::<Result<Vec<_>, RedisError>>()
-                    .map_err(QueueError::from);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(Vec::new());
-            }
-            let mut until = deadline;
-            if let Some(due) = reserved.next_due {
-                // A millisecond of slack so the entry is due by the server's clock when we look.
-                until = until.min(now + due + Duration::from_millis(1));
-            }
-            if !self.hub.is_connected() {
-                until = until.min(now + DISCONNECTED_POLL);
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(until) => {}
-            }
-        }
+                    .collect::<Result<Vec<_>, RedisError>>()?
+            };
+            Ok::<_, QueueError>(Look {
+                reserved: leases,
+                next_due_in: reserved.next_due,
+                // Without the wake-up connection, enqueues by others go unheard: poll.
+                recheck_in: (!self.hub.is_connected()).then_some(DISCONNECTED_POLL),
+            })
+        })
+        .await
     }
 
     async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {

@@ -105,6 +105,13 @@ enum AdapterError {
 impl ObjectBlobStore {
     /// The store named by `config.url`.
     pub fn from_config(config: &S3Config) -> Result<Self, BlobError> {
+        Self::connect(config.clone())
+    }
+
+    /// The store an [`S3Config`] describes (its `url` is required); every adapter opens from
+    /// its config this way.
+    pub fn connect(config: S3Config) -> Result<Self, BlobError> {
+        let config = &config;
         let url = config
             .url
             .as_deref()

@@ -87,7 +87,7 @@ pub enum SqliteError {
         /// The record.
         id: String,
         /// How many tries were made.
-        tries: usize,
+        tries: u32,
     },
 }
 
@@ -107,6 +107,39 @@ impl SqliteError {
             | SqliteError::OutOfRange { .. } => false,
             SqliteError::Contended { .. } => true,
         }
+    }
+}
+
+impl From<SqliteError> for converto_core::BackendError {
+    /// The shared backend error, with the statement's operation and a kind: a contended record
+    /// or a busy database is `Busy`, another passing failure `Unavailable`.
+    fn from(e: SqliteError) -> Self {
+        use converto_core::ErrorKind;
+        let temporary = e.is_temporary();
+        let kind = match &e {
+            SqliteError::Contended { .. } => ErrorKind::Busy,
+            SqliteError::Query {
+                source: sqlx::Error::Database(_),
+                ..
+            } if temporary => ErrorKind::Busy,
+            _ if temporary => ErrorKind::Unavailable,
+            _ => ErrorKind::Other,
+        };
+        let operation = match &e {
+            SqliteError::Query { operation, .. } => Some(*operation),
+            SqliteError::Connect(_) => Some("connect"),
+            SqliteError::Migrate(_) => Some("migrate"),
+            SqliteError::Contended { .. } => Some("transition"),
+            _ => None,
+        };
+        let key = match &e {
+            SqliteError::Contended { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        let mut out = converto_core::BackendError::new(BACKEND, temporary, e).kind(kind);
+        out.operation = operation;
+        out.key = key;
+        out
     }
 }
 
@@ -158,6 +191,37 @@ fn from_nanos(n: i64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_nanos(n)
 }
 
+/// Configuration of a [`SqliteBackend`]: the database's URL or path. `"data/converto.db"` and
+/// `SqliteConfig::from("sqlite://data/converto.db")` are the same; `sqlite::memory:` is a
+/// private in-memory database.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SqliteConfig {
+    /// A file path or a `sqlite://` URL.
+    pub url: String,
+}
+
+impl From<&str> for SqliteConfig {
+    fn from(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+        }
+    }
+}
+
+impl From<&String> for SqliteConfig {
+    fn from(url: &String) -> Self {
+        Self { url: url.clone() }
+    }
+}
+
+impl From<String> for SqliteConfig {
+    fn from(url: String) -> Self {
+        Self { url }
+    }
+}
+
 /// One SQLite database holding conversion records and the job queue.
 #[derive(Debug, Clone)]
 pub struct SqliteBackend {
@@ -170,7 +234,9 @@ impl SqliteBackend {
     /// Opens the database at `url`, a file path or a `sqlite://` URL (`sqlite::memory:` for a
     /// private in-memory database), creating the file and its directory if missing, and brings
     /// its schema up to date.
-    pub async fn connect(url: &str) -> Result<SqliteBackend, SqliteError> {
+    pub async fn connect(config: impl Into<SqliteConfig>) -> Result<SqliteBackend, SqliteError> {
+        let config = config.into();
+        let url = config.url.as_str();
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let options = if url.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url).map_err(|source| SqliteError::InvalidUrl {

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use converto_core::ConversionId;
 use converto_core::conversion::ErrorInfo;
 use converto_core::queue::{
-    JobQueue, JobSpec, Lease, QueueError, QueueStats, after, new_lease_token,
+    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, after, new_lease_token, wait_for_jobs,
 };
 
 use super::{BACKEND, SqliteError, from_nanos, query_error, to_nanos};
@@ -25,9 +25,6 @@ use super::{BACKEND, SqliteError, from_nanos, query_error, to_nanos};
 /// set to the next due time. Only a job enqueued by *another process* sharing the file has no way
 /// to signal this one; this bounded re-check (one indexed read, no write lock) is what notices it.
 const EXTERNAL_RECHECK: Duration = Duration::from_secs(1);
-
-/// Slack added to a timer so the job it waits for is due when the reserver looks again.
-const TIMER_SLACK: Duration = Duration::from_millis(1);
 
 /// The lease guard shared by heartbeat, ack, retry and dead-letter: the job is leased, with this
 /// token, and the lease has not run out.
@@ -49,7 +46,7 @@ fn shared_wake(path: PathBuf) -> Arc<Notify> {
 
 impl From<SqliteError> for QueueError {
     fn from(e: SqliteError) -> Self {
-        QueueError::backend(BACKEND, e.is_temporary(), e)
+        QueueError::Backend(e.into())
     }
 }
 
@@ -224,30 +221,15 @@ impl JobQueue for SqliteJobQueue {
         lease_for: Duration,
         wait: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Registered before looking, so an enqueue between the look and the wait still wakes.
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (leases, next_due) = self.try_reserve(max.max(1), lease_for).await?;
-            if !leases.is_empty() {
-                return Ok(leases);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(leases);
-            }
-            let mut until = deadline.min(now + EXTERNAL_RECHECK);
-            if let Some(due) = next_due {
-                let in_ = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                until = until.min(now + in_ + TIMER_SLACK);
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(until) => {}
-            }
-        }
+        wait_for_jobs(&self.wake, wait, move || async move {
+            let (reserved, next_due) = self.try_reserve(max.max(1), lease_for).await?;
+            Ok(Look {
+                reserved,
+                next_due_in: next_due.map(|due| (due - Utc::now()).to_std().unwrap_or_default()),
+                recheck_in: Some(EXTERNAL_RECHECK),
+            })
+        })
+        .await
     }
 
     async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {

@@ -9,10 +9,12 @@ use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row};
 
 use converto_core::conversion::{Conversion, NewConversion, Status, Transition};
-use converto_core::store::{ConversionStore, Created, ListQuery, Page, StoreError};
+use converto_core::store::{
+    ConversionStore, Created, ListQuery, Page, StoreError, transition_by_cas,
+};
 use converto_core::{ConversionId, Format};
 
-use super::{BACKEND, SqliteError, from_nanos, query_error, to_nanos};
+use super::{SqliteError, from_nanos, query_error, to_nanos};
 
 /// Every column of a record, in the order `decode` reads them by name.
 const COLUMNS: &str = "id, tenant, source_format, target_format, options, labels, priority, \
@@ -20,11 +22,11 @@ const COLUMNS: &str = "id, tenant, source_format, target_format, options, labels
     idempotency_key, created_at, started_at, finished_at, updated_at, version";
 
 /// How many times a transition re-reads and retries after losing a compare-and-set.
-const CAS_TRIES: usize = 64;
+const CAS_TRIES: u32 = 64;
 
 impl From<SqliteError> for StoreError {
     fn from(e: SqliteError) -> Self {
-        StoreError::backend(BACKEND, e.is_temporary(), e)
+        StoreError::Backend(e.into())
     }
 }
 
@@ -315,13 +317,7 @@ impl ConversionStore for SqliteConversionStore {
                 }
             }
         }
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|c| c.id)
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, limit))
     }
 
     async fn transition(
@@ -329,13 +325,18 @@ impl ConversionStore for SqliteConversionStore {
         id: ConversionId,
         transition: &Transition,
     ) -> Result<Conversion, StoreError> {
-        for _ in 0..CAS_TRIES {
-            let current = self.get(id).await?;
-            let mut next = current.clone();
-            transition.apply(&mut next, Utc::now())?;
-            if self.compare_and_set(&next, current.version).await? {
-                return Ok(next);
-            }
+        let written = transition_by_cas(
+            transition,
+            Utc::now,
+            CAS_TRIES,
+            || self.get(id),
+            |next, version| async move {
+                Ok(self.compare_and_set(&next, version).await?.then_some(next))
+            },
+        )
+        .await?;
+        if let Some(next) = written {
+            return Ok(next);
         }
         Err(SqliteError::Contended {
             id: id.to_string(),

@@ -40,6 +40,13 @@ pub struct EngineConfig {
     pub scratch_dir: PathBuf,
     /// Uploads larger than this are refused with `InputTooLarge`. `None`: no limit.
     pub max_input_bytes: Option<u64>,
+    /// How long an upload ticket (or presigned upload URL) stays valid.
+    pub upload_ttl: Duration,
+    /// How long after its ticket expired an upload nobody converted is kept (a client may have
+    /// started just before the expiry and submit just after); then the janitor removes it.
+    pub unclaimed_upload_grace: Duration,
+    /// How often the janitor looks for unclaimed uploads (with the workers). Zero disables it.
+    pub janitor_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +71,9 @@ impl Default for EngineConfig {
             sweep_min_age: Duration::from_secs(60),
             scratch_dir: std::env::temp_dir().join("converto-scratch"),
             max_input_bytes: None,
+            upload_ttl: Duration::from_secs(3600),
+            unclaimed_upload_grace: Duration::from_secs(3600),
+            janitor_interval: Duration::from_secs(600),
         }
     }
 }
@@ -125,6 +135,17 @@ impl EngineConfig {
     /// Sets `scratch_dir`.
     pub fn scratch_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.scratch_dir = dir.into();
+        self
+    }
+    /// Sets `upload_ttl`.
+    pub fn upload_ttl(mut self, d: Duration) -> Self {
+        self.upload_ttl = d;
+        self
+    }
+    /// Sets `unclaimed_upload_grace` and `janitor_interval`.
+    pub fn janitor(mut self, grace: Duration, interval: Duration) -> Self {
+        self.unclaimed_upload_grace = grace;
+        self.janitor_interval = interval;
         self
     }
     /// Sets `max_input_bytes`.

@@ -1,6 +1,8 @@
 //! The scheduling engine: submits, runs and watches conversions over any set of backends.
 
 mod config;
+mod function;
+mod handle;
 mod scratch;
 mod submit;
 mod sweeper;
@@ -14,8 +16,12 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+#[doc(hidden)]
+pub use crate::intake::keys::claimed_input;
 pub use config::EngineConfig;
-pub use submit::{Submission, SubmitInput, Submitted, claimed_input};
+pub use function::{FnConverter, converter_fn};
+pub use handle::WorkerHandle;
+pub use submit::{Submission, SubmitInput, Submitted};
 
 use crate::blob::{BlobError, BlobRead, BlobStore};
 use crate::conversion::{Artifact, Conversion, Status, Transition, TransitionConflict};
@@ -23,6 +29,7 @@ use crate::memory::{MemoryBlobStore, MemoryConversionStore, MemoryJobQueue, Memo
 use crate::progress::{BusError, Event, EventStream, ProgressBus};
 use crate::queue::{JobQueue, QueueError};
 use crate::registry::{ConverterRegistry, RouteInfo};
+use crate::retry::{RetryPolicy, RetryingStore};
 use crate::store::{ConversionStore, ListQuery, Page, StoreError};
 use crate::{ConversionId, Format};
 
@@ -68,6 +75,30 @@ pub enum EngineError {
     InputTooLarge {
         /// The limit.
         limit: u64,
+    },
+    /// The idempotency key names a conversion submitted with a different request (another
+    /// target, options, labels, priority, source format or input).
+    #[error("idempotency key already used for conversion {id} with a different {field}")]
+    IdempotencyMismatch {
+        /// The conversion the key names.
+        id: ConversionId,
+        /// The first field found to differ, e.g. `target_format` or `input`.
+        field: &'static str,
+    },
+    /// An upload's ticket is missing, forged or expired.
+    #[error(transparent)]
+    UploadTicket(#[from] crate::intake::TicketError),
+    /// The upload was received already (uploads are written once).
+    #[error("upload {upload_id} was already received; ask for a new upload")]
+    UploadExists {
+        /// The upload.
+        upload_id: uuid::Uuid,
+    },
+    /// No upload with that id has been received (or it expired unclaimed).
+    #[error("no upload {upload_id}: send the file to its upload URL first")]
+    UploadNotFound {
+        /// The upload.
+        upload_id: uuid::Uuid,
     },
     /// The options are not a JSON object.
     #[error("invalid options: {0}")]
@@ -121,10 +152,14 @@ impl From<BlobError> for EngineError {
     }
 }
 
-/// A backend is missing from the builder.
+/// The engine could not be built from the builder's parts.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the engine builder has no {0}")]
-pub struct BuildError(&'static str);
+#[non_exhaustive]
+pub enum BuildError {
+    /// A configuration value is out of its range.
+    #[error("invalid engine configuration: {0}")]
+    InvalidConfig(&'static str),
+}
 
 /// The backends an engine runs on.
 #[derive(Debug, Clone)]
@@ -160,6 +195,12 @@ struct Running {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) backends: Backends,
+    /// The store as workers record through it: temporary failures retried (a wrapper, see
+    /// [`crate::retry`]), so a brief outage does not lose a verdict.
+    pub(crate) verdicts: RetryingStore,
+    /// Signs and checks upload tickets: given to the builder, or loaded (generated on first
+    /// use) from the blob store, see [`crate::intake::tickets`].
+    pub(crate) signer: tokio::sync::OnceCell<crate::intake::UploadSigner>,
     pub(crate) registry: ConverterRegistry,
     pub(crate) config: EngineConfig,
     running: Mutex<HashMap<ConversionId, Running>>,
@@ -176,6 +217,7 @@ pub struct EngineBuilder {
     blobs: Option<Arc<dyn BlobStore>>,
     registry: ConverterRegistry,
     config: EngineConfig,
+    signer: Option<crate::intake::UploadSigner>,
 }
 
 impl EngineBuilder {
@@ -213,21 +255,53 @@ impl EngineBuilder {
         self.config = config;
         self
     }
-    /// The engine.
+    /// The secret upload tickets are signed with (API nodes sharing a blob store must agree on
+    /// it). Without one the engine keeps a generated secret in the blob store.
+    pub fn upload_signer(mut self, signer: crate::intake::UploadSigner) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+    /// Adds one converter to the registry.
+    pub fn converter(mut self, converter: Arc<dyn crate::Converter>) -> Self {
+        self.registry.register(converter);
+        self
+    }
+    /// The engine. Every backend not given is the in-memory one, so
+    /// `Engine::builder().converter(c).build()` is a complete engine for one process.
     pub fn build(self) -> Result<Engine, BuildError> {
+        let c = &self.config;
+        if c.concurrency == 0 {
+            return Err(BuildError::InvalidConfig("concurrency must be at least 1"));
+        }
+        if c.max_attempts == 0 {
+            return Err(BuildError::InvalidConfig("max_attempts must be at least 1"));
+        }
+        if c.lease_duration.is_zero() {
+            return Err(BuildError::InvalidConfig(
+                "the lease must be longer than zero",
+            ));
+        }
+        let backends = Backends {
+            store: self
+                .store
+                .unwrap_or_else(|| Arc::new(MemoryConversionStore::new())),
+            queue: self
+                .queue
+                .unwrap_or_else(|| Arc::new(MemoryJobQueue::new())),
+            bus: self
+                .bus
+                .unwrap_or_else(|| Arc::new(MemoryProgressBus::new())),
+            blobs: self
+                .blobs
+                .unwrap_or_else(|| Arc::new(MemoryBlobStore::new())),
+        };
         Ok(Engine {
-            inner: Arc::new(Inner {
-                backends: Backends {
-                    store: self.store.ok_or(BuildError("conversion store"))?,
-                    queue: self.queue.ok_or(BuildError("job queue"))?,
-                    bus: self.bus.ok_or(BuildError("progress bus"))?,
-                    blobs: self.blobs.ok_or(BuildError("blob store"))?,
-                },
-                registry: self.registry,
-                config: self.config,
-                running: Mutex::new(HashMap::new()),
-                scratch: tokio::sync::OnceCell::new(),
-            }),
+            inner: Arc::new(Inner::new(
+                backends,
+                self.registry,
+                self.config,
+                self.signer,
+            )),
         })
     }
 }
@@ -247,13 +321,7 @@ impl Engine {
     /// An engine on in-memory backends.
     pub fn in_memory(registry: ConverterRegistry, config: EngineConfig) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                backends: Backends::in_memory(),
-                registry,
-                config,
-                running: Mutex::new(HashMap::new()),
-                scratch: tokio::sync::OnceCell::new(),
-            }),
+            inner: Arc::new(Inner::new(Backends::in_memory(), registry, config, None)),
         }
     }
 
@@ -322,7 +390,7 @@ impl Engine {
         let record = self.inner.backends.store.delete(id).await?;
         self.inner.backends.queue.remove(id).await?;
         let blobs = &self.inner.backends.blobs;
-        let owned = format!("conversions/{id}/");
+        let owned = crate::intake::keys::conversion(id);
         for meta in blobs.list(&owned).await? {
             blobs.delete(&meta.key).await?;
         }
@@ -330,10 +398,10 @@ impl Engine {
             // A shared input (an upload): drop this conversion's claim, and the blob with the
             // last claim.
             blobs
-                .delete(&submit::claim_key(&record.input_key, id))
+                .delete(&crate::intake::keys::claim(&record.input_key, id))
                 .await?;
             if blobs
-                .list(&submit::claims_prefix(&record.input_key))
+                .list(&crate::intake::keys::claims(&record.input_key))
                 .await?
                 .is_empty()
             {
@@ -347,6 +415,12 @@ impl Engine {
     /// A stream of events for one conversion: first its current status (and progress), then
     /// every change, ending after the terminal status.
     pub async fn watch(&self, id: ConversionId) -> Result<EventStream, EngineError> {
+        // Unknown and finished conversions are answered from the record alone, without a
+        // subscription: a watch that cannot see a change leaves nothing behind on the bus.
+        let before = self.get(id).await?;
+        if before.status.is_terminal() {
+            return Ok(futures::stream::iter([Event::status_of(&before)]).boxed());
+        }
         let live = self.inner.backends.bus.subscribe(id).await?;
         let record = self.get(id).await?;
         let mut initial = vec![Event::status_of(&record)];
@@ -416,6 +490,26 @@ impl Engine {
 }
 
 impl Inner {
+    fn new(
+        backends: Backends,
+        registry: ConverterRegistry,
+        config: EngineConfig,
+        signer: Option<crate::intake::UploadSigner>,
+    ) -> Self {
+        Self {
+            signer: match signer {
+                Some(s) => tokio::sync::OnceCell::new_with(Some(s)),
+                None => tokio::sync::OnceCell::new(),
+            },
+            verdicts: RetryingStore::new(Arc::clone(&backends.store), RetryPolicy::default()),
+            backends,
+            registry,
+            config,
+            running: Mutex::new(HashMap::new()),
+            scratch: tokio::sync::OnceCell::new(),
+        }
+    }
+
     /// Where this engine's jobs make their scratch directories: its own locked directory under
     /// the configured one (claiming it removes what dead processes left there, see
     /// [`scratch`]), or the configured directory itself if that cannot be claimed.

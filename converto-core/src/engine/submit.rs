@@ -30,6 +30,17 @@ pub enum SubmitInput {
         /// The original file name, if known.
         file_name: Option<String>,
     },
+    /// A blob the caller wrote for this submission alone (e.g. a multipart upload staged
+    /// before the form's other fields were read). Like [`SubmitInput::Blob`], but the engine
+    /// also owns its removal: it is deleted when no new conversion comes of the submission
+    /// (an error before the record exists, or an idempotent replay), and kept once a record
+    /// names it. A replay compares it by content, not by key.
+    Staged {
+        /// Its key.
+        key: String,
+        /// The original file name, if known.
+        file_name: Option<String>,
+    },
 }
 
 impl std::fmt::Debug for SubmitInput {
@@ -44,11 +55,24 @@ impl std::fmt::Debug for SubmitInput {
                 .field("key", key)
                 .field("file_name", file_name)
                 .finish(),
+            SubmitInput::Staged { key, file_name } => f
+                .debug_struct("Staged")
+                .field("key", key)
+                .field("file_name", file_name)
+                .finish(),
         }
     }
 }
 
 impl SubmitInput {
+    /// A file staged with [`Engine::stage_input`](super::Engine::stage_input).
+    pub fn staged(staged: crate::intake::Staged, file_name: Option<String>) -> Self {
+        SubmitInput::Staged {
+            key: staged.key,
+            file_name,
+        }
+    }
+
     /// Bytes in memory.
     pub fn bytes(bytes: impl Into<Bytes>, file_name: Option<String>) -> Self {
         let bytes = bytes.into();
@@ -139,23 +163,50 @@ pub struct Submitted {
     pub created: bool,
 }
 
-/// What separates a shared input's key from its claims' ids: `{input_key}.claims/{id}`.
-const CLAIMS: &str = ".claims/";
-
-/// The blob that records conversion `id`'s claim on the shared input blob `input_key`.
-pub(crate) fn claim_key(input_key: &str, id: ConversionId) -> String {
-    format!("{}{id}", claims_prefix(input_key))
+/// What an idempotent replay must repeat: every field of the request but the input, whose key
+/// (an upload id) or content (a streamed or staged file) is compared apart.
+struct ReplayFields {
+    source_format: Format,
+    target_format: Format,
+    options: serde_json::Value,
+    labels: BTreeMap<String, String>,
+    priority: i32,
+    input_key: String,
 }
 
-/// Where the claims on the shared input blob `input_key` are kept.
-pub(crate) fn claims_prefix(input_key: &str) -> String {
-    format!("{input_key}{CLAIMS}")
-}
+impl ReplayFields {
+    fn of(new: &NewConversion) -> Self {
+        Self {
+            source_format: new.source_format.clone(),
+            target_format: new.target_format.clone(),
+            options: new.options.clone(),
+            labels: new.labels.clone(),
+            priority: new.priority,
+            input_key: new.input_key.clone(),
+        }
+    }
 
-/// The shared input a blob key claims, if the key is a conversion's claim on one (see
-/// [`Engine::delete`]): how a cleaner of inputs tells claimed ones from a single listing.
-pub fn claimed_input(key: &str) -> Option<&str> {
-    key.rsplit_once(CLAIMS).map(|(input, _)| input)
+    /// The first field the stored record has otherwise, if any.
+    fn first_difference(&self, stored: &Conversion) -> Option<&'static str> {
+        // No options and an empty object mean the same to every converter.
+        let options = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+            other => other.clone(),
+        };
+        if self.target_format != stored.target_format {
+            Some("target_format")
+        } else if self.source_format != stored.source_format {
+            Some("source_format")
+        } else if options(&self.options) != options(&stored.options) {
+            Some("options")
+        } else if self.labels != stored.labels {
+            Some("labels")
+        } else if self.priority != stored.priority {
+            Some("priority")
+        } else {
+            None
+        }
+    }
 }
 
 /// How many leading bytes are read to detect a format.
@@ -170,7 +221,37 @@ impl Engine {
     /// Checks before anything is stored: options, route (when the source format is given),
     /// idempotency key. The input is streamed to the blob store; an empty or oversized input
     /// leaves nothing behind.
+    ///
+    /// An idempotency key binds to its request: a replay with the same fields and input
+    /// answers the first conversion; one that differs fails with
+    /// [`EngineError::IdempotencyMismatch`] and removes only what it wrote itself.
     pub async fn submit(&self, sub: Submission) -> Result<Submitted, EngineError> {
+        let staged = match &sub.input {
+            SubmitInput::Staged { key, .. } => Some(key.clone()),
+            _ => None,
+        };
+        let mut recorded = false;
+        let result = self.submit_recorded(sub, &mut recorded).await;
+        if let Some(key) = staged {
+            // Once a record names the staged input (even if its enqueue failed: the sweeper
+            // enqueues it later), the input is the conversion's.
+            let keep = match &result {
+                Ok(s) => s.created,
+                Err(_) => recorded,
+            };
+            if !keep {
+                let _ = self.inner.backends.blobs.delete(&key).await;
+            }
+        }
+        result
+    }
+
+    /// [`Engine::submit`]; sets `recorded` once a new record exists.
+    async fn submit_recorded(
+        &self,
+        sub: Submission,
+        recorded: &mut bool,
+    ) -> Result<Submitted, EngineError> {
         if !(sub.options.is_object() || sub.options.is_null()) {
             return Err(EngineError::InvalidOptions(
                 "options must be a JSON object".into(),
@@ -188,6 +269,7 @@ impl Engine {
         }
         let id = ConversionId::new();
         let blobs = &self.inner.backends.blobs;
+        let by_content = !matches!(sub.input, SubmitInput::Blob { .. });
         let (input_key, input_name, size, source, uploaded) = match sub.input {
             SubmitInput::Stream { body, file_name } => {
                 let input_name = file_name.as_deref().and_then(sanitize_file_name);
@@ -209,15 +291,22 @@ impl Engine {
                         s
                     }
                 };
-                let key = format!("conversions/{id}/input");
+                let key = crate::intake::keys::input(id);
                 let size = self.store_input(&key, head, rest).await?;
                 (key, input_name, size, source, true)
             }
-            SubmitInput::Blob { key, file_name } => {
+            SubmitInput::Blob { key, file_name } | SubmitInput::Staged { key, file_name } => {
                 let input_name = file_name.as_deref().and_then(sanitize_file_name);
                 let meta = blobs.head(&key).await?;
                 if meta.size == 0 {
                     return Err(EngineError::EmptyInput);
+                }
+                // The blob may have been written where no limit applied (a presigned PUT
+                // cannot bound the size): its real size is checked here.
+                if let Some(limit) = self.inner.config.max_input_bytes
+                    && meta.size > limit
+                {
+                    return Err(EngineError::InputTooLarge { limit });
                 }
                 let source = match sub.source_format.clone() {
                     Some(s) => s,
@@ -249,7 +338,7 @@ impl Engine {
         let written = if uploaded {
             input_key.clone()
         } else {
-            let claim = claim_key(&input_key, id);
+            let claim = crate::intake::keys::claim(&input_key, id);
             blobs.put_bytes(&claim, Bytes::new()).await?;
             claim
         };
@@ -266,6 +355,7 @@ impl Engine {
             input_size: size,
             idempotency_key: sub.idempotency_key,
         };
+        let replay = ReplayFields::of(&new);
         let created = match self.inner.backends.store.create(new).await {
             Ok(c) => c,
             Err(e) => {
@@ -273,8 +363,24 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        *recorded = created.created;
         if !created.created {
+            let differs = match replay.first_difference(&created.conversion) {
+                Some(field) => Ok(Some(field)),
+                None if replay.input_key == created.conversion.input_key => Ok(None),
+                None if by_content => self
+                    .same_content(&replay.input_key, &created.conversion.input_key)
+                    .await
+                    .map(|same| (!same).then_some("input")),
+                None => Ok(Some("input")),
+            };
             let _ = blobs.delete(&written).await;
+            if let Some(field) = differs? {
+                return Err(EngineError::IdempotencyMismatch {
+                    id: created.conversion.id,
+                    field,
+                });
+            }
         }
         let record = created.conversion;
         // A replay re-enqueues a still-queued record too: that heals a crash between the
@@ -297,6 +403,31 @@ impl Engine {
             conversion: record,
             created: created.created,
         })
+    }
+
+    /// Whether two blobs hold the same bytes (sizes, then SHA-256 digests).
+    async fn same_content(&self, a: &str, b: &str) -> Result<bool, EngineError> {
+        let blobs = &self.inner.backends.blobs;
+        let (ma, mb) = futures::try_join!(blobs.head(a), blobs.head(b))?;
+        if ma.size != mb.size {
+            return Ok(false);
+        }
+        let (da, db) = futures::try_join!(self.digest(a), self.digest(b))?;
+        Ok(da == db)
+    }
+
+    async fn digest(&self, key: &str) -> Result<[u8; 32], EngineError> {
+        use sha2::{Digest, Sha256};
+        let mut body = self.inner.backends.blobs.get(key, None).await?.body;
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| EngineError::Blob(BlobError::Body(e)))?
+        {
+            hasher.update(&chunk);
+        }
+        Ok(hasher.finalize().into())
     }
 
     /// A converter serves `source` -> `target` and accepts `options`.

@@ -66,6 +66,25 @@ pub(crate) async fn sweep_once(inner: &Inner) -> Result<usize, super::EngineErro
     }
 }
 
+/// Every `janitor_interval`, removes uploads nobody claimed (see
+/// [`Engine::remove_unclaimed_uploads`](super::Engine::remove_unclaimed_uploads)).
+pub(crate) async fn run_janitor(inner: Arc<Inner>, stop: CancellationToken) {
+    let engine = super::Engine { inner };
+    let mut tick = tokio::time::interval(engine.inner.config.janitor_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match engine.remove_unclaimed_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed unclaimed uploads past their expiry"),
+            Err(e) => tracing::warn!(error = %e, "could not clean up unclaimed uploads"),
+        }
+    }
+}
+
 impl super::Engine {
     /// Runs one sweep now (the workers also run it every `sweep_interval`); returns how many
     /// conversions were re-enqueued.

@@ -1,4 +1,3 @@
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use crate::conversion::{Artifact, Conversion, ErrorInfo, Progress, Status, Trans
 use crate::converter::{ConvertContext, ConvertError, ConvertRequest, Output, OutputBody};
 use crate::progress::Event;
 use crate::queue::{Lease, QueueError, after};
-use crate::store::StoreError;
+use crate::store::{ConversionStore, StoreError};
 
 /// Why a running attempt was stopped from outside the converter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +42,12 @@ impl Engine {
         let sweeper_stop = shutdown.child_token();
         let sweeper = (!cfg.sweep_interval.is_zero())
             .then(|| tokio::spawn(super::sweeper::run(Arc::clone(inner), sweeper_stop.clone())));
+        let janitor = (!cfg.janitor_interval.is_zero()).then(|| {
+            tokio::spawn(super::sweeper::run_janitor(
+                Arc::clone(inner),
+                sweeper_stop.clone(),
+            ))
+        });
         let mut failures = 0u32;
         loop {
             while jobs.try_join_next().is_some() {}
@@ -118,8 +123,8 @@ impl Engine {
                 }
             }
         }
-        if let Some(s) = sweeper {
-            let _ = s.await;
+        for task in [sweeper, janitor].into_iter().flatten() {
+            let _ = task.await;
         }
         Ok(())
     }
@@ -130,13 +135,12 @@ impl Engine {
 async fn run_job(inner: &Arc<Inner>, lease: Lease, hand_back: CancellationToken) {
     let id = lease.id;
     let cfg = &inner.config;
-    let store = &inner.backends.store;
     let queue = &inner.backends.queue;
 
     let start = Transition::Start {
         attempt: lease.attempt,
     };
-    let record = match retrying(|| store.transition(id, &start)).await {
+    let record = match inner.verdicts.transition(id, &start).await {
         Ok(r) => r,
         Err(StoreError::Conflict(c)) if c.status.is_terminal() => {
             // Cancelled or finished meanwhile: the queue entry is left over.
@@ -405,7 +409,16 @@ async fn execute(
         (None, Ok(outputs)) => Outcome::Done(outputs, Box::new(ctx)),
         (None, Err(e)) => {
             let temporary = e.is_temporary();
-            Outcome::Failed(ErrorInfo::new(e.code(), e.to_string()), temporary)
+            let message = match &e {
+                // The blob store's errors name keys and the places it keeps them: logged, not
+                // shown to the client.
+                crate::converter::ConvertError::Blob(inner_error) => {
+                    tracing::warn!(%id, attempt, error = %inner_error, "reading the input failed");
+                    "the input could not be read from the blob store".to_owned()
+                }
+                _ => e.to_string(),
+            };
+            Outcome::Failed(ErrorInfo::new(e.code(), message), temporary)
         }
     }
 }
@@ -436,7 +449,7 @@ async fn store_artifacts(
                 format!("the converter returned two outputs named {name:?}"),
             ));
         }
-        let key = format!("{}{attempt}/{name}", artifact_prefix(record.id));
+        let key = crate::intake::keys::artifact(record.id, attempt, &name);
         let hasher = Arc::new(Mutex::new(Sha256::new()));
         let body: ByteStream = match out.body {
             OutputBody::Bytes(b) => {
@@ -457,10 +470,14 @@ async fn store_artifacts(
                 }
             })
             .boxed();
-        let meta = blobs
-            .put(&key, body)
-            .await
-            .map_err(|e| ErrorInfo::new("artifact_store_failed", e.to_string()))?;
+        let meta = blobs.put(&key, body).await.map_err(|e| {
+            // The store's error names keys and places: logged, not shown.
+            tracing::warn!(id = %record.id, error = %e, "storing an artifact failed");
+            ErrorInfo::new(
+                "artifact_store_failed",
+                format!("output {name:?} could not be stored"),
+            )
+        })?;
         let digest = std::mem::take(&mut *hasher.lock()).finalize();
         artifacts.push(Artifact {
             name,
@@ -520,12 +537,6 @@ async fn finish_succeeded(inner: &Arc<Inner>, lease: &Lease, artifacts: Vec<Arti
     }
 }
 
-/// Where a conversion's artifacts are stored: `{prefix}{attempt}/{name}`, one folder an attempt,
-/// so that attempts never overwrite each other's outputs.
-fn artifact_prefix(id: ConversionId) -> String {
-    format!("conversions/{id}/artifacts/")
-}
-
 /// Removes what earlier attempts stored under the conversion's artifact prefix: a worker that
 /// died after storing its outputs could not remove them itself. Runs before the verdict is
 /// written, so whoever sees the terminal status sees one set of artifacts. Later attempts' keys
@@ -534,7 +545,7 @@ async fn remove_earlier_attempts(inner: &Arc<Inner>, id: ConversionId, attempt: 
     if attempt <= 1 {
         return;
     }
-    let prefix = artifact_prefix(id);
+    let prefix = crate::intake::keys::artifacts(id);
     match inner.backends.blobs.list(&prefix).await {
         Ok(blobs) => {
             for b in blobs {
@@ -556,7 +567,40 @@ async fn remove_earlier_attempts(inner: &Arc<Inner>, id: ConversionId, attempt: 
     }
 }
 
+/// The message of a failure as clients may read it: a path under the scratch directory (a
+/// converter's message naming its input, say) becomes just its file name, so the record never
+/// shows where this server keeps its files.
+fn public_message(message: &str, scratch_root: &std::path::Path) -> String {
+    let mut roots = vec![scratch_root.display().to_string()];
+    if let Ok(canonical) = std::fs::canonicalize(scratch_root) {
+        roots.push(canonical.display().to_string());
+    }
+    let mut out = message.to_owned();
+    for root in roots.iter().filter(|r| r.len() > 1) {
+        while let Some(start) = out.find(root.as_str()) {
+            let rest = &out[start..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | ')' | ','))
+                .unwrap_or(rest.len());
+            let path = rest[..end].trim_end_matches([':', '.']);
+            let name = std::path::Path::new(path)
+                .file_name()
+                .filter(|_| path.len() > root.len())
+                .map_or_else(
+                    || "<scratch>".to_owned(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+            out.replace_range(start..start + path.len(), &name);
+        }
+    }
+    out
+}
+
 async fn handle_failure(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, temporary: bool) {
+    let error = ErrorInfo {
+        message: public_message(&error.message, &inner.config.scratch_dir),
+        ..error
+    };
     if temporary && lease.attempt < inner.config.max_attempts {
         let t = Transition::Requeue {
             attempt: lease.attempt,
@@ -585,6 +629,10 @@ async fn handle_failure(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, tem
 /// Records a failure. A job that ran out of attempts on temporary errors is dead-lettered; a
 /// permanent failure is simply acknowledged (the record holds the reason).
 async fn finish_failed(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, dead_letter: bool) {
+    let error = ErrorInfo {
+        message: public_message(&error.message, &inner.config.scratch_dir),
+        ..error
+    };
     remove_earlier_attempts(inner, lease.id, lease.attempt).await;
     let t = Transition::Fail {
         attempt: lease.attempt,
@@ -627,7 +675,7 @@ async fn lease_transition(
         Transition::Requeue { .. } => Some(Status::Queued),
         _ => None,
     };
-    match retrying(|| inner.backends.store.transition(lease.id, t)).await {
+    match inner.verdicts.transition(lease.id, t).await {
         Err(StoreError::Conflict(c))
             if Some(c.status) == leads_to && c.attempts == lease.attempt =>
         {
@@ -647,23 +695,28 @@ fn ignore_lost(r: Result<(), QueueError>) {
     }
 }
 
-/// Retries a store call on temporary errors (a few times, with growing pauses), so a brief
-/// database outage does not lose a verdict.
-async fn retrying<T, F, Fut>(mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let mut delay = Duration::from_millis(50);
-    for _ in 0..6 {
-        match op().await {
-            Err(e) if e.is_temporary() => {
-                tracing::warn!(error = %e, ?delay, "store call failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            other => return other,
-        }
+#[cfg(test)]
+mod tests {
+    use super::public_message;
+
+    #[test]
+    fn failure_messages_do_not_show_scratch_paths() {
+        let root = std::path::Path::new("/srv/converto/scratch");
+        assert_eq!(
+            public_message(
+                "cannot parse /srv/converto/scratch/engine-1/job-2/input.stl: bad header",
+                root
+            ),
+            "cannot parse input.stl: bad header"
+        );
+        assert_eq!(
+            public_message("\"/srv/converto/scratch/e/j/out.obj\" missing", root),
+            "\"out.obj\" missing"
+        );
+        assert_eq!(
+            public_message("no space in /srv/converto/scratch", root),
+            "no space in <scratch>"
+        );
+        assert_eq!(public_message("plain failure", root), "plain failure");
     }
-    op().await
 }

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -15,17 +16,67 @@ struct Topic {
     sender: Option<broadcast::Sender<Event>>,
 }
 
+type Topics = Arc<Mutex<HashMap<ConversionId, Topic>>>;
+
 /// A progress bus in memory: one broadcast channel per watched conversion, created on the first
-/// subscription, and the latest progress per conversion.
+/// subscription and dropped with the last one, and the latest progress per conversion.
 #[derive(Debug, Default)]
 pub struct MemoryProgressBus {
-    topics: Mutex<HashMap<ConversionId, Topic>>,
+    topics: Topics,
 }
 
 impl MemoryProgressBus {
     /// An empty bus.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Conversions the bus holds anything for (a channel or a latest progress): what it costs
+    /// in memory, for tests that check nothing is left behind.
+    pub fn topic_count(&self) -> usize {
+        self.topics.lock().len()
+    }
+}
+
+/// A subscription's stream: when it is dropped (the watcher went away), the topic goes too
+/// unless another subscriber or a latest progress still needs it.
+struct Subscription {
+    events: Option<EventStream>,
+    topics: Topics,
+    id: ConversionId,
+}
+
+impl futures::Stream for Subscription {
+    type Item = Event;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Event>> {
+        match self.events.as_mut() {
+            Some(events) => events.poll_next_unpin(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut topics = self.topics.lock();
+        // The receiver goes first, under the lock, so the count below is exact.
+        drop(self.events.take());
+        if let Some(topic) = topics.get_mut(&self.id) {
+            if topic
+                .sender
+                .as_ref()
+                .is_some_and(|s| s.receiver_count() == 0)
+            {
+                topic.sender = None;
+            }
+            if topic.sender.is_none() && topic.latest.is_none() {
+                topics.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -75,9 +126,15 @@ impl ProgressBus for MemoryProgressBus {
         };
         // A lagging reader skips the events it missed (progress is a latest-value signal) and
         // still receives the newest ones, including the final status.
-        Ok(BroadcastStream::new(rx)
+        let events = BroadcastStream::new(rx)
             .filter_map(|r| async move { r.ok() })
-            .boxed())
+            .boxed();
+        Ok(Subscription {
+            events: Some(events),
+            topics: Arc::clone(&self.topics),
+            id,
+        }
+        .boxed())
     }
 
     async fn forget(&self, id: ConversionId) -> Result<(), BusError> {

@@ -9,7 +9,9 @@ use tokio::sync::Notify;
 
 use crate::ConversionId;
 use crate::conversion::ErrorInfo;
-use crate::queue::{JobQueue, JobSpec, Lease, QueueError, QueueStats, after, new_lease_token};
+use crate::queue::{
+    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, after, new_lease_token,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EntryState {
@@ -204,30 +206,15 @@ impl JobQueue for MemoryJobQueue {
         lease_for: Duration,
         wait: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (leases, next_due) = self.try_reserve(max.max(1), lease_for);
-            if !leases.is_empty() {
-                return Ok(leases);
-            }
-            let now_i = tokio::time::Instant::now();
-            if now_i >= deadline {
-                return Ok(leases);
-            }
-            let mut until = deadline;
-            if let Some(due) = next_due {
-                let in_ = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                // A millisecond of slack so the due entry is due when we look again.
-                until = until.min(now_i + in_ + Duration::from_millis(1));
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(until) => {}
-            }
-        }
+        crate::queue::wait_for_jobs(&self.wake, wait, move || async move {
+            let (reserved, next_due) = self.try_reserve(max.max(1), lease_for);
+            Ok(Look {
+                reserved,
+                next_due_in: next_due.map(|due| (due - Utc::now()).to_std().unwrap_or_default()),
+                recheck_in: None,
+            })
+        })
+        .await
     }
 
     async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError> {

@@ -85,7 +85,7 @@ impl ConversionStore for MemoryConversionStore {
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let limit = query.effective_limit();
         let state = self.state.lock();
-        let mut items: Vec<Conversion> = match query.cursor {
+        let items: Vec<Conversion> = match query.cursor {
             Some(cur) => state.records.range(..cur).rev(),
             None => state.records.range(..).rev(),
         }
@@ -94,13 +94,7 @@ impl ConversionStore for MemoryConversionStore {
         .take(limit + 1)
         .cloned()
         .collect();
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|c| c.id)
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, limit))
     }
 
     async fn transition(

@@ -602,6 +602,32 @@ pub async fn idempotent_submit(b: &Backends) {
         .await
         .expect("other");
     assert_ne!(other.conversion.id, first.conversion.id);
+
+    // The key binds to the request: the same key with other content or fields is refused,
+    // and the refused replay leaves nothing behind and removes nothing.
+    let before = b.blobs.list("").await.expect("list").len();
+    let other_bytes = Submission::new(
+        f("upper"),
+        SubmitInput::bytes(Bytes::from_static(b"twice"), Some("i.txt".into())),
+    )
+    .idempotency_key("key-1");
+    let refused = [
+        (other_bytes, "input"),
+        (mk().priority(7), "priority"),
+        (mk().label("team", "b"), "labels"),
+        (mk().options(json!({"steps": 2})), "options"),
+    ];
+    for (replay, expected) in refused {
+        match engine.submit(replay).await {
+            Err(EngineError::IdempotencyMismatch { id, field }) => {
+                assert_eq!((id, field), (first.conversion.id, expected));
+            }
+            other => panic!("a replay with another {expected} must be refused: {other:?}"),
+        }
+        assert_eq!(b.blobs.list("").await.expect("list").len(), before);
+    }
+    let again = engine.submit(mk()).await.expect("same request again");
+    assert_eq!(again.conversion.id, first.conversion.id);
 }
 
 /// Several workers over the same backends run every job exactly once.

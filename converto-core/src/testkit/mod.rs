@@ -7,6 +7,7 @@
 //! assert the opposite behaviour (e.g. `NotSupported`) when the capability is absent.
 
 pub mod blob;
+pub mod converter;
 pub mod engine;
 pub mod progress;
 pub mod queue;

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -14,7 +13,7 @@ use chrono::{DateTime, Utc};
 use converto_core::blob::{PresignMethod, validate_key};
 use converto_core::store::ListQuery;
 use converto_core::{ConversionId, Format, Status, Submission, SubmitInput};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -24,21 +23,27 @@ use crate::AppState;
 use crate::error::{ApiError, Problem};
 
 /// The multipart form of `POST /v1/conversions`.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)] // the spec says what the handler does: other fields are refused
 #[allow(dead_code)] // documents the form for the OpenAPI spec
 pub(crate) struct SubmitForm {
     /// The file to convert.
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, min_length = 1)]
     file: Vec<u8>,
     /// The wanted format, e.g. `obj`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$")]
     target_format: String,
     /// The input's format; detected from content and file name if absent.
+    #[schema(nullable = false, pattern = "^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$")]
     source_format: Option<String>,
     /// Converter options as a JSON object, e.g. `{"encoding":"ascii"}`.
+    #[schema(nullable = false, value_type = Option<Object>)]
     options: Option<String>,
-    /// Labels as a JSON object of strings, or `k=v,k2=v2`.
+    /// Labels as a JSON object of strings (also accepted: `k=v,k2=v2`).
+    #[schema(nullable = false, schema_with = labels_schema)]
     labels: Option<String>,
     /// Priority (higher first), default 0.
+    #[schema(nullable = false, minimum = -2147483648, maximum = 2147483647)]
     priority: Option<i32>,
 }
 
@@ -47,10 +52,13 @@ pub(crate) struct SubmitForm {
 #[serde(deny_unknown_fields)]
 pub struct SubmitJson {
     /// The id from `POST /v1/uploads`.
+    #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")]
     pub upload_id: String,
     /// The wanted format.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$")]
     pub target_format: String,
     /// The input's format; detected if absent.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$")]
     pub source_format: Option<String>,
     /// The original file name (used for format detection and download names).
     pub file_name: Option<String>,
@@ -58,9 +66,59 @@ pub struct SubmitJson {
     #[schema(value_type = Option<Object>)]
     pub options: Option<serde_json::Value>,
     /// Labels.
+    #[schema(schema_with = labels_schema)]
     pub labels: Option<BTreeMap<String, String>>,
     /// Priority (higher first).
+    #[schema(minimum = -2147483648, maximum = 2147483647)]
+    #[serde(default, deserialize_with = "integral_priority")]
     pub priority: Option<i32>,
+}
+
+/// Reads a JSON request body of at most `limit` bytes: a larger one is refused with 413 as soon
+/// as its length (declared or read so far) passes the limit, never buffered whole.
+async fn read_json_body(request: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let too_large = ApiError::TooLarge {
+        limit: limit as u64,
+    };
+    if request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(too_large);
+    }
+    axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|e| {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                too_large
+            } else {
+                ApiError::bad_request("body-read-failed", format!("reading the body failed: {e}"))
+            }
+        })
+}
+
+/// A priority: an integer in `i32`'s range, also when written as a number with a zero
+/// fraction (`5.0`), which JSON Schema counts as an integer too.
+fn parse_priority(text: &str) -> Option<i32> {
+    text.parse::<i32>().ok().or_else(|| {
+        let f = text.parse::<f64>().ok()?;
+        (f.fract() == 0.0 && f >= f64::from(i32::MIN) && f <= f64::from(i32::MAX))
+            .then_some(f as i32)
+    })
+}
+
+fn integral_priority<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    parse_priority(&n.to_string())
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("priority {n} is not a 32-bit integer")))
 }
 
 fn parse_format(field: &str, value: &str) -> Result<Format, ApiError> {
@@ -71,6 +129,13 @@ fn parse_id(s: &str) -> Result<ConversionId, ApiError> {
     s.parse().map_err(|e: converto_core::ParseIdError| {
         ApiError::bad_request("malformed-id", e.to_string())
     })
+}
+
+/// `id`, parsed from `text`, is a UUIDv7 written as the API writes ids (lowercase, hyphens).
+fn is_canonical_v7(id: &ConversionId, text: &str) -> bool {
+    id.as_uuid().get_version_num() == 7
+        && id.as_uuid().get_variant() == uuid::Variant::RFC4122
+        && id.to_string() == text
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
@@ -96,18 +161,49 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
         .collect()
 }
 
+/// At most this many labels.
+const MAX_LABELS: usize = 64;
+/// Label keys are 1 to this many characters.
+const MAX_LABEL_KEY_CHARS: usize = 128;
+/// Label values are at most this many characters.
+const MAX_LABEL_VALUE_CHARS: usize = 1024;
+
 fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    if labels.len() > 64
-        || labels
-            .iter()
-            .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024)
+    if labels.len() > MAX_LABELS
+        || labels.iter().any(|(k, v)| {
+            k.is_empty()
+                || k.chars().count() > MAX_LABEL_KEY_CHARS
+                || v.chars().count() > MAX_LABEL_VALUE_CHARS
+        })
     {
         return Err(ApiError::bad_request(
             "invalid-labels",
-            "at most 64 labels, keys 1 to 128 bytes, values up to 1024 bytes",
+            format!(
+                "at most {MAX_LABELS} labels, keys 1 to {MAX_LABEL_KEY_CHARS} characters, values up to {MAX_LABEL_VALUE_CHARS} characters"
+            ),
         ));
     }
     Ok(())
+}
+
+/// The labels' schema: what [`check_labels`] accepts.
+fn labels_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_LABEL_VALUE_CHARS)),
+        ))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_LABEL_KEY_CHARS)),
+        ))
+        .max_properties(Some(MAX_LABELS))
+        .build()
 }
 
 fn parse_options(s: &str) -> Result<serde_json::Value, ApiError> {
@@ -126,18 +222,20 @@ fn parse_options(s: &str) -> Result<serde_json::Value, ApiError> {
     Ok(v)
 }
 
-/// Reads a small text field (at most 64 KiB).
-async fn small_text(field: &mut axum::extract::multipart::Field<'_>) -> Result<String, ApiError> {
+/// Reads a small text field of at most `limit` bytes (413 beyond, refused while reading).
+async fn small_text(
+    field: &mut axum::extract::multipart::Field<'_>,
+    limit: usize,
+) -> Result<String, ApiError> {
     let name = field.name().unwrap_or("").to_owned();
     let mut buf = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        buf.extend_from_slice(&chunk);
-        if buf.len() > 64 * 1024 {
-            return Err(ApiError::bad_request(
-                "field-too-large",
-                format!("field {name:?} is larger than 64 KiB"),
-            ));
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge {
+                limit: limit as u64,
+            });
         }
+        buf.extend_from_slice(&chunk);
     }
     String::from_utf8(buf)
         .map_err(|_| ApiError::bad_request("invalid-field", format!("field {name:?} is not UTF-8")))
@@ -175,7 +273,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// `POST /v1/uploads`. `Idempotency-Key` makes a retried submit return the first conversion.
 #[utoipa::path(
     post, path = "/v1/conversions", tag = "conversions",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Submitting again with the same key returns the first conversion")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]([ -~]{0,253}[!-~])?$",
+        description = "Submitting the same request again with the same key returns the first conversion; a different request with it is refused (422)")),
     request_body(content(
         (SubmitForm = "multipart/form-data"),
         (SubmitJson = "application/json"),
@@ -186,7 +285,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "File larger than the limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Input format unknown", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "No converter for the route (supported routes listed)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No upload with that upload_id", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No converter for the route (supported routes listed), or the Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn create(
@@ -211,13 +312,16 @@ pub(crate) async fn create(
         }
     }
     let submission = if content_type.starts_with("multipart/form-data") {
+        let guard = crate::limits::FramingGuard::default();
+        let (parts, body) = request.into_parts();
+        let request = Request::from_parts(parts, guard.wrap(body));
         let multipart = Multipart::from_request(request, &state)
             .await
             .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?;
-        from_multipart(&state, multipart).await?
+        from_multipart(&state, multipart, &guard).await?
     } else if content_type.starts_with("application/json") {
-        let Json(body) = Json::<SubmitJson>::from_request(request, &state)
-            .await
+        let body = read_json_body(request, state.settings.max_json_bytes).await?;
+        let Json(body) = Json::<SubmitJson>::from_bytes(&body)
             .map_err(|e| ApiError::bad_request("malformed-json", e.body_text()))?;
         from_json(&state, body).await?
     } else {
@@ -227,45 +331,50 @@ pub(crate) async fn create(
                     .into(),
         });
     };
-    let staged_key = match &submission.input {
-        SubmitInput::Blob { key, .. } => Some(key.clone()),
-        SubmitInput::Stream { .. } => None,
-    };
     let submission = Submission {
         idempotency_key: key,
         ..submission
     };
-    let result = state.engine.submit(submission).await;
-    let blobs = &state.engine.backends().blobs;
-    match result {
-        Ok(s) => {
-            if !s.created
-                && let Some(k) = staged_key.filter(|k| *k != s.conversion.input_key)
-            {
-                let _ = blobs.delete(&k).await;
+    // The engine owns a staged multipart file from here: it removes it when no new conversion
+    // comes of the submission, and never removes an upload another conversion may use.
+    let s = state.engine.submit(submission).await?;
+    let view = ConversionView::from(&s.conversion);
+    let status = if s.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let location =
+        HeaderValue::from_str(&view.links.this).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+/// Form fields accepted in one submission (six are defined; repeats are tolerated a little).
+const MAX_FORM_FIELDS: usize = 32;
+
+/// The next field; while waiting for it, `guard` bounds what the parser may buffer.
+async fn next_field<'m>(
+    multipart: &'m mut Multipart,
+    guard: &crate::limits::FramingGuard,
+) -> Result<Option<axum::extract::multipart::Field<'m>>, ApiError> {
+    guard.arm();
+    let next = multipart.next_field().await;
+    guard.disarm();
+    next.map_err(|e| {
+        if guard.tripped() {
+            ApiError::TooLarge {
+                limit: crate::limits::MAX_FRAMING_BYTES as u64,
             }
-            let view = ConversionView::from(&s.conversion);
-            let status = if s.created {
-                StatusCode::ACCEPTED
-            } else {
-                StatusCode::OK
-            };
-            let location = HeaderValue::from_str(&view.links.this)
-                .map_err(|e| ApiError::Internal(Box::new(e)))?;
-            Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+        } else {
+            multipart_error(e)
         }
-        Err(e) => {
-            if let Some(k) = staged_key.filter(|k| k.starts_with("uploads/staged-")) {
-                let _ = blobs.delete(&k).await;
-            }
-            Err(e.into())
-        }
-    }
+    })
 }
 
 async fn from_multipart(
     state: &AppState,
     mut multipart: Multipart,
+    guard: &crate::limits::FramingGuard,
 ) -> Result<Submission, ApiError> {
     let mut target: Option<Format> = None;
     let mut source: Option<Format> = None;
@@ -274,8 +383,17 @@ async fn from_multipart(
     let mut priority = 0;
     let mut file: Option<(String, Option<String>)> = None;
     let blobs = &state.engine.backends().blobs;
+    let field_limit = state.settings.max_field_bytes;
+    let mut fields = 0usize;
     let outcome: Result<(), ApiError> = async {
-        while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        while let Some(mut field) = next_field(&mut multipart, guard).await? {
+            fields += 1;
+            if fields > MAX_FORM_FIELDS {
+                return Err(ApiError::bad_request(
+                    "too-many-fields",
+                    format!("at most {MAX_FORM_FIELDS} form fields"),
+                ));
+            }
             let name = field.name().unwrap_or("").to_owned();
             match name.as_str() {
                 "file" => {
@@ -302,23 +420,23 @@ async fn from_multipart(
                         return Err(ApiError::bad_request("empty-file", "the uploaded file is empty"));
                     }
                 }
-                "target_format" => target = Some(parse_format("target_format", small_text(&mut field).await?.trim())?),
+                "target_format" => target = Some(parse_format("target_format", small_text(&mut field, field_limit).await?.trim())?),
                 "source_format" => {
-                    let v = small_text(&mut field).await?;
+                    let v = small_text(&mut field, field_limit).await?;
                     if !v.trim().is_empty() {
                         source = Some(parse_format("source_format", v.trim())?);
                     }
                 }
                 "options" => {
-                    let v = small_text(&mut field).await?;
+                    let v = small_text(&mut field, field_limit).await?;
                     if !v.trim().is_empty() {
                         options = parse_options(&v)?;
                     }
                 }
-                "labels" => labels = parse_labels(&small_text(&mut field).await?)?,
+                "labels" => labels = parse_labels(&small_text(&mut field, field_limit).await?)?,
                 "priority" => {
-                    let v = small_text(&mut field).await?;
-                    priority = v.trim().parse::<i32>().map_err(|_| {
+                    let v = small_text(&mut field, field_limit).await?;
+                    priority = parse_priority(v.trim()).ok_or_else(|| {
                         ApiError::bad_request("invalid-priority", format!("priority {v:?} is not an integer"))
                     })?;
                 }
@@ -362,7 +480,7 @@ async fn from_multipart(
             "the file field is missing",
         ));
     };
-    let mut sub = Submission::new(target, SubmitInput::Blob { key, file_name });
+    let mut sub = Submission::new(target, SubmitInput::Staged { key, file_name });
     sub.source_format = source;
     sub.options = options;
     sub.labels = labels;
@@ -379,7 +497,7 @@ async fn from_json(state: &AppState, body: SubmitJson) -> Result<Submission, Api
     })?;
     let key = format!("uploads/{upload}");
     validate_key(&key).map_err(|e| ApiError::bad_request("malformed-id", e.to_string()))?;
-    state
+    let meta = state
         .engine
         .backends()
         .blobs
@@ -391,6 +509,11 @@ async fn from_json(state: &AppState, body: SubmitJson) -> Result<Submission, Api
             },
             other => ApiError::from(converto_core::EngineError::Blob(other)),
         })?;
+    // A presigned object-storage PUT cannot bound the size: the stored size is checked here.
+    let limit = state.settings.max_upload_bytes;
+    if meta.size > limit {
+        return Err(ApiError::TooLarge { limit });
+    }
     let target = parse_format("target_format", &body.target_format)?;
     let mut sub = Submission::new(
         target,
@@ -425,23 +548,44 @@ async fn from_json(state: &AppState, body: SubmitJson) -> Result<Submission, Api
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
     /// Comma-separated statuses, e.g. `queued,running`.
+    #[param(
+        pattern = "^((queued|running|succeeded|failed|cancelled)(,(queued|running|succeeded|failed|cancelled))*)?$"
+    )]
     status: Option<String>,
     /// Source format.
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,15}$")]
     source_format: Option<String>,
     /// Target format.
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,15}$")]
     target_format: Option<String>,
-    /// `key=value`.
+    /// `key=value` (or `key:value`).
+    #[param(pattern = "[=:]")]
     label: Option<String>,
     /// RFC 3339 time: created at or after.
+    #[param(value_type = Option<String>, format = DateTime)]
     created_after: Option<String>,
     /// RFC 3339 time: created before.
+    #[param(value_type = Option<String>, format = DateTime)]
     created_before: Option<String>,
     /// Text in the input file name.
     q: Option<String>,
     /// Page size, 1 to 1000 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")]
     cursor: Option<String>,
+}
+
+/// A format filter, exactly as the spec's pattern has it (no case folding or trimming).
+fn parse_format_filter(field: &str, value: &str) -> Result<Format, ApiError> {
+    if value.trim() != value || value.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(ApiError::bad_request(
+            "invalid-format",
+            format!("{field}: {value:?} is not a lowercase format name"),
+        ));
+    }
+    parse_format(field, value)
 }
 
 fn parse_time(field: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
@@ -457,7 +601,7 @@ fn parse_time(field: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
 
 /// List conversions, newest first.
 #[utoipa::path(get, path = "/v1/conversions", tag = "conversions", params(ListParams),
-    responses((status = 200, body = ListView), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ListView), (status = 400, description = "Malformed filter", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Query(p): Query<ListParams>,
@@ -466,8 +610,7 @@ pub(crate) async fn list(
     if let Some(s) = p.status.as_deref().filter(|s| !s.is_empty()) {
         for part in s.split(',') {
             q.statuses.push(
-                part.trim()
-                    .parse::<Status>()
+                part.parse::<Status>()
                     .map_err(|e| ApiError::bad_request("invalid-status", e.to_string()))?,
             );
         }
@@ -475,12 +618,12 @@ pub(crate) async fn list(
     q.source_format = p
         .source_format
         .as_deref()
-        .map(|v| parse_format("source_format", v))
+        .map(|v| parse_format_filter("source_format", v))
         .transpose()?;
     q.target_format = p
         .target_format
         .as_deref()
-        .map(|v| parse_format("target_format", v))
+        .map(|v| parse_format_filter("target_format", v))
         .transpose()?;
     if let Some(l) = p.label.as_deref() {
         let (k, v) = l
@@ -515,12 +658,16 @@ pub(crate) async fn list(
         .cursor
         .as_deref()
         .map(|c| {
-            parse_id(c).map_err(|_| {
-                ApiError::bad_request(
-                    "invalid-cursor",
-                    format!("cursor {c:?} is not a conversion id"),
-                )
-            })
+            // Only the canonical form `next_cursor` gives (what the spec's pattern allows).
+            parse_id(c)
+                .ok()
+                .filter(|id| is_canonical_v7(id, c))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid-cursor",
+                        format!("cursor {c:?} is not a conversion id"),
+                    )
+                })
         })
         .transpose()?;
     let page = state.engine.list(&q).await?;
@@ -531,8 +678,8 @@ pub(crate) async fn list(
 }
 
 /// One conversion, with progress and artifact links.
-#[utoipa::path(get, path = "/v1/conversions/{id}", tag = "conversions", params(("id" = String, Path)),
-    responses((status = 200, body = ConversionView), (status = 400, body = Problem), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/conversions/{id}", tag = "conversions", params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)")),
+    responses((status = 200, body = ConversionView), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -542,8 +689,8 @@ pub(crate) async fn get(
 }
 
 /// Remove a conversion and its files (cancelling it first if it is still live).
-#[utoipa::path(delete, path = "/v1/conversions/{id}", tag = "conversions", params(("id" = String, Path)),
-    responses((status = 204), (status = 400, body = Problem), (status = 404, body = Problem)))]
+#[utoipa::path(delete, path = "/v1/conversions/{id}", tag = "conversions", params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)")),
+    responses((status = 204, description = "Removed"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 409, description = "It changed while being removed; try again", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -553,8 +700,8 @@ pub(crate) async fn delete(
 }
 
 /// Cancel queued or running work.
-#[utoipa::path(post, path = "/v1/conversions/{id}/cancel", tag = "conversions", params(("id" = String, Path)),
-    responses((status = 200, body = ConversionView), (status = 404, body = Problem), (status = 409, description = "Already finished", body = Problem)))]
+#[utoipa::path(post, path = "/v1/conversions/{id}/cancel", tag = "conversions", params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)")),
+    responses((status = 200, body = ConversionView), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -564,18 +711,28 @@ pub(crate) async fn cancel(
 }
 
 /// Server-Sent Events: `status` and `progress` events until the conversion ends.
-#[utoipa::path(get, path = "/v1/conversions/{id}/events", tag = "conversions", params(("id" = String, Path)),
-    responses((status = 200, description = "text/event-stream of `status` and `progress` events", content_type = "text/event-stream"), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/conversions/{id}/events", tag = "conversions", params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)")),
+    responses((status = 200, description = "text/event-stream of `status` and `progress` events", content_type = "text/event-stream"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let stream = state.engine.watch(parse_id(&id)?).await?;
-    let sse = stream.map(|ev| {
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    // The place is held by the stream and given back when the client goes or the stream ends.
+    let Ok(place) = std::sync::Arc::clone(&state.event_streams).try_acquire_owned() else {
+        return Ok(crate::middleware::overloaded(
+            "too many open event streams; try again shortly",
+        ));
+    };
+    let stream = state.engine.watch(id).await?;
+    let sse = stream.map(move |ev| {
+        let _held = &place;
         let data = serde_json::to_string(&ev).unwrap_or_else(|_| "{}".into());
-        Ok(SseEvent::default().event(ev.kind()).data(data))
+        Ok::<_, Infallible>(SseEvent::default().event(ev.kind()).data(data))
     });
-    Ok(Sse::new(sse).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(sse)
+        .keep_alive(KeepAlive::new().interval(state.settings.event_keep_alive))
+        .into_response())
 }
 
 /// A byte range request, parsed.
@@ -656,9 +813,9 @@ fn content_disposition(name: &str) -> HeaderValue {
 /// Download an artifact (Range, ETag and Content-Disposition supported), or be redirected to
 /// a presigned object-storage URL when the server is configured so.
 #[utoipa::path(get, path = "/v1/conversions/{id}/artifacts/{name}", tag = "conversions",
-    params(("id" = String, Path), ("name" = String, Path)),
-    responses((status = 200, description = "The bytes"), (status = 206, description = "Partial content"), (status = 304, description = "Not modified"),
-        (status = 307, description = "Redirect to a presigned URL"), (status = 404, body = Problem), (status = 416, description = "Range not satisfiable")))]
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)"), ("name" = String, Path, description = "The artifact's name, as listed in the conversion")),
+    responses((status = 200, description = "The bytes", content_type = "application/octet-stream"), (status = 206, description = "Partial content", content_type = "application/octet-stream"), (status = 304, description = "Not modified"),
+        (status = 307, description = "Redirect to a presigned URL"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion or artifact", body = Problem, content_type = "application/problem+json"), (status = 416, description = "Range not satisfiable (Content-Range gives the size)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn artifact(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
@@ -707,17 +864,19 @@ pub(crate) async fn artifact(
             None
         }
         Some(r) => match parse_range(r) {
-            Some(RangeSpec::FromTo(a, b)) if a < size => Some(a..(b + 1).min(size)),
+            Some(RangeSpec::FromTo(a, b)) if a < size => Some(a..b.saturating_add(1).min(size)),
             Some(RangeSpec::From(a)) if a < size => Some(a..size),
             Some(RangeSpec::Last(n)) if n > 0 && size > 0 => Some(size.saturating_sub(n)..size),
             Some(_) => {
+                let mut resp = crate::middleware::problem_response(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range-not-satisfiable",
+                    &format!("the artifact has {size} bytes; the range asks for none of them"),
+                );
                 let cr = HeaderValue::from_str(&format!("bytes */{size}"))
                     .map_err(|e| ApiError::Internal(Box::new(e)))?;
-                return Ok((
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    [(header::CONTENT_RANGE, cr)],
-                )
-                    .into_response());
+                resp.headers_mut().insert(header::CONTENT_RANGE, cr);
+                return Ok(resp);
             }
             None => None, // unparseable or multi-range: ignore, send everything (RFC 9110 allows)
         },

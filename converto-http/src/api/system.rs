@@ -11,7 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::error::RouteView;
+use crate::error::{Problem, RouteView};
 
 /// The routes the registered converters serve.
 #[derive(Debug, Serialize, ToSchema)]
@@ -25,7 +25,7 @@ pub struct FormatsView {
 }
 
 /// List supported conversions.
-#[utoipa::path(get, path = "/v1/formats", tag = "formats", responses((status = 200, body = FormatsView)))]
+#[utoipa::path(get, path = "/v1/formats", tag = "formats", responses((status = 200, body = FormatsView), (status = 503, description = "Too many connections at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn formats(State(state): State<AppState>) -> Json<FormatsView> {
     let routes = state.engine.registry().routes();
     let mut sources: Vec<String> = routes.iter().map(|r| r.source.to_string()).collect();
@@ -49,7 +49,7 @@ pub struct Health {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health), (status = 503, description = "Too many connections at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -65,23 +65,49 @@ pub struct Readiness {
     pub checks: BTreeMap<String, String>,
 }
 
-async fn check<E: std::fmt::Display>(f: impl Future<Output = Result<(), E>>) -> String {
+/// `ok`, `unavailable` or `timed out after 2s`. A backend's error can name hosts, paths and
+/// (in a driver's message) credentials, and `/readyz` is often reachable by anyone: the error
+/// goes to the log (URLs in it redacted), the answer says only that the backend failed.
+async fn check<E: std::fmt::Display>(
+    backend: &'static str,
+    f: impl Future<Output = Result<(), E>>,
+) -> String {
     match tokio::time::timeout(Duration::from_secs(2), f).await {
         Ok(Ok(())) => "ok".into(),
-        Ok(Err(e)) => e.to_string(),
+        Ok(Err(e)) => {
+            let error = redact_urls(&e.to_string());
+            tracing::warn!(backend, %error, "readiness check failed");
+            "unavailable".into()
+        }
         Err(_) => "timed out after 2s".into(),
     }
 }
 
+/// Every `scheme://...` word of `text` redacted (see [`crate::runtime::redact`]).
+fn redact_urls(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            if word.contains("://") {
+                crate::runtime::redact(word)
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Readiness: every backend answers.
-#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, body = Readiness),
+    (status = 503, description = "A backend does not answer (the readiness report), or too many connections at once (a problem, see Retry-After)",
+        content((Readiness = "application/json"), (Problem = "application/problem+json")))))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let b = state.engine.backends();
     let (store, queue, bus, blobs) = tokio::join!(
-        check(b.store.ping()),
-        check(b.queue.ping()),
-        check(b.bus.ping()),
-        check(b.blobs.ping())
+        check("store", b.store.ping()),
+        check("queue", b.queue.ping()),
+        check("progress", b.bus.ping()),
+        check("blobs", b.blobs.ping())
     );
     let checks = BTreeMap::from([
         ("store".to_owned(), store),
@@ -105,7 +131,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<R
 }
 
 /// Prometheus metrics: requests, conversions by status, queue depth, durations.
-#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 503, description = "Too many connections at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let b = state.engine.backends();
     if let Ok(counts) = b.store.count_by_status().await {
@@ -134,4 +160,22 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readiness_answers_never_carry_the_error() {
+        let failing = async {
+            Err::<(), _>("connect postgres://app:hunter2@db.internal:5432/app: refused".to_owned())
+        };
+        assert_eq!(check("store", failing).await, "unavailable");
+        assert_eq!(check("store", async { Ok::<(), String>(()) }).await, "ok");
+        assert_eq!(
+            redact_urls("cannot reach postgres://app:hunter2@db:5432/app now"),
+            "cannot reach postgres://app:***@db:5432/app now"
+        );
+    }
 }

@@ -5,18 +5,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use chrono::Utc;
 use converto_core::blob::{BlobError, BlobStore, ByteStream, PresignMethod};
 use futures::StreamExt;
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream_shim::ReceiverStream;
+use utoipa::IntoParams;
 
 use super::views::{UploadTicket, UploadView};
 use crate::AppState;
 use crate::error::{ApiError, Problem};
+use crate::tickets::TicketError;
 
 /// A receiver as a stream (tokio-stream's wrapper, inlined to avoid the dependency).
 mod tokio_stream_shim {
@@ -138,9 +141,14 @@ pub(crate) async fn stream_into_blob(
 }
 
 /// Get a place to upload a file before converting it: a presigned object-storage URL when the
-/// blob store can presign, otherwise this server's own `PUT /v1/uploads/{id}`.
+/// blob store can presign, otherwise this server's own `PUT /v1/uploads/{id}` with a signed
+/// ticket (expiry and size limit) in its query.
+///
+/// A presigned object-storage URL cannot bound the size (object_store's signer signs method,
+/// path and expiry only), so a submission from an upload checks the stored size instead.
 #[utoipa::path(post, path = "/v1/uploads", tag = "uploads",
-    responses((status = 201, body = UploadTicket)))]
+    responses((status = 201, body = UploadTicket),
+        (status = 503, description = "The blob store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create(
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<UploadTicket>), ApiError> {
@@ -150,6 +158,7 @@ pub(crate) async fn create(
     let blobs = &state.engine.backends().blobs;
     let expires_at =
         Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::hours(1));
+    let max_bytes = state.settings.max_upload_bytes;
     let (url, presigned) = if blobs.capabilities().presign {
         let url = blobs
             .presign(PresignMethod::Put, &key, ttl)
@@ -163,7 +172,11 @@ pub(crate) async fn create(
             .as_deref()
             .unwrap_or("")
             .trim_end_matches('/');
-        (format!("{base}/v1/uploads/{id}"), false)
+        let ticket = state
+            .settings
+            .upload_signer
+            .issue(id, expires_at, max_bytes);
+        (format!("{base}{}", ticket.path_and_query()), false)
     };
     Ok((
         StatusCode::CREATED,
@@ -173,24 +186,63 @@ pub(crate) async fn create(
             url,
             presigned,
             expires_at,
+            max_bytes,
         }),
     ))
 }
 
-/// Upload the bytes of a file (streamed to the blob store).
-#[utoipa::path(put, path = "/v1/uploads/{id}", tag = "uploads", params(("id" = String, Path)),
-    request_body(content = String, content_type = "application/octet-stream"),
-    responses((status = 201, body = UploadView), (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem)))]
+/// The ticket in the query of `PUT /v1/uploads/{id}`, as `POST /v1/uploads` issued it.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct TicketParams {
+    /// When the ticket expires (Unix seconds).
+    expires: Option<String>,
+    /// The largest body the ticket allows.
+    max_bytes: Option<String>,
+    /// Hex HMAC-SHA256 over the upload id, `expires` and `max_bytes`.
+    #[param(pattern = "^[0-9a-f]{64}$")]
+    signature: Option<String>,
+}
+
+/// Upload the bytes of a file (streamed to the blob store), with the URL `POST /v1/uploads`
+/// gave: its signed ticket bounds the time and the size.
+#[utoipa::path(put, path = "/v1/uploads/{id}", tag = "uploads",
+    params(("id" = String, Path, format = Uuid, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The upload id from `POST /v1/uploads`"), TicketParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = UploadView),
+        (status = 400, description = "Malformed id or empty body", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No valid, unexpired ticket", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already uploaded", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than the ticket allows", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The blob store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn put(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(ticket): Query<TicketParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<UploadView>), ApiError> {
     let id = uuid::Uuid::try_parse(&id).map_err(|_| {
         ApiError::bad_request("malformed-id", format!("upload id {id:?} is not a UUID"))
     })?;
-    let limit = state.settings.max_upload_bytes;
+    let granted = state
+        .settings
+        .upload_signer
+        .verify(
+            id,
+            ticket.expires.as_deref().and_then(|v| v.parse().ok()),
+            ticket.max_bytes.as_deref().and_then(|v| v.parse().ok()),
+            ticket.signature.as_deref(),
+            Utc::now(),
+        )
+        .map_err(|e| ApiError::Forbidden {
+            slug: match e {
+                TicketError::Expired => "upload-ticket-expired",
+                _ => "invalid-upload-ticket",
+            },
+            detail: e.to_string(),
+        })?;
+    let limit = granted.min(state.settings.max_upload_bytes);
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

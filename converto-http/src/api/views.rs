@@ -195,6 +195,8 @@ pub struct UploadTicket {
     pub presigned: bool,
     /// When the URL stops working.
     pub expires_at: DateTime<Utc>,
+    /// The largest file the URL accepts, in bytes.
+    pub max_bytes: u64,
 }
 
 /// A finished upload.
