@@ -24,7 +24,9 @@ server=
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-CONVERTO_LOG=warn "$bin" --data-dir "$work/data" --max-upload-bytes $((upload_mib * 1024 * 1024 + 1)) \
+# The per-tenant request rate would cap the GET figure at the limit, not the server's speed.
+printf '[tenant_defaults]\nrequests_per_second = 0\n' >"$work/converto.toml"
+CONVERTO_LOG=warn "$bin" --config "$work/converto.toml" --data-dir "$work/data" --max-upload-bytes $((upload_mib * 1024 * 1024 + 1)) \
   serve --listen "127.0.0.1:$port" >"$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done

@@ -1,3 +1,27 @@
+//! Durable file conversion jobs: submit "turn this file into that format", and converto stores
+//! the input, queues the work, runs the converter with retries, timeouts, leases and
+//! cancellation, reports progress, and keeps the artifacts.
+//!
+//! ```
+//! use converto::{Engine, Format, Route, Submission, SubmitInput, converter_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let upper = converter_fn("upper", [Route::parse("txt", "upper")?], |_request, input| {
+//!     Ok(input.to_ascii_uppercase().into())
+//! });
+//! let engine = Engine::builder().converter(upper).build()?; // every backend in memory
+//! let workers = engine.start_workers();
+//! let input = SubmitInput::bytes("hello", Some("hello.txt".into()));
+//! let submitted = engine.submit(Submission::new(Format::new("upper")?, input)).await?;
+//! let done = engine.wait(submitted.conversion.id).await?;
+//! assert_eq!(&engine.read_artifact_bytes(done.id, "output.upper").await?[..], b"HELLO");
+//! workers.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The rest of this page is the project's README.
+//!
 #![doc = include_str!("../README.md")]
 
 pub use converto_core as core;

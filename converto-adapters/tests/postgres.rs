@@ -226,7 +226,7 @@ async fn two_backends_on_one_schema_act_as_one() {
     db.cleanup().await;
 }
 
-/// The reserve statement keeps walking the partial `jobs_reserve` index however many dead
+/// The reserve statement keeps walking the partial `jobs_tenant_reserve` index however many dead
 /// letters (and deleted, acked rows) the table holds, and still reserves in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserve_uses_its_index_after_many_finished_jobs() {
@@ -268,8 +268,8 @@ async fn reserve_uses_its_index_after_many_finished_jobs() {
     for batch in [1, 64] {
         let plan = q.explain_reserve(batch).await.expect("explain");
         assert!(
-            plan.contains("jobs_reserve"),
-            "reserve does not use the jobs_reserve index:\n{plan}"
+            plan.contains("jobs_tenant_reserve"),
+            "reserve does not use the jobs_tenant_reserve index:\n{plan}"
         );
         assert!(
             !plan.contains("Seq Scan on jobs"),
@@ -314,8 +314,8 @@ async fn reserve_uses_its_index_after_many_finished_jobs() {
         .expect("analyze");
     let plan = q.explain_reserve(64).await.expect("explain");
     assert!(
-        plan.contains("Index Scan using jobs_reserve"),
-        "a backlog is not reserved by walking jobs_reserve:\n{plan}"
+        plan.contains("Index Scan using jobs_tenant_reserve"),
+        "a backlog is not reserved by walking jobs_tenant_reserve:\n{plan}"
     );
     assert!(!plan.contains("Seq Scan on jobs"), "{plan}");
     let t = Instant::now();
@@ -357,7 +357,14 @@ async fn migrations_live_only_in_their_schema() {
     let schema = pg.config().schema.clone();
     assert_eq!(
         tables_in(schema.clone()).await,
-        vec!["_converto_migrations", "conversions", "jobs", "progress"]
+        vec![
+            "_converto_migrations",
+            "api_keys",
+            "conversions",
+            "job_tenants",
+            "jobs",
+            "progress"
+        ]
     );
     assert_eq!(
         tables_in("public".into()).await,
@@ -431,4 +438,15 @@ async fn bad_configs_and_unreachable_servers() {
         .await
         .expect_err("port 1 answers");
     assert!(err.is_temporary(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_store_suite() {
+    let Some(db) = server().await else { return };
+    testkit::keys::run_key_store_suite(async || {
+        let keys: Arc<dyn converto_core::keys::KeyStore> = db.backend().await.keys();
+        keys
+    })
+    .await;
+    db.cleanup().await;
 }

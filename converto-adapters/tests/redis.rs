@@ -484,3 +484,62 @@ async fn a_late_subscriber_sees_nothing_from_before() {
     );
     fx.cleanup().await;
 }
+
+/// Jobs made ready before queues knew tenants (in the one `ready` set, their hashes without a
+/// tenant) are delivered after an upgrade, as the default tenant's, beside new tenants' jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_queued_before_tenants_are_still_delivered() {
+    let _serial = SERIAL.lock().await;
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let config = fx.config();
+    let prefix = config.key_prefix.clone();
+    let q = fx.backend_with(config).await.queue();
+    let old = ConversionId::new();
+    let member = format!(
+        "{:010}{:016}{:016}:{old}",
+        2_147_483_647_i64 - 3,
+        Utc::now().timestamp_micros() - 1_000_000,
+        1
+    );
+    let client = redis::Client::open(url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    redis::cmd("HSET")
+        .arg(format!("{{{prefix}}}:queue:job:{old}"))
+        .arg(&[("prio", "3"), ("dlv", "0"), ("seq", "1"), ("state", "r")])
+        .arg("rk")
+        .arg(&member)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("hset");
+    redis::cmd("ZADD")
+        .arg(format!("{{{prefix}}}:queue:ready"))
+        .arg(0)
+        .arg(&member)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("zadd");
+    assert_eq!(q.stats().await.expect("stats").ready, 1);
+    let new = ConversionId::new();
+    q.enqueue(JobSpec::now(new, 0).for_tenant("tenant-x"))
+        .await
+        .expect("enqueue");
+    let leases = q
+        .reserve(2, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .expect("reserve");
+    let mut got: Vec<_> = leases.iter().map(|l| (l.id, l.attempt)).collect();
+    got.sort();
+    let mut want = vec![(old, 1), (new, 1)];
+    want.sort();
+    assert_eq!(got, want);
+    for lease in &leases {
+        q.ack(lease).await.expect("ack");
+    }
+    assert_eq!(q.stats().await.expect("stats"), Default::default());
+    fx.cleanup().await;
+}

@@ -336,3 +336,12 @@ async fn sqlx_journal_mode(backend: &SqliteBackend) -> String {
         .try_get(0)
         .expect("column")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_store_conformance() {
+    let dirs = Dirs::default();
+    testkit::keys::run_key_store_suite(async || {
+        connect(&dirs.fresh()).await.keys() as Arc<dyn converto_core::keys::KeyStore>
+    })
+    .await;
+}

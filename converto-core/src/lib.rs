@@ -8,6 +8,7 @@ pub mod error;
 mod format;
 mod id;
 pub mod intake;
+pub mod keys;
 pub mod memory;
 pub mod progress;
 pub mod queue;
@@ -26,6 +27,7 @@ pub use engine::{
     Submission, SubmitInput, Submitted, WorkerHandle, converter_fn,
 };
 pub use error::{BackendError, ErrorKind};
+pub use intake::TenantEngine;
 pub use progress::BusError;
 pub use queue::QueueError;
 pub use store::{ListQuery, Page, StoreError};
@@ -39,6 +41,8 @@ pub use progress::{Event, ProgressBus};
 pub use queue::JobQueue;
 pub use registry::ConverterRegistry;
 pub use store::ConversionStore;
+
+pub use queue::DEFAULT_TENANT;
 
 /// Re-exported so converters and callers share the same token type.
 pub use tokio_util::sync::CancellationToken;

@@ -1,4 +1,33 @@
-//! The `JobQueue` trait: at-least-once delivery with leases.
+//! The `JobQueue` trait: at-least-once delivery with leases, fair across tenants.
+//!
+//! # Delivery order
+//!
+//! Every backend delivers in the same order, so that one tenant's backlog never starves another
+//! tenant's job: tenants take turns, and priority orders jobs within a tenant.
+//!
+//! - **Within a tenant**: highest priority first, then earliest not-before, then enqueue order.
+//! - **Across tenants**: each tenant has a *turn count*. Among the tenants with a deliverable
+//!   job, let `M` be the highest turn count; a tenant whose count is below `M - 1` is lifted to
+//!   `M - 1` (so a tenant that was idle, or is new, joins the current round: it owes no turns
+//!   and is owed none). A tenant's k-th deliverable job (from 0) is due at turn
+//!   `count + k`. Deliveries go by turn; jobs due at the same turn go highest priority first,
+//!   then earliest not-before, then enqueue order, whichever tenant they belong to.
+//! - A reserve of `N` delivers the first `N` jobs of that order (it considers each tenant's
+//!   first `N` deliverable jobs). When jobs of two or more tenants were deliverable, each tenant
+//!   served ends at the turn after its last job delivered; with one tenant alone, counts do not
+//!   move (nobody waits).
+//!
+//! So every tenant with deliverable work is served once per round, the highest-priority head
+//! of the round first: with `S` reservers of one job each, a tenant's job waits at most for the
+//! jobs already leased plus one per other tenant, never for another tenant's backlog. A batch
+//! of `N` over `T` tenants with enough deliverable jobs takes `ceil(N / T)` from each, give or
+//! take the one turn a tenant may be ahead of another. Priority crosses tenants only within a
+//! round: a tenant cannot starve others by raising its priorities. With one tenant the order is
+//! plain priority, then not-before, then enqueue order.
+//!
+//! Concurrent reservers of a shared backend (PostgreSQL) see the counts as of their statement,
+//! so under contention the rounds are approximate: each reserver still serves the tenant
+//! furthest behind, and skips jobs another reserver holds.
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -13,11 +42,17 @@ use crate::error::BackendError;
 /// A `dyn JobQueue`.
 pub type DynJobQueue = dyn JobQueue;
 
+/// The tenant of jobs enqueued without one (and of jobs stored before queues knew tenants).
+pub const DEFAULT_TENANT: &str = "default";
+
 /// A job to enqueue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSpec {
     /// The conversion to run.
     pub id: ConversionId,
+    /// The conversion's tenant: deliveries are shared fairly between tenants (see the
+    /// [module docs](self)).
+    pub tenant: String,
     /// Higher first.
     pub priority: i32,
     /// Not delivered before this time.
@@ -28,13 +63,22 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
-    /// A new job, ready now.
+    /// A new job of the [`DEFAULT_TENANT`], ready now.
     pub fn now(id: ConversionId, priority: i32) -> Self {
         Self {
             id,
+            tenant: DEFAULT_TENANT.to_owned(),
             priority,
             not_before: Utc::now(),
             attempts: 0,
+        }
+    }
+
+    /// The same job, for `tenant`.
+    pub fn for_tenant(self, tenant: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.into(),
+            ..self
         }
     }
 }
@@ -99,8 +143,9 @@ impl QueueError {
     }
 }
 
-/// Delivers jobs at least once, highest priority first, then earliest not-before, then the order
-/// they were enqueued. A lease that expires is delivered again with the next attempt number.
+/// Delivers jobs at least once, in the fair order of the [module docs](self): tenants take
+/// turns; within a tenant, highest priority first, then earliest not-before, then the order they
+/// were enqueued. A lease that expires is delivered again with the next attempt number.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait JobQueue: Send + Sync + Debug + 'static {
@@ -108,9 +153,9 @@ pub trait JobQueue: Send + Sync + Debug + 'static {
     /// dead), nothing changes and `false` is returned.
     async fn enqueue(&self, job: JobSpec) -> Result<bool, QueueError>;
 
-    /// Leases up to `max` deliverable jobs for `lease_for`. Waits up to `wait` for one to become
-    /// deliverable (woken by enqueues and timers, not by polling); returns an empty list if none
-    /// did.
+    /// Leases up to `max` deliverable jobs for `lease_for`, the next ones in the fair order.
+    /// Waits up to `wait` for one to become deliverable (woken by enqueues and timers, not by
+    /// polling); returns an empty list if none did.
     async fn reserve(
         &self,
         max: usize,

@@ -29,6 +29,8 @@ pub struct Cli {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of `serve`'s many flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the HTTP API with in-process workers.
     Serve(ServeArgs),
@@ -40,6 +42,9 @@ pub enum Command {
     Migrate,
     /// Print the supported conversions.
     Formats,
+    /// Create, list and revoke API keys (kept in the `--store` database).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Run one isolated conversion (started by `serve` and `worker`; reads a job on stdin).
     #[command(name = "__child", hide = true)]
     Child,
@@ -141,6 +146,75 @@ pub struct ServeArgs {
     /// Connection limits and request size limits of the HTTP server.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Who may call the API.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// `converto keys`.
+#[derive(Debug, Subcommand, Clone)]
+pub enum KeysCommand {
+    /// Create a key and print it, alone, on stdout (it is shown this once).
+    Create {
+        /// The tenant the key acts as.
+        #[arg(long)]
+        tenant: String,
+        /// What the key may do: read, write, admin, comma-separated [default: read,write].
+        #[arg(long, default_value = "read,write")]
+        scopes: String,
+        /// How long the key works, e.g. 30d, 12h [default: until revoked].
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List the keys (never the keys themselves).
+    List,
+    /// Revoke a key by its id.
+    Revoke {
+        /// The key's id (see `converto keys list`).
+        id: String,
+    },
+}
+
+/// Authentication of `converto serve`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct AuthArgs {
+    /// Credentials accepted: none, keys, jwt or keys,jwt [default: none; only on loopback].
+    #[arg(long, env = "CONVERTO_AUTH")]
+    pub auth: Option<crate::auth::AuthMode>,
+    /// Serve without authentication on a non-loopback address.
+    #[arg(long, env = "CONVERTO_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+    /// Serve /metrics without credentials [default: only when auth is none].
+    #[arg(long, env = "CONVERTO_PUBLIC_METRICS")]
+    pub public_metrics: Option<bool>,
+    /// Serve /openapi.json without credentials [default: true].
+    #[arg(long, env = "CONVERTO_PUBLIC_OPENAPI")]
+    pub public_openapi: Option<bool>,
+    /// A PEM public key (RSA, P-256 or Ed25519) JWTs may be signed with, repeatable.
+    #[arg(
+        long = "jwt-public-key",
+        env = "CONVERTO_JWT_PUBLIC_KEY",
+        value_delimiter = ','
+    )]
+    pub jwt_public_key: Vec<PathBuf>,
+    /// The identity provider's JWKS URL.
+    #[arg(long, env = "CONVERTO_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Fetch the JWKS again when older than this [default: 300].
+    #[arg(long, env = "CONVERTO_JWKS_REFRESH")]
+    pub jwks_refresh: Option<DurationArg>,
+    /// A token with an unknown kid fetches the JWKS again at most this often [default: 30].
+    #[arg(long, env = "CONVERTO_JWKS_MIN_REFRESH")]
+    pub jwks_min_refresh: Option<DurationArg>,
+    /// The issuer (`iss`) JWTs must name [default: any].
+    #[arg(long, env = "CONVERTO_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The audience (`aud`) JWTs must name [default: any].
+    #[arg(long, env = "CONVERTO_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The JWT claim naming the tenant [default: tenant].
+    #[arg(long, env = "CONVERTO_JWT_TENANT_CLAIM")]
+    pub jwt_tenant_claim: Option<String>,
 }
 
 /// Limits of `converto serve`: what one client can hold or send.
@@ -283,24 +357,34 @@ pub struct FileConfig {
     isolation: Option<crate::isolate::Isolation>,
     job_memory_limit: Option<crate::isolate::ByteSize>,
     job_cpu_limit: Option<DurationArg>,
+    auth: Option<crate::auth::AuthMode>,
+    allow_anonymous: Option<bool>,
+    public_metrics: Option<bool>,
+    public_openapi: Option<bool>,
     #[serde(default)]
-    s3: S3File,
-}
-
-/// The `[s3]` table of the TOML file. Credentials may be given here or in the environment
-/// (`AWS_ACCESS_KEY_ID`, ...), never as flags, so that they do not show in process lists.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct S3File {
-    region: Option<String>,
-    endpoint: Option<String>,
-    allow_http: Option<bool>,
-    virtual_hosted_style: Option<bool>,
-    part_size: Option<usize>,
-    max_parts_in_flight: Option<usize>,
-    access_key_id: Option<String>,
-    secret_access_key: Option<Secret>,
-    session_token: Option<Secret>,
+    jwt_public_key: Vec<PathBuf>,
+    jwks_url: Option<String>,
+    jwks_refresh: Option<DurationArg>,
+    jwks_min_refresh: Option<DurationArg>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_tenant_claim: Option<String>,
+    /// The S3 blob store's settings: the adapter's own `S3Config` shape (checked when the
+    /// store is opened, see [`crate::runtime`]).
+    #[serde(default)]
+    s3: toml::Table,
+    /// The mesh converter's limits: the adapter's `MeshLimits` shape.
+    #[serde(default)]
+    mesh: toml::Table,
+    /// Every tenant's limits unless `[tenants.NAME]` says otherwise.
+    #[serde(default)]
+    tenant_defaults: Option<crate::quota::TenantLimits>,
+    /// Per-tenant limits (fields not given come from the defaults).
+    #[serde(default)]
+    tenants: std::collections::HashMap<String, toml::Table>,
+    /// The image converter's settings: the adapter's `ImageConfig` shape.
+    #[serde(default)]
+    image: toml::Table,
 }
 
 /// A secret: its `Debug` never shows the value.
@@ -321,30 +405,6 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// S3 settings: `explicit` ones (flags and `CONVERTO_S3_*` variables) win over the standard
-/// `AWS_*` variables, which win over the file's `[s3]` table (`fallback`).
-#[derive(Debug, Clone, Default)]
-pub struct S3Settings {
-    /// Region.
-    pub region: Option<String>,
-    /// Endpoint.
-    pub endpoint: Option<String>,
-    /// Plain HTTP allowed.
-    pub allow_http: Option<bool>,
-    /// Virtual-hosted-style requests.
-    pub virtual_hosted_style: Option<bool>,
-    /// Part size in bytes.
-    pub part_size: Option<usize>,
-    /// Parts in flight.
-    pub max_parts_in_flight: Option<usize>,
-    /// Access key id.
-    pub access_key_id: Option<String>,
-    /// Secret access key.
-    pub secret_access_key: Option<Secret>,
-    /// Session token.
-    pub session_token: Option<Secret>,
-}
-
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -362,6 +422,14 @@ pub enum ConfigError {
     Parse {
         /// The file.
         path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A `[tenants.NAME]` table is not valid.
+    #[error("invalid limits for tenant {tenant:?}: {source}")]
+    Tenant {
+        /// The tenant.
+        tenant: String,
         /// Why.
         source: Box<toml::de::Error>,
     },
@@ -424,10 +492,19 @@ pub struct Settings {
     pub job_memory_limit: Option<u64>,
     /// CPU-time limit of one isolated conversion (`None`: unlimited).
     pub job_cpu_limit: Option<Duration>,
-    /// S3 settings from flags and `CONVERTO_S3_*` variables.
-    pub s3_explicit: S3Settings,
-    /// S3 settings from the file's `[s3]` table.
-    pub s3_fallback: S3Settings,
+    /// S3 settings from flags and `CONVERTO_S3_*` variables, as a table of the S3 adapter's
+    /// `S3Config` fields; they win over the `AWS_*` variables, which win over `s3_file`.
+    pub s3_flags: toml::Table,
+    /// The file's `[s3]` table (`S3Config` fields, credentials included).
+    pub s3_file: toml::Table,
+    /// The file's `[mesh]` table (the mesh converter's `MeshLimits` fields).
+    pub mesh: toml::Table,
+    /// Per-tenant limits: `[tenant_defaults]`, overridden by `[tenants.NAME]` tables.
+    pub limits: crate::quota::Limits,
+    /// The file's `[image]` table (the image converter's `ImageConfig` fields).
+    pub image: toml::Table,
+    /// Who may call the API.
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl Settings {
@@ -471,6 +548,20 @@ impl Settings {
             .or(file.progress)
             .unwrap_or_else(|| default_progress(&queue, &store));
         let serve = serve.cloned().unwrap_or_default();
+        let file_auth = FileAuth {
+            auth: file.auth,
+            allow_anonymous: file.allow_anonymous,
+            public_metrics: file.public_metrics,
+            public_openapi: file.public_openapi,
+            jwt_public_key: file.jwt_public_key,
+            jwks_url: file.jwks_url,
+            jwks_refresh: file.jwks_refresh,
+            jwks_min_refresh: file.jwks_min_refresh,
+            jwt_issuer: file.jwt_issuer,
+            jwt_audience: file.jwt_audience,
+            jwt_tenant_claim: file.jwt_tenant_claim,
+        };
+        let auth = auth_settings(&serve.auth, file_auth);
         let routes = if common.routes.is_empty() {
             file.routes
         } else {
@@ -561,28 +652,126 @@ impl Settings {
                 .or(file.job_cpu_limit)
                 .map(|d| d.0)
                 .filter(|d| !d.is_zero()),
-            s3_explicit: S3Settings {
-                region: common.s3_region.clone(),
-                endpoint: common.s3_endpoint.clone(),
-                allow_http: common.s3_allow_http,
-                part_size: common.s3_part_size,
-                max_parts_in_flight: common.s3_max_parts_in_flight,
-                ..S3Settings::default()
+            s3_flags: {
+                let mut t = toml::Table::new();
+                let mut set = |k: &str, v: Option<toml::Value>| {
+                    if let Some(v) = v {
+                        t.insert(k.to_owned(), v);
+                    }
+                };
+                set("region", common.s3_region.clone().map(toml::Value::String));
+                set(
+                    "endpoint",
+                    common.s3_endpoint.clone().map(toml::Value::String),
+                );
+                set("allow_http", common.s3_allow_http.map(toml::Value::Boolean));
+                let int = |n: usize| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+                set("part_size", common.s3_part_size.map(int));
+                set(
+                    "max_parts_in_flight",
+                    common.s3_max_parts_in_flight.map(int),
+                );
+                t
             },
-            s3_fallback: S3Settings {
-                region: file.s3.region,
-                endpoint: file.s3.endpoint,
-                allow_http: file.s3.allow_http,
-                virtual_hosted_style: file.s3.virtual_hosted_style,
-                part_size: file.s3.part_size,
-                max_parts_in_flight: file.s3.max_parts_in_flight,
-                access_key_id: file.s3.access_key_id,
-                secret_access_key: file.s3.secret_access_key,
-                session_token: file.s3.session_token,
-            },
+            s3_file: file.s3,
+            mesh: file.mesh,
+            limits: tenant_limits(
+                // Without a `[tenant_defaults]` table: the defaults for callers with
+                // credentials; the anonymous loopback default (auth none) keeps no request rate,
+                // so a developer's scripts and tests are not throttled.
+                file.tenant_defaults.unwrap_or(crate::quota::TenantLimits {
+                    requests_per_second: if auth.mode == crate::auth::AuthMode::None {
+                        0.0
+                    } else {
+                        crate::quota::TenantLimits::default().requests_per_second
+                    },
+                    ..crate::quota::TenantLimits::default()
+                }),
+                file.tenants,
+            )?,
+            image: file.image,
+            auth,
             data_dir,
         })
     }
+}
+
+/// The file's authentication settings.
+struct FileAuth {
+    auth: Option<crate::auth::AuthMode>,
+    allow_anonymous: Option<bool>,
+    public_metrics: Option<bool>,
+    public_openapi: Option<bool>,
+    jwt_public_key: Vec<PathBuf>,
+    jwks_url: Option<String>,
+    jwks_refresh: Option<DurationArg>,
+    jwks_min_refresh: Option<DurationArg>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_tenant_claim: Option<String>,
+}
+
+/// Flags and environment first, then the file, then the defaults.
+fn auth_settings(a: &AuthArgs, f: FileAuth) -> crate::auth::AuthSettings {
+    let defaults = crate::auth::jwt::JwtSettings::default();
+    crate::auth::AuthSettings {
+        mode: a.auth.or(f.auth).unwrap_or_default(),
+        allow_anonymous: a.allow_anonymous || f.allow_anonymous.unwrap_or(false),
+        public_metrics: a.public_metrics.or(f.public_metrics),
+        public_openapi: a.public_openapi.or(f.public_openapi),
+        jwt: crate::auth::jwt::JwtSettings {
+            public_keys: if a.jwt_public_key.is_empty() {
+                f.jwt_public_key
+            } else {
+                a.jwt_public_key.clone()
+            },
+            jwks_url: a.jwks_url.clone().or(f.jwks_url),
+            jwks_refresh: a
+                .jwks_refresh
+                .or(f.jwks_refresh)
+                .map_or(defaults.jwks_refresh, |d| d.0),
+            jwks_min_refresh: a
+                .jwks_min_refresh
+                .or(f.jwks_min_refresh)
+                .map_or(defaults.jwks_min_refresh, |d| d.0),
+            issuer: a.jwt_issuer.clone().or(f.jwt_issuer),
+            audience: a.jwt_audience.clone().or(f.jwt_audience),
+            tenant_claim: a
+                .jwt_tenant_claim
+                .clone()
+                .or(f.jwt_tenant_claim)
+                .unwrap_or(defaults.tenant_claim),
+        },
+    }
+}
+
+/// The per-tenant limits of the file: each `[tenants.NAME]` table over the defaults.
+fn tenant_limits(
+    defaults: crate::quota::TenantLimits,
+    tenants: std::collections::HashMap<String, toml::Table>,
+) -> Result<crate::quota::Limits, ConfigError> {
+    let mut limits = crate::quota::Limits {
+        defaults,
+        tenants: std::collections::HashMap::new(),
+    };
+    let base = toml::Value::try_from(defaults).ok();
+    for (name, table) in tenants {
+        // The defaults' fields, then the tenant's over them.
+        let mut merged = match &base {
+            Some(toml::Value::Table(t)) => t.clone(),
+            _ => toml::Table::new(),
+        };
+        merged.extend(table);
+        let one: crate::quota::TenantLimits =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Tenant {
+                    tenant: name.clone(),
+                    source: Box::new(e),
+                })?;
+        limits.tenants.insert(name, one);
+    }
+    Ok(limits)
 }
 
 /// The progress bus when none is configured: the queue's backend, else the store's, when that
@@ -655,5 +844,37 @@ mod tests {
         assert_eq!(default_progress("memory", pg), pg);
         assert_eq!(default_progress(sqlite, sqlite), "memory");
         assert_eq!(default_progress("memory", "memory"), "memory");
+    }
+
+    #[test]
+    fn tenants_with_credentials_get_a_request_rate_by_default() {
+        let resolve = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).expect("flags");
+            let serve = match &cli.command {
+                Command::Serve(a) => Some(a.clone()),
+                _ => None,
+            };
+            Settings::resolve(None, &cli.common, serve.as_ref()).expect("settings")
+        };
+        let anonymous = resolve(&["converto", "serve"]);
+        assert_eq!(anonymous.limits.of("default").requests_per_second, 0.0);
+        let keyed = resolve(&["converto", "serve", "--auth", "keys"]);
+        assert_eq!(keyed.limits.of("acme").requests_per_second, 100.0);
+        assert_eq!(keyed.limits.of("acme").max_queued, 10_000);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("converto.toml");
+        std::fs::write(
+            &file,
+            "[tenant_defaults]\nrequests_per_second = 5\n[tenants.acme]\nmax_priority = 50\n",
+        )
+        .expect("write");
+        let cli = Cli::try_parse_from(["converto", "worker"]).expect("flags");
+        let s = Settings::resolve(Some(&file), &cli.common, None).expect("settings");
+        assert_eq!(s.limits.of("globex").requests_per_second, 5.0);
+        let acme = s.limits.of("acme");
+        assert_eq!((acme.requests_per_second, acme.max_priority), (5.0, 50));
+        std::fs::write(&file, "[tenants.acme]\nmax_prio = 50\n").expect("write");
+        assert!(Settings::resolve(Some(&file), &cli.common, None).is_err());
     }
 }

@@ -68,6 +68,14 @@ pub enum ApiError {
         /// What is wrong.
         detail: String,
     },
+    /// The tenant has as many conversions waiting as it may.
+    #[error(
+        "this tenant already has {limit} conversions waiting; submit more once some have started"
+    )]
+    TooManyQueued {
+        /// The limit.
+        limit: u64,
+    },
     /// An idempotency key was reused for a different request.
     #[error("{detail}")]
     IdempotencyMismatch {
@@ -130,6 +138,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::TooManyQueued { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::IdempotencyMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -146,6 +155,7 @@ impl ApiError {
             ApiError::BadRequest { slug, .. } => slug,
             ApiError::Forbidden { slug, .. } => slug,
             ApiError::IdempotencyMismatch { .. } => "idempotency-key-reused",
+            ApiError::TooManyQueued { .. } => "too-many-queued",
             ApiError::NotFound { .. } => "not-found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::TooLarge { .. } => "payload-too-large",
@@ -188,6 +198,21 @@ impl From<EngineError> for ApiError {
                 detail: format!("{e}; use a new Idempotency-Key for a different request"),
             },
             EngineError::InvalidRequest(d) => ApiError::bad_request("invalid-request", d),
+            EngineError::UploadTicket(t) => ApiError::Forbidden {
+                slug: match t {
+                    converto_core::intake::TicketError::Expired => "upload-ticket-expired",
+                    _ => "invalid-upload-ticket",
+                },
+                detail: t.to_string(),
+            },
+            EngineError::UploadExists { upload_id } => ApiError::Conflict {
+                detail: format!(
+                    "upload {upload_id} was already received; ask POST /v1/uploads for a new one"
+                ),
+            },
+            EngineError::UploadNotFound { upload_id } => ApiError::NotFound {
+                detail: format!("no upload {upload_id}: PUT the file to its upload URL first"),
+            },
             EngineError::Conflict(c) => ApiError::Conflict {
                 detail: format!("conversion {} is {}; cannot {} it", c.id, c.status, c.wanted),
             },

@@ -246,6 +246,9 @@ pub struct JobSpec {
     pub work_dir: PathBuf,
     /// The limits the child applies to itself.
     pub limits: ChildLimits,
+    /// The built-in converters' settings.
+    #[serde(default)]
+    pub builtin: crate::runtime::BuiltinConfig,
 }
 
 /// One line the child writes on stdout.
@@ -324,19 +327,28 @@ pub struct IsolationSettings {
     pub program: PathBuf,
     /// The limits of every child.
     pub limits: ChildLimits,
+    /// The built-in converters' settings, so a child builds the same converters.
+    pub builtin: crate::runtime::BuiltinConfig,
 }
 
 impl IsolationSettings {
     /// Children of this executable with `limits`. On Linux the program is `/proc/self/exe`,
     /// which still starts this build after its file was replaced by an upgrade.
-    pub fn this_executable(limits: ChildLimits) -> std::io::Result<Self> {
+    pub fn this_executable(
+        limits: ChildLimits,
+        builtin: crate::runtime::BuiltinConfig,
+    ) -> std::io::Result<Self> {
         let proc_self = Path::new("/proc/self/exe");
         let program = if proc_self.exists() {
             proc_self.to_path_buf()
         } else {
             std::env::current_exe()?
         };
-        Ok(Self { program, limits })
+        Ok(Self {
+            program,
+            limits,
+            builtin,
+        })
     }
 }
 
@@ -390,6 +402,7 @@ impl Converter for IsolatedConverter {
             input,
             work_dir: work_dir.clone(),
             limits: self.settings.limits,
+            builtin: self.settings.builtin.clone(),
         };
         let spec = serde_json::to_vec(&spec)
             .map_err(|e| ConvertError::permanent("converter_failed", e.to_string()))?;
@@ -714,6 +727,16 @@ fn clip(s: &str, max: usize) -> String {
 /// `converto __child`: reads a [`JobSpec`] on stdin, applies its limits, runs the conversion
 /// and reports on stdout. Called by the binary's `main` before any runtime exists.
 pub fn child_main() -> ExitCode {
+    // Die with the parent: a `converto` killed with SIGKILL cannot kill its children, and an
+    // orphaned conversion would go on using memory and CPU for nobody. If the parent is gone
+    // already (we were re-parented before the request took effect), stop now.
+    #[cfg(target_os = "linux")]
+    {
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+            return ExitCode::from(3);
+        }
+    }
     let spec = match read_spec() {
         Ok(spec) => spec,
         Err(why) => {
@@ -784,10 +807,17 @@ fn emit(message: &ChildMessage) {
 }
 
 async fn run_job(spec: JobSpec) -> ChildMessage {
-    let Some(converter) = crate::runtime::builtin_converters()
-        .into_iter()
-        .find(|c| c.name() == spec.converter)
-    else {
+    let converters = match crate::runtime::builtin_converters(&spec.builtin) {
+        Ok(c) => c,
+        Err(e) => {
+            return ChildMessage::Failed {
+                code: "converter_unavailable".into(),
+                message: e.to_string(),
+                temporary: false,
+            };
+        }
+    };
+    let Some(converter) = converters.into_iter().find(|c| c.name() == spec.converter) else {
         return ChildMessage::Failed {
             code: "converter_unavailable".into(),
             message: format!("no built-in converter named {:?}", spec.converter),

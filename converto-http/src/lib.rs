@@ -4,6 +4,7 @@
 //! binary adds configuration, backends and workers around it.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 #[cfg(feature = "crash-test-converters")]
 pub mod crash_test;
@@ -12,9 +13,10 @@ pub mod isolate;
 pub mod limits;
 pub mod middleware;
 pub mod problem;
+pub mod quota;
+pub mod run;
 pub mod runtime;
 pub mod server;
-pub mod tickets;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -32,8 +34,6 @@ use utoipa_axum::routes;
 /// Settings of the API layer.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
-    /// Uploads larger than this are refused with 413.
-    pub max_upload_bytes: u64,
     /// Redirect artifact downloads to presigned URLs when the blob store can presign.
     pub redirect_downloads: bool,
     /// How long presigned URLs stay valid.
@@ -41,8 +41,6 @@ pub struct ApiSettings {
     /// The server's public base URL (e.g. `https://convert.example.com`), used in upload
     /// URLs; relative URLs are given without it.
     pub public_url: Option<String>,
-    /// Signs and checks the tickets of `PUT /v1/uploads/{id}` (see [`tickets`]).
-    pub upload_signer: tickets::UploadSigner,
     /// Largest accepted JSON request body in bytes (larger ones: 413, refused while reading).
     pub max_json_bytes: usize,
     /// Largest accepted non-file multipart field in bytes.
@@ -58,11 +56,9 @@ pub struct ApiSettings {
 impl Default for ApiSettings {
     fn default() -> Self {
         Self {
-            max_upload_bytes: 2 * 1024 * 1024 * 1024,
             redirect_downloads: false,
             presign_ttl: Duration::from_secs(3600),
             public_url: None,
-            upload_signer: tickets::UploadSigner::ephemeral(),
             max_json_bytes: 64 * 1024,
             max_field_bytes: 16 * 1024,
             max_event_streams: 512,
@@ -83,6 +79,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Places for open event streams (`settings.max_event_streams`).
     pub event_streams: Arc<tokio::sync::Semaphore>,
+    /// Who may call (anonymous unless [`AppState::with_auth`] says otherwise).
+    pub auth: Arc<auth::Authenticator>,
+    /// Per-tenant limits (the defaults unless [`AppState::with_quotas`] says otherwise).
+    pub quotas: quota::Quotas,
 }
 
 impl std::fmt::Debug for AppState {
@@ -103,7 +103,21 @@ impl AppState {
             )),
             settings: Arc::new(settings),
             metrics: prometheus(),
+            auth: Arc::new(auth::Authenticator::anonymous()),
+            quotas: quota::Quotas::default(),
         }
+    }
+
+    /// The same state, with these per-tenant limits.
+    pub fn with_quotas(mut self, quotas: quota::Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// The same state, checking credentials with `auth`.
+    pub fn with_auth(mut self, auth: auth::Authenticator) -> Self {
+        self.auth = Arc::new(auth);
+        self
     }
 }
 
@@ -173,7 +187,11 @@ pub fn app(state: AppState) -> Router {
         tracing::error!(error = %e, "CORS stays off");
         None
     });
-    let (router, spec) = router_and_spec(state);
+    let authenticator = Arc::clone(&state.auth);
+    let quotas = state.quotas.clone();
+    let (router, mut spec) = router_and_spec(state);
+    auth::document(&mut spec, authenticator.mode() != auth::AuthMode::None);
+    quota::document(&mut spec);
     let spec_json = Arc::new(spec.to_pretty_json().unwrap_or_else(|_| "{}".into()));
     let router = router
         .route(
@@ -193,6 +211,15 @@ pub fn app(state: AppState) -> Router {
                 detail: "no such endpoint; see /openapi.json".into(),
             }
         })
+        // Inside authentication: the rate is counted per tenant of the credential.
+        .layer(axum::middleware::from_fn_with_state(
+            quotas,
+            quota::limit_rate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            authenticator,
+            auth::authenticate,
+        ))
         .layer(axum::middleware::map_response(problem::bare_errors_as_problems))
         .layer(axum::middleware::from_fn(track_requests))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -41,6 +41,9 @@ pub enum StartError {
     /// A converter could not be configured.
     #[error("converter configuration: {0}")]
     Converter(Box<dyn std::error::Error + Send + Sync>),
+    /// A setting is out of its range.
+    #[error("settings: {0}")]
+    Settings(Box<dyn std::error::Error + Send + Sync>),
     /// I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -267,7 +270,11 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
         "memory" => Arc::new(MemoryBlobStore::new()),
         #[cfg(feature = "s3")]
         u if u.starts_with("s3://") => {
-            let cfg = s3_config(s).map_err(|e| backend_err("blobs", u, e))?;
+            let cfg = s3_config(s).map_err(|source| StartError::Backend {
+                what: "blobs",
+                url: redact(u),
+                source,
+            })?;
             Arc::new(
                 converto_adapters::s3::ObjectBlobStore::from_url(u, &cfg)
                     .map_err(|e| backend_err("blobs", u, e))?,
@@ -294,39 +301,76 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
 }
 
 /// The S3 configuration: flags and `CONVERTO_S3_*` variables, then the `AWS_*` variables,
-/// then the file's `[s3]` table.
+/// then the file's `[s3]` table. Flags and file are tables of the adapter's own
+/// [`S3Config`](converto_adapters::s3::S3Config) fields; a field is taken from one of them only
+/// where it names it.
 #[cfg(feature = "s3")]
 fn s3_config(
     s: &Settings,
-) -> Result<converto_adapters::s3::S3Config, converto_adapters::s3::S3ConfigError> {
-    let mut cfg = converto_adapters::s3::S3Config::from_env()?;
-    let (x, f) = (&s.s3_explicit, &s.s3_fallback);
-    fn pick<T: Clone>(explicit: &Option<T>, env: Option<T>, file: &Option<T>) -> Option<T> {
-        explicit.clone().or(env).or_else(|| file.clone())
+) -> Result<converto_adapters::s3::S3Config, Box<dyn std::error::Error + Send + Sync>> {
+    use converto_adapters::s3::S3Config;
+    let table = |t: &toml::Table| -> Result<S3Config, toml::de::Error> {
+        toml::Value::Table(t.clone()).try_into()
+    };
+    let (flags, file) = (table(&s.s3_flags)?, table(&s.s3_file)?);
+    let has = |t: &toml::Table, k: &str| t.contains_key(k);
+    let mut cfg = S3Config::from_env()?;
+    // Flags beat the environment; the file fills what neither names.
+    macro_rules! layer {
+        ($($field:ident),*) => {$(
+            if has(&s.s3_flags, stringify!($field)) {
+                cfg.$field = flags.$field.clone();
+            } else if cfg.$field.is_none() {
+                cfg.$field = file.$field.clone();
+            }
+        )*};
     }
-    cfg.region = pick(&x.region, cfg.region, &f.region);
-    cfg.endpoint = pick(&x.endpoint, cfg.endpoint, &f.endpoint);
-    cfg.allow_http = pick(&x.allow_http, cfg.allow_http, &f.allow_http);
-    cfg.virtual_hosted_style = pick(
-        &x.virtual_hosted_style,
-        cfg.virtual_hosted_style,
-        &f.virtual_hosted_style,
+    layer!(
+        region,
+        endpoint,
+        allow_http,
+        virtual_hosted_style,
+        access_key_id,
+        secret_access_key,
+        session_token
     );
     // Part sizes have no AWS_* variable: flag or CONVERTO_S3_* variable, then the file.
-    if let Some(n) = x.part_size.or(f.part_size) {
-        cfg.part_size = n;
+    if has(&s.s3_flags, "part_size") {
+        cfg.part_size = flags.part_size;
+    } else if has(&s.s3_file, "part_size") {
+        cfg.part_size = file.part_size;
     }
-    if let Some(n) = x.max_parts_in_flight.or(f.max_parts_in_flight) {
-        cfg.max_parts_in_flight = n;
+    if has(&s.s3_flags, "max_parts_in_flight") {
+        cfg.max_parts_in_flight = flags.max_parts_in_flight;
+    } else if has(&s.s3_file, "max_parts_in_flight") {
+        cfg.max_parts_in_flight = file.max_parts_in_flight;
     }
-    cfg.access_key_id = cfg.access_key_id.or_else(|| f.access_key_id.clone());
-    cfg.secret_access_key = cfg
-        .secret_access_key
-        .or_else(|| f.secret_access_key.as_ref().map(|v| v.expose().to_owned()));
-    cfg.session_token = cfg
-        .session_token
-        .or_else(|| f.session_token.as_ref().map(|v| v.expose().to_owned()));
     Ok(cfg)
+}
+
+/// The API keys kept in the `--store` database (a SQLite or PostgreSQL store; `memory` keeps
+/// keys only as long as the process).
+pub async fn open_key_store(
+    s: &Settings,
+) -> Result<Arc<dyn converto_core::keys::KeyStore>, StartError> {
+    let mut opened = Opened::default();
+    let store: Arc<dyn converto_core::keys::KeyStore> = match s.store.as_str() {
+        "memory" => Arc::new(converto_core::memory::MemoryKeyStore::new()),
+        #[cfg(feature = "sqlite")]
+        u if sqlite_path(u).is_some() => opened.sqlite(u, "store").await?.keys(),
+        #[cfg(feature = "postgres")]
+        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            opened.postgres(u, "store").await?.keys()
+        }
+        u => {
+            return Err(StartError::Unsupported {
+                what: "store",
+                url: redact(u),
+                supported: supported("store"),
+            });
+        }
+    };
+    Ok(store)
 }
 
 /// Runs the migrations of every SQL backend the settings name.
@@ -352,13 +396,16 @@ pub fn registry(s: &Settings) -> Result<ConverterRegistry, StartError> {
     let isolation = match s.isolation {
         crate::isolate::Isolation::None => None,
         crate::isolate::Isolation::Process => Some(Arc::new(
-            crate::isolate::IsolationSettings::this_executable(crate::isolate::ChildLimits {
-                memory_bytes: s.job_memory_limit,
-                cpu_seconds: s.job_cpu_limit.map(|d| d.as_secs().max(1)),
-            })?,
+            crate::isolate::IsolationSettings::this_executable(
+                crate::isolate::ChildLimits {
+                    memory_bytes: s.job_memory_limit,
+                    cpu_seconds: s.job_cpu_limit.map(|d| d.as_secs().max(1)),
+                },
+                BuiltinConfig::from_settings(s),
+            )?,
         )),
     };
-    for converter in builtin_converters() {
+    for converter in builtin_converters(&BuiltinConfig::from_settings(s))? {
         match &isolation {
             Some(settings) => reg.register(Arc::new(crate::isolate::IsolatedConverter::new(
                 converter,
@@ -390,18 +437,56 @@ pub fn registry(s: &Settings) -> Result<ConverterRegistry, StartError> {
 /// ([`crate::isolate`]): a built-in converter must therefore be built the same way in both
 /// processes. Configuration it takes from [`Settings`] has to travel in the child's
 /// [`JobSpec`](crate::isolate::JobSpec).
-pub fn builtin_converters() -> Vec<Arc<dyn converto_core::Converter>> {
+pub fn builtin_converters(
+    config: &BuiltinConfig,
+) -> Result<Vec<Arc<dyn converto_core::Converter>>, StartError> {
     #[allow(unused_mut)]
     let mut converters: Vec<Arc<dyn converto_core::Converter>> = Vec::new();
     #[cfg(feature = "mesh")]
-    converters.push(Arc::new(converto_adapters::mesh::MeshConverter::new()));
+    {
+        let limits: converto_adapters::mesh::MeshLimits = toml::Value::Table(config.mesh.clone())
+            .try_into()
+            .map_err(|e| StartError::Converter(Box::new(e)))?;
+        converters.push(Arc::new(
+            converto_adapters::mesh::MeshConverter::with_limits(limits),
+        ));
+    }
     #[cfg(feature = "image")]
-    converters.push(Arc::new(converto_adapters::image::ImageConverter::new(
-        converto_adapters::image::ImageConfig::default(),
-    )));
+    {
+        let image: converto_adapters::image::ImageConfig = toml::Value::Table(config.image.clone())
+            .try_into()
+            .map_err(|e| StartError::Converter(Box::new(e)))?;
+        converters.push(Arc::new(converto_adapters::image::ImageConverter::new(
+            image,
+        )));
+    }
     #[cfg(feature = "crash-test-converters")]
     converters.extend(crate::crash_test::converters());
-    converters
+    let _ = config;
+    Ok(converters)
+}
+
+/// The built-in converters' settings: the file's `[mesh]` table (the mesh adapter's
+/// `MeshLimits`) and `[image]` table (the image adapter's `ImageConfig`), passed as they are to
+/// the adapters, and to each isolated child so it builds the same converters.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BuiltinConfig {
+    /// `MeshLimits` fields.
+    #[serde(default)]
+    pub mesh: toml::Table,
+    /// `ImageConfig` fields.
+    #[serde(default)]
+    pub image: toml::Table,
+}
+
+impl BuiltinConfig {
+    /// The settings' tables.
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            mesh: s.mesh.clone(),
+            image: s.image.clone(),
+        }
+    }
 }
 
 /// The engine configuration the settings give.
@@ -423,12 +508,19 @@ pub fn engine_config(s: &Settings) -> EngineConfig {
 pub async fn engine(s: &Settings) -> Result<Engine, StartError> {
     let backends = open_backends(s).await?;
     let registry = registry(s)?;
-    Engine::builder()
+    let mut builder = Engine::builder()
         .backends(backends)
         .registry(registry)
-        .config(engine_config(s))
+        .config(engine_config(s));
+    // Without a configured secret, the engine keeps a generated one in the blob store.
+    if let Some(secret) = &s.upload_secret {
+        let signer = converto_core::intake::UploadSigner::new(secret.expose().as_bytes())
+            .map_err(|e| StartError::Settings(Box::new(e)))?;
+        builder = builder.upload_signer(signer);
+    }
+    builder
         .build()
-        .map_err(|e| StartError::Converter(Box::new(e)))
+        .map_err(|e| StartError::Settings(Box::new(e)))
 }
 
 #[cfg(test)]

@@ -6,11 +6,13 @@ use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
 use chrono::Utc;
 use converto_core::Backends;
+use converto_core::Engine;
 use converto_core::blob::BlobStoreExt;
+use converto_core::intake::UploadSigner;
 use converto_core::queue::{JobQueue, JobSpec, Lease, QueueError, QueueStats};
 use converto_core::store::ListQuery;
-use converto_core::testkit::engine::{engine_with, fast_config};
-use converto_http::tickets::UploadSigner;
+use converto_core::testkit::engine::fast_config;
+use converto_core::testkit::scripted_registry;
 use converto_http::{ApiSettings, AppState, app};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -30,14 +32,16 @@ fn api() -> Api {
 }
 
 fn api_over(backends: Backends) -> Api {
-    let (engine, _) = engine_with(&backends, fast_config());
-    let settings = ApiSettings {
-        max_upload_bytes: 10_000,
-        upload_signer: UploadSigner::new(SECRET).expect("signer"),
-        ..ApiSettings::default()
-    };
+    let (registry, _) = scripted_registry();
+    let engine = Engine::builder()
+        .backends(backends.clone())
+        .registry(registry)
+        .config(fast_config().max_input_bytes(Some(10_000)))
+        .upload_signer(UploadSigner::new(SECRET).expect("signer"))
+        .build()
+        .expect("engine");
     Api {
-        router: app(AppState::new(engine, settings)),
+        router: app(AppState::new(engine, ApiSettings::default())),
         backends,
     }
 }
@@ -247,6 +251,7 @@ async fn uploads_need_a_valid_unexpired_ticket_within_its_size() {
     let forged = UploadSigner::new(b"not-the-servers-secret-at-all".to_vec())
         .expect("signer")
         .issue(
+            converto_core::DEFAULT_TENANT,
             id.parse().expect("uuid"),
             Utc::now() + chrono::Duration::hours(1),
             10_000,
@@ -267,6 +272,7 @@ async fn uploads_need_a_valid_unexpired_ticket_within_its_size() {
     // Expired: signed with the server's secret, with an expiry in the past.
     let signer = UploadSigner::new(SECRET).expect("signer");
     let expired = signer.issue(
+        converto_core::DEFAULT_TENANT,
         id.parse().expect("uuid"),
         Utc::now() - chrono::Duration::seconds(1),
         10_000,
@@ -280,6 +286,7 @@ async fn uploads_need_a_valid_unexpired_ticket_within_its_size() {
 
     // Over the ticket's size: refused, nothing stored, by declared length and while streaming.
     let small = signer.issue(
+        converto_core::DEFAULT_TENANT,
         id.parse().expect("uuid"),
         Utc::now() + chrono::Duration::hours(1),
         8,
@@ -376,7 +383,7 @@ async fn an_idempotency_key_binds_to_its_request() {
         let bytes = api
             .backends
             .blobs
-            .get_bytes(&format!("uploads/{upload}"))
+            .get_bytes(&format!("tenants/default/uploads/{upload}"))
             .await
             .expect("upload kept");
         assert!(!bytes.is_empty());
@@ -514,7 +521,7 @@ async fn a_submission_checks_the_uploads_real_size() {
     api.backends
         .blobs
         .put_bytes(
-            &format!("uploads/{id}"),
+            &format!("tenants/default/uploads/{id}"),
             bytes::Bytes::from(vec![b'x'; 10_001]),
         )
         .await

@@ -244,3 +244,85 @@ fn engine_dirs(scratch: &Path) -> Vec<std::path::PathBuf> {
         })
         .unwrap_or_default()
 }
+
+/// A fresh directory holding a copy of `examples/data/cube.stl`, and the copy's path.
+fn cube_in_tempdir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("cube.stl");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/data/cube.stl"),
+        &input,
+    )
+    .expect("copy cube");
+    (dir, input)
+}
+
+/// `converto [--config CONFIG] convert INPUT --to obj`.
+fn convert_to_obj(input: &Path, config: Option<&Path>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_converto"));
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.arg("convert")
+        .arg(input)
+        .args(["--to", "obj"])
+        .env("CONVERTO_LOG", "warn")
+        .output()
+        .expect("run convert")
+}
+
+/// `converto convert` goes through the engine's intake like the API: format detection, the
+/// converter in its child process, the artifact streamed to the output file; a corrupt input
+/// fails with the converter's code and nothing written.
+#[test]
+fn convert_runs_one_file_through_the_engine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("cube.stl");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/data/cube.stl"),
+        &input,
+    )
+    .expect("copy cube");
+    let out = Command::new(env!("CARGO_BIN_EXE_converto"))
+        .args(["convert", &input.display().to_string(), "--to", "obj"])
+        .env("CONVERTO_LOG", "warn")
+        .output()
+        .expect("run convert");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = dir.path().join("cube.obj");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        written.display().to_string()
+    );
+    let obj = std::fs::read_to_string(&written).expect("output");
+    assert_eq!(obj.lines().filter(|l| l.starts_with("f ")).count(), 12);
+
+    let bad = dir.path().join("bad.stl");
+    std::fs::write(&bad, b"not a mesh at all").expect("write");
+    let out = convert_to_obj(&bad, None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid_input"), "{err}");
+    assert!(!dir.path().join("bad.obj").exists());
+}
+
+/// The file's `[mesh]` table is the mesh adapter's own `MeshLimits`, passed through to the
+/// converter (in its child process): a cube over a 10-face limit is refused as too large.
+#[test]
+fn the_mesh_table_of_the_config_file_reaches_the_converter() {
+    let (dir, input) = cube_in_tempdir();
+    let config = dir.path().join("converto.toml");
+    std::fs::write(&config, "[mesh]\nmax_faces = 10\n").expect("config");
+    let out = convert_to_obj(&input, Some(&config));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "converted despite the limit: {err}");
+    assert!(err.contains("input_too_large"), "{err}");
+    std::fs::write(&config, "[mesh]\nmax_fases = 10\n").expect("config");
+    let out = convert_to_obj(&input, Some(&config));
+    assert!(!out.status.success(), "a misspelt limit was accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_fases"));
+}

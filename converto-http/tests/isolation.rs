@@ -312,3 +312,39 @@ async fn cancelling_kills_the_converter_process_and_cpu_time_is_limited() {
         &["CPU time limit of 1s exceeded"],
     );
 }
+
+/// A server killed with SIGKILL cannot kill its converter processes; they die with it
+/// (`PR_SET_PDEATHSIG`) instead of converting on for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converter_processes_die_with_a_killed_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data").display().to_string();
+    let mut server = Proc::spawn(
+        &["--data-dir", &data, "serve", "--listen", "127.0.0.1:0"],
+        &env(),
+        true,
+    );
+    let client = reqwest::Client::new();
+    let base = server.base().to_owned();
+    let pid = server.child.id();
+    submit(&client, &base, b"x".to_vec(), "x-hang", "x-out").await;
+    let mut converter = Vec::new();
+    wait_until("the converter process", || {
+        converter = converter_children(pid);
+        converter.len() == 1
+    })
+    .await;
+    let child = converter[0];
+    server.kill9();
+    // Gone, or a zombie for init to reap: either way no longer running.
+    wait_until("the orphaned converter process to die", || {
+        std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .ok()
+            .is_none_or(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_some_and(|state| state == "Z" || state == "X")
+            })
+    })
+    .await;
+}

@@ -26,6 +26,7 @@
 //! ```
 
 mod config;
+mod keys;
 mod progress;
 mod queue;
 mod store;
@@ -45,6 +46,7 @@ use tokio::task::JoinHandle;
 pub use config::{
     DEFAULT_ACQUIRE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS, DEFAULT_SCHEMA, PostgresConfig,
 };
+pub use keys::PostgresKeyStore;
 pub use progress::PostgresProgressBus;
 pub use queue::PostgresJobQueue;
 /// The `sqlx` these backends are built on, so callers can use [`PostgresBackend::pool`] without
@@ -375,6 +377,11 @@ impl PostgresBackend {
     /// The progress bus.
     pub fn bus(&self) -> Arc<PostgresProgressBus> {
         Arc::clone(&self.bus)
+    }
+
+    /// The API keys kept in this database (for the HTTP service's authentication).
+    pub fn keys(&self) -> Arc<PostgresKeyStore> {
+        Arc::new(PostgresKeyStore::new(self.shared.clone()))
     }
 
     /// The engine's backends: these three and the given blob store.

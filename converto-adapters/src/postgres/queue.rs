@@ -1,4 +1,5 @@
-//! [`PostgresJobQueue`]: jobs in the `jobs` table, reserved with `FOR UPDATE SKIP LOCKED`.
+//! [`PostgresJobQueue`]: jobs in the `jobs` table, reserved with `FOR UPDATE SKIP LOCKED` in
+//! the fair order of [`converto_core::queue`], tenants' turn counts in `job_tenants`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,41 +20,74 @@ use super::{ListenerTask, PostgresError, Shared, micros, start_listener};
 /// Enqueue, and wake the reservers (of every process) waiting on this schema's channel. The
 /// notification also goes out for delayed jobs: a waiting reserver recomputes its timer.
 const ENQUEUE: &str = "WITH ins AS ( \
-         INSERT INTO jobs (id, priority, not_before, deliveries) VALUES ($1, $2, $3, $4) \
+         INSERT INTO jobs (id, priority, not_before, deliveries, tenant) \
+         VALUES ($1, $2, $3, $4, $6) \
          ON CONFLICT (id) DO NOTHING RETURNING id) \
      SELECT ins.id FROM ins, pg_notify($5, '') AS n";
 
-/// Leases up to `LIMIT` deliverable jobs (ready and due, or leased with an expired lease) in
-/// delivery order, in one statement. `$1` holds one fresh token per row, `$2` the lease in
-/// microseconds. Rows another reserver has locked are skipped, never waited for.
+/// Leases up to `N` deliverable jobs in the fair order of [`converto_core::queue`], in one
+/// statement. `$1` holds one fresh token per row, `$2` the lease in microseconds.
 ///
-/// The `state IN ('ready', 'leased')` predicate is the `jobs_reserve` index's own, so the
-/// planner walks that partial index in order however many dead letters the table holds.
+/// - `live`: the tenants with a ready or leased job, found by skipping through the
+///   `jobs_tenant_reserve` index (one probe per tenant, however long their backlogs);
+/// - `candidates`: each tenant's first `N` deliverable jobs (ready and due, or leased with an
+///   expired lease), walked in that index's order and locked `FOR UPDATE SKIP LOCKED`, so
+///   concurrent reservers never wait for or share a job, with the tenant's turn count;
+/// - `ranked`: each candidate's turn (the count, lifted to the highest count minus one, plus its
+///   place among its tenant's candidates); `numbered`: the first `N` by turn, priority,
+///   not-before and enqueue order;
+/// - `served`: when two or more tenants had candidates, each tenant served moves to the turn
+///   after its last job (never back, should a concurrent reserver have moved it further).
 ///
-/// The limit is written into the statement (see [`reserve_sql`]) rather than bound: with a
-/// bound limit PostgreSQL re-plans the statement on every call (its generic plan, which must
-/// guess the limit, loses to a custom one), and planning cost more than running it. With a
-/// literal limit, each batch size's prepared statement switches to its cached generic plan
-/// after five calls.
-const RESERVE_HEAD: &str = "WITH picked AS ( \
-         SELECT id FROM jobs \
-         WHERE state IN ('ready', 'leased') \
-           AND ((state = 'ready' AND not_before <= now()) \
-             OR (state = 'leased' AND expires_at <= now())) \
-         ORDER BY priority DESC, not_before, seq \
-         LIMIT ";
-const RESERVE_TAIL: &str = " FOR UPDATE SKIP LOCKED), \
-     numbered AS (SELECT id, row_number() OVER () AS n FROM picked) \
+/// `N` is written into the statement (see [`reserve_sql`]) rather than bound: with a bound
+/// limit PostgreSQL re-plans the statement on every call (its generic plan, which must guess the
+/// limit, loses to a custom one), and planning cost more than running it. With a literal limit,
+/// each batch size's prepared statement switches to its cached generic plan after five calls.
+const RESERVE: &str = "WITH RECURSIVE live AS ( \
+         (SELECT tenant FROM jobs WHERE state IN ('ready', 'leased') ORDER BY tenant LIMIT 1) \
+       UNION ALL \
+         SELECT (SELECT j.tenant FROM jobs AS j \
+                 WHERE j.state IN ('ready', 'leased') AND j.tenant > live.tenant \
+                 ORDER BY j.tenant LIMIT 1) \
+         FROM live WHERE live.tenant IS NOT NULL), \
+     candidates AS ( \
+         SELECT live.tenant, c.id, c.priority, c.not_before, c.seq, \
+                coalesce(t.turns, 0) AS turns \
+         FROM live \
+         LEFT JOIN job_tenants AS t ON t.tenant = live.tenant \
+         CROSS JOIN LATERAL ( \
+             SELECT id, priority, not_before, seq FROM jobs \
+             WHERE jobs.tenant = live.tenant AND state IN ('ready', 'leased') \
+               AND ((state = 'ready' AND not_before <= now()) \
+                 OR (state = 'leased' AND expires_at <= now())) \
+             ORDER BY priority DESC, not_before, seq \
+             LIMIT {N} FOR UPDATE SKIP LOCKED) AS c \
+         WHERE live.tenant IS NOT NULL), \
+     ranked AS ( \
+         SELECT id, tenant, priority, not_before, seq, \
+                greatest(turns, max(turns) OVER () - 1) - 1 + row_number() OVER ( \
+                    PARTITION BY tenant ORDER BY priority DESC, not_before, seq) AS turn \
+         FROM candidates), \
+     numbered AS ( \
+         SELECT id, tenant, turn, \
+                row_number() OVER (ORDER BY turn, priority DESC, not_before, seq) AS n \
+         FROM ranked ORDER BY turn, priority DESC, not_before, seq LIMIT {N}), \
+     served AS ( \
+         INSERT INTO job_tenants AS t (tenant, turns) \
+         SELECT tenant, max(turn) + 1 FROM numbered \
+         WHERE (SELECT count(DISTINCT tenant) FROM candidates) > 1 \
+         GROUP BY tenant \
+         ON CONFLICT (tenant) DO UPDATE SET turns = greatest(t.turns, EXCLUDED.turns)) \
      UPDATE jobs AS j \
      SET state = 'leased', deliveries = j.deliveries + 1, token = ($1::bigint[])[numbered.n], \
          expires_at = now() + $2 * interval '1 microsecond' \
      FROM numbered WHERE j.id = numbered.id \
-     RETURNING j.id, j.deliveries, j.priority, j.token, j.expires_at, j.not_before, j.seq";
+     RETURNING j.id, j.deliveries, j.priority, j.token, j.expires_at, numbered.n";
 
 /// The reserve statement for batches of `n` (already clamped to `1..=MAX_BATCH`: a number we
 /// chose, never text from outside).
 fn reserve_sql(n: usize) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(format!("{RESERVE_HEAD}{n}{RESERVE_TAIL}"))
+    sqlx::AssertSqlSafe(RESERVE.replace("{N}", &n.to_string()))
 }
 
 /// Microseconds until the next delayed job or lease comes due (negative if one is due now but
@@ -110,8 +144,9 @@ const DUE_SLACK: Duration = Duration::from_millis(1);
 
 /// A job queue in PostgreSQL.
 ///
-/// Reservers lease jobs with one `UPDATE … FOR UPDATE SKIP LOCKED` statement, so concurrent
-/// reservers (in any number of processes) never wait for or share a job. A reserver with
+/// Reservers lease jobs with one `UPDATE … FOR UPDATE SKIP LOCKED` statement, in the fair order
+/// of [`converto_core::queue`] (tenants take turns), so concurrent reservers (in any number of
+/// processes) never wait for or share a job. A reserver with
 /// nothing to do sleeps until a `NOTIFY` from an enqueue or retry (received by one listening
 /// connection per queue, started by the first waiting reserve) or until the next delayed job or
 /// lease comes due. Acked jobs are deleted; dead letters stay, out of the reserve index.
@@ -130,8 +165,8 @@ struct Reserved {
     priority: i32,
     token: i64,
     expires_at: DateTime<Utc>,
-    not_before: DateTime<Utc>,
-    seq: i64,
+    /// The place in the fair order.
+    n: i64,
 }
 
 fn sql(e: sqlx::Error) -> QueueError {
@@ -176,13 +211,7 @@ impl PostgresJobQueue {
             .fetch_all(&self.shared.queue_pool)
             .await
             .map_err(sql)?;
-        rows.sort_by(|a, b| {
-            (std::cmp::Reverse(a.priority), a.not_before, a.seq).cmp(&(
-                std::cmp::Reverse(b.priority),
-                b.not_before,
-                b.seq,
-            ))
-        });
+        rows.sort_by_key(|r| r.n);
         rows.into_iter()
             .map(|r| {
                 Ok(Lease {
@@ -236,7 +265,7 @@ impl PostgresJobQueue {
     }
 
     /// The plan PostgreSQL would use for the reserve statement now (`EXPLAIN` output, one line
-    /// per row), for checking that reserves walk the `jobs_reserve` index.
+    /// per row), for checking that reserves walk the `jobs_tenant_reserve` index.
     pub async fn explain_reserve(&self, max: usize) -> Result<String, QueueError> {
         let n = max.clamp(1, MAX_BATCH);
         let statement = reserve_sql(n).0;
@@ -265,6 +294,7 @@ impl JobQueue for PostgresJobQueue {
             .bind(job.not_before)
             .bind(i64::from(job.attempts))
             .bind(&self.channel)
+            .bind(&job.tenant)
             .fetch_optional(&self.shared.queue_pool)
             .await
             .map_err(sql)?;

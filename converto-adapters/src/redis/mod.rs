@@ -16,11 +16,14 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{P}:queue:ready` | sorted set | deliverable jobs, ordered by member (priority, not-before, sequence, id) |
+//! | `{P}:queue:ready:<tenant>` | sorted set | a tenant's deliverable jobs, ordered by member (priority, not-before, sequence, id) |
+//! | `{P}:queue:tenants` | set | the tenants with deliverable jobs |
+//! | `{P}:queue:turns` | hash | each tenant's turn count (the fair order across tenants) |
+//! | `{P}:queue:ready` | sorted set | jobs made ready before queues knew tenants (moved on) |
 //! | `{P}:queue:delayed` | sorted set | jobs waiting for their not-before, scored by it in µs |
 //! | `{P}:queue:leased` | sorted set | leased jobs, scored by lease expiry in µs |
 //! | `{P}:queue:dead` | set | dead-lettered ids |
-//! | `{P}:queue:job:<id>` | hash | priority, not-before, sequence, deliveries, state, token, expiry |
+//! | `{P}:queue:job:<id>` | hash | priority, not-before, sequence, deliveries, state, token, expiry, tenant |
 //! | `{P}:queue:seq` | string | the enqueue sequence |
 //! | `P:progress:<id>` | hash (with a TTL) | the latest progress and status events |
 //!

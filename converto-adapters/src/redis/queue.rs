@@ -71,14 +71,15 @@ impl Scripts {
     }
 }
 
-/// A job queue in Redis (see the [module docs](super) for the layout). Reservers wait on the
+/// A job queue in Redis (see the [module docs](super) for the layout), delivering in the fair
+/// order of [`converto_core::queue`] (tenants take turns). Reservers wait on the
 /// backend's pub/sub wake-ups (published by every enqueue and retry, from any process) and on a
 /// timer for the next delayed job or lease expiry, never in a polling loop.
 pub struct RedisJobQueue {
     conn: ConnectionManager,
     keys: Keys,
-    /// KEYS of every script: ready, delayed, leased, dead, seq.
-    fixed_keys: [String; 5],
+    /// KEYS of every script: ready, delayed, leased, dead, seq, tenants, turns.
+    fixed_keys: [String; 7],
     job_prefix: String,
     wake_channel: String,
     scripts: Scripts,
@@ -109,7 +110,10 @@ impl RedisJobQueue {
     pub(crate) fn new(conn: ConnectionManager, keys: Keys, hub: Arc<PubSubHub>) -> Self {
         Self {
             conn,
-            fixed_keys: ["ready", "delayed", "leased", "dead", "seq"].map(|k| keys.queue(k)),
+            fixed_keys: [
+                "ready", "delayed", "leased", "dead", "seq", "tenants", "turns",
+            ]
+            .map(|k| keys.queue(k)),
             job_prefix: keys.queue("job:"),
             wake_channel: keys.wake_channel(),
             keys,
@@ -233,7 +237,8 @@ impl JobQueue for RedisJobQueue {
                 inv.arg(job.id.to_string())
                     .arg(job.priority)
                     .arg(ceil_us(job.not_before))
-                    .arg(job.attempts);
+                    .arg(job.attempts)
+                    .arg(&job.tenant);
             })
             .await?;
         Ok(added == 1)

@@ -12,6 +12,7 @@
 //! and retries made in this process, by a timer at the next due job or lease expiry, and, for
 //! jobs enqueued by another process, by a re-check once a second.
 
+mod keys;
 mod queue;
 mod store;
 
@@ -25,6 +26,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use keys::SqliteKeyStore;
 pub use queue::SqliteJobQueue;
 pub use store::SqliteConversionStore;
 
@@ -328,6 +330,11 @@ impl SqliteBackend {
     /// The job queue on this database.
     pub fn queue(&self) -> Arc<SqliteJobQueue> {
         Arc::clone(&self.queue)
+    }
+
+    /// The API keys kept in this database (for the HTTP service's authentication).
+    pub fn keys(&self) -> Arc<SqliteKeyStore> {
+        Arc::new(SqliteKeyStore::new(self.pool.clone()))
     }
 
     /// The connection pool, for an application that keeps its own tables in the same file.

@@ -30,6 +30,46 @@ const EXTERNAL_RECHECK: Duration = Duration::from_secs(1);
 /// token, and the lease has not run out.
 const HELD: &str = "id = ? AND state = 'leased' AND lease_token = ? AND lease_expires > ?";
 
+/// The next `?2` deliveries at time `?1` in the fair order of [`converto_core::queue`]:
+///
+/// - `live`: the tenants with a queued or leased job, found by skipping through the
+///   `converto_jobs_tenant_order` index (one probe per tenant, however long their backlogs);
+/// - `candidates`: each tenant's first `?2` deliverable jobs (queued and due, or leased with an
+///   expired lease) in its own order, with the tenant's turn count;
+/// - `ranked`: each candidate's turn (the count, lifted to the highest count minus one, plus its
+///   place among its tenant's candidates);
+///
+/// then the first `?2` by turn, priority, not-before and enqueue order, each with its turn and
+/// how many tenants had candidates (turn counts move only when two or more did).
+const FAIR_PICK: &str = "WITH RECURSIVE live(tenant) AS ( \
+       SELECT (SELECT tenant FROM converto_jobs WHERE state IN ('queued', 'leased') \
+               ORDER BY tenant LIMIT 1) \
+       UNION ALL \
+       SELECT (SELECT j.tenant FROM converto_jobs AS j \
+               WHERE j.state IN ('queued', 'leased') AND j.tenant > live.tenant \
+               ORDER BY j.tenant LIMIT 1) \
+       FROM live WHERE live.tenant IS NOT NULL), \
+     candidates AS ( \
+       SELECT j.id, j.tenant, j.priority, j.not_before, j.seq, j.deliveries, \
+              COALESCE(t.turns, 0) AS turns \
+       FROM live \
+       JOIN converto_jobs AS j ON j.id IN ( \
+           SELECT c.id FROM converto_jobs AS c \
+           WHERE c.tenant = live.tenant AND c.state IN ('queued', 'leased') \
+             AND ((c.state = 'queued' AND c.not_before <= ?1) \
+               OR (c.state = 'leased' AND c.lease_expires <= ?1)) \
+           ORDER BY c.priority DESC, c.not_before, c.seq LIMIT ?2) \
+       LEFT JOIN converto_job_tenants AS t ON t.tenant = live.tenant \
+       WHERE live.tenant IS NOT NULL), \
+     ranked AS ( \
+       SELECT id, tenant, priority, not_before, seq, deliveries, \
+              MAX(turns, MAX(turns) OVER () - 1) - 1 + ROW_NUMBER() OVER ( \
+                  PARTITION BY tenant ORDER BY priority DESC, not_before, seq) AS turn \
+       FROM candidates) \
+     SELECT id, tenant, priority, deliveries, turn, \
+            (SELECT COUNT(DISTINCT tenant) FROM candidates) AS tenants \
+     FROM ranked ORDER BY turn, priority DESC, not_before, seq LIMIT ?2";
+
 /// One wake-up signal per database file in this process, so that two backends opened on the same
 /// file (say an API and its workers) wake each other at once instead of at the next re-check.
 fn shared_wake(path: PathBuf) -> Arc<Notify> {
@@ -62,11 +102,12 @@ fn decode_id(text: &str) -> Result<ConversionId, QueueError> {
 /// A job queue in a SQLite table.
 ///
 /// Each job is a row with its priority, not-before time, enqueue sequence number, delivery count,
-/// state (`queued`, `leased` or `dead`), lease token and lease expiry. `reserve` picks and leases
-/// jobs inside one `BEGIN IMMEDIATE` transaction, highest priority first, then earliest
-/// not-before, then enqueue order; a lease that ran out makes its job deliverable again, with
-/// the next attempt number. Every later call on a lease checks its token and expiry in the same
-/// statement that changes the row.
+/// state (`queued`, `leased` or `dead`), lease token, lease expiry and tenant. `reserve` picks
+/// and leases jobs inside one `BEGIN IMMEDIATE` transaction, in the fair order of
+/// [`converto_core::queue`] (tenants take turns, counted in `converto_job_tenants`; within a
+/// tenant, highest priority first, then earliest not-before, then enqueue order); a lease that
+/// ran out makes its job deliverable again, with the next attempt number. Every later call on a
+/// lease checks its token and expiry in the same statement that changes the row.
 #[derive(Debug)]
 pub struct SqliteJobQueue {
     pool: SqlitePool,
@@ -120,20 +161,24 @@ impl SqliteJobQueue {
         let now = Utc::now();
         let now_n = to_nanos(now);
         let expires_at = after(now, lease_for);
-        let rows = sqlx::query(
-            "SELECT id, priority, deliveries FROM converto_jobs \
-             WHERE (state = 'queued' AND not_before <= ?1) \
-                OR (state = 'leased' AND lease_expires <= ?1) \
-             ORDER BY priority DESC, not_before ASC, seq ASC LIMIT ?2",
-        )
-        .bind(now_n)
-        .bind(max)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(query_error("reserve"))?;
+        let rows = sqlx::query(FAIR_PICK)
+            .bind(now_n)
+            .bind(max)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query_error("reserve"))?;
         let mut leases = Vec::with_capacity(rows.len());
+        // Each tenant served, and the turn after its last job here.
+        let mut served: HashMap<String, i64> = HashMap::new();
+        let mut count_turns = false;
         for row in rows {
             let id: String = row.try_get("id").map_err(query_error("reserve"))?;
+            let tenant: String = row.try_get("tenant").map_err(query_error("reserve"))?;
+            let turn: i64 = row.try_get("turn").map_err(query_error("reserve"))?;
+            let tenants: i64 = row.try_get("tenants").map_err(query_error("reserve"))?;
+            count_turns = tenants > 1;
+            let next = served.entry(tenant).or_insert(0);
+            *next = (*next).max(turn + 1);
             let priority: i32 = row.try_get("priority").map_err(query_error("reserve"))?;
             let deliveries: i64 = row.try_get("deliveries").map_err(query_error("reserve"))?;
             let attempt = u32::try_from(deliveries + 1).map_err(|_| out_of_range("deliveries"))?;
@@ -155,6 +200,19 @@ impl SqliteJobQueue {
                 token,
                 expires_at,
             });
+        }
+        if count_turns {
+            for (tenant, turns) in served {
+                sqlx::query(
+                    "INSERT INTO converto_job_tenants (tenant, turns) VALUES (?, ?) \
+                     ON CONFLICT (tenant) DO UPDATE SET turns = MAX(turns, excluded.turns)",
+                )
+                .bind(tenant)
+                .bind(turns)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("reserve"))?;
+            }
         }
         tx.commit().await.map_err(query_error("reserve"))?;
         // Empty: another reserver took what was there. Look again at once rather than trust the
@@ -197,14 +255,17 @@ impl SqliteJobQueue {
 impl JobQueue for SqliteJobQueue {
     async fn enqueue(&self, job: JobSpec) -> Result<bool, QueueError> {
         let done = sqlx::query(
-            "INSERT INTO converto_jobs (id, priority, not_before, seq, deliveries, state) \
-             VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM converto_jobs), ?, 'queued') \
+            "INSERT INTO converto_jobs \
+               (id, priority, not_before, seq, deliveries, state, tenant) \
+             VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM converto_jobs), ?, \
+                     'queued', ?) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(job.id.to_string())
         .bind(job.priority)
         .bind(to_nanos(job.not_before))
         .bind(i64::from(job.attempts))
+        .bind(&job.tenant)
         .execute(&self.pool)
         .await
         .map_err(query_error("enqueue"))?;

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 #[doc(hidden)]
-pub use crate::intake::keys::claimed_input;
+pub use crate::intake::layout::claimed_input;
 pub use config::EngineConfig;
 pub use function::{FnConverter, converter_fn};
 pub use handle::WorkerHandle;
@@ -390,18 +390,21 @@ impl Engine {
         let record = self.inner.backends.store.delete(id).await?;
         self.inner.backends.queue.remove(id).await?;
         let blobs = &self.inner.backends.blobs;
-        let owned = crate::intake::keys::conversion(id);
-        for meta in blobs.list(&owned).await? {
-            blobs.delete(&meta.key).await?;
+        let owned = crate::intake::layout::conversion(&record.tenant, id);
+        let legacy = crate::intake::layout::legacy_conversion(id);
+        for prefix in [&owned, &legacy] {
+            for meta in blobs.list(prefix).await? {
+                blobs.delete(&meta.key).await?;
+            }
         }
-        if !record.input_key.starts_with(&owned) {
+        if !record.input_key.starts_with(&owned) && !record.input_key.starts_with(&legacy) {
             // A shared input (an upload): drop this conversion's claim, and the blob with the
             // last claim.
             blobs
-                .delete(&crate::intake::keys::claim(&record.input_key, id))
+                .delete(&crate::intake::layout::claim(&record.input_key, id))
                 .await?;
             if blobs
-                .list(&crate::intake::keys::claims(&record.input_key))
+                .list(&crate::intake::layout::claims(&record.input_key))
                 .await?
                 .is_empty()
             {
@@ -465,15 +468,7 @@ impl Engine {
         name: &str,
         range: Option<Range<u64>>,
     ) -> Result<(Artifact, BlobRead), EngineError> {
-        let record = self.inner.backends.store.get(id).await?;
-        let artifact = record
-            .artifacts
-            .into_iter()
-            .find(|a| a.name == name)
-            .ok_or_else(|| EngineError::ArtifactNotFound {
-                id,
-                name: name.chars().take(200).collect(),
-            })?;
+        let artifact = self.artifact(id, name).await?;
         let read = self
             .inner
             .backends
@@ -481,6 +476,23 @@ impl Engine {
             .get(&artifact.blob_key, range)
             .await?;
         Ok((artifact, read))
+    }
+
+    /// One artifact's record, by name.
+    pub(crate) async fn artifact(
+        &self,
+        id: ConversionId,
+        name: &str,
+    ) -> Result<Artifact, EngineError> {
+        let record = self.inner.backends.store.get(id).await?;
+        record
+            .artifacts
+            .into_iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| EngineError::ArtifactNotFound {
+                id,
+                name: name.chars().take(200).collect(),
+            })
     }
 
     /// Conversions running in this process now.

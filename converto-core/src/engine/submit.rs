@@ -268,6 +268,10 @@ impl Engine {
             self.check_route(source, &sub.target_format, &sub.options)?;
         }
         let id = ConversionId::new();
+        let tenant = sub
+            .tenant
+            .clone()
+            .unwrap_or_else(|| crate::DEFAULT_TENANT.into());
         let blobs = &self.inner.backends.blobs;
         let by_content = !matches!(sub.input, SubmitInput::Blob { .. });
         let (input_key, input_name, size, source, uploaded) = match sub.input {
@@ -291,7 +295,7 @@ impl Engine {
                         s
                     }
                 };
-                let key = crate::intake::keys::input(id);
+                let key = crate::intake::layout::input(&tenant, id);
                 let size = self.store_input(&key, head, rest).await?;
                 (key, input_name, size, source, true)
             }
@@ -338,13 +342,13 @@ impl Engine {
         let written = if uploaded {
             input_key.clone()
         } else {
-            let claim = crate::intake::keys::claim(&input_key, id);
+            let claim = crate::intake::layout::claim(&input_key, id);
             blobs.put_bytes(&claim, Bytes::new()).await?;
             claim
         };
         let new = NewConversion {
             id,
-            tenant: sub.tenant.unwrap_or_else(|| "default".into()),
+            tenant,
             source_format: source,
             target_format: sub.target_format,
             options: sub.options,
@@ -391,6 +395,7 @@ impl Engine {
                 .queue
                 .enqueue(JobSpec {
                     id: record.id,
+                    tenant: record.tenant.clone(),
                     priority: record.priority,
                     not_before: sub.not_before.unwrap_or_else(Utc::now),
                     attempts: record.attempts,

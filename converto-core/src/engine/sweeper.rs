@@ -49,6 +49,7 @@ pub(crate) async fn sweep_once(inner: &Inner) -> Result<usize, super::EngineErro
             if !inner.backends.queue.contains(c.id).await? {
                 let job = JobSpec {
                     id: c.id,
+                    tenant: c.tenant.clone(),
                     priority: c.priority,
                     not_before: Utc::now(),
                     attempts: c.attempts,

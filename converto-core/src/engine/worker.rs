@@ -449,7 +449,7 @@ async fn store_artifacts(
                 format!("the converter returned two outputs named {name:?}"),
             ));
         }
-        let key = crate::intake::keys::artifact(record.id, attempt, &name);
+        let key = crate::intake::layout::artifact(&record.tenant, record.id, attempt, &name);
         let hasher = Arc::new(Mutex::new(Sha256::new()));
         let body: ByteStream = match out.body {
             OutputBody::Bytes(b) => {
@@ -545,7 +545,15 @@ async fn remove_earlier_attempts(inner: &Arc<Inner>, id: ConversionId, attempt: 
     if attempt <= 1 {
         return;
     }
-    let prefix = crate::intake::keys::artifacts(id);
+    // The tenant names the prefix; only retries pay this read.
+    let tenant = match inner.verdicts.get(id).await {
+        Ok(record) => record.tenant,
+        Err(e) => {
+            tracing::warn!(%id, error = %e, "could not read the record to remove orphaned artifacts");
+            return;
+        }
+    };
+    let prefix = crate::intake::layout::artifacts(&tenant, id);
     match inner.backends.blobs.list(&prefix).await {
         Ok(blobs) => {
             for b in blobs {

@@ -19,7 +19,7 @@ use uuid::Uuid;
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// Where the generated upload secret is kept in the blob store.
-pub const UPLOAD_SECRET_KEY: &str = super::keys::UPLOAD_SECRET;
+pub const UPLOAD_SECRET_KEY: &str = super::layout::UPLOAD_SECRET;
 
 /// Secrets shorter than this are refused: an HMAC key should carry at least 128 bits.
 const MIN_SECRET_BYTES: usize = 16;
@@ -150,18 +150,89 @@ impl UploadSigner {
         Self::new(stored.to_vec())
     }
 
-    fn mac(&self, id: Uuid, expires: i64, max_bytes: u64) -> HmacSha256 {
+    fn mac(&self, tenant: &str, id: Uuid, expires: i64, max_bytes: u64) -> HmacSha256 {
         // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
         let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.secret)
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-        mac.update(format!("converto-upload-v1\n{id}\n{expires}\n{max_bytes}").as_bytes());
+        // The tenant is the last field, so no choice of name can shift the others.
+        mac.update(
+            format!("converto-upload-v2\n{id}\n{expires}\n{max_bytes}\n{tenant}").as_bytes(),
+        );
         mac
     }
 
-    /// A ticket for upload `id`, valid until `expires_at`, for at most `max_bytes`.
-    pub fn issue(&self, id: Uuid, expires_at: DateTime<Utc>, max_bytes: u64) -> Ticket {
+    fn artifact_mac(
+        &self,
+        tenant: &str,
+        id: crate::ConversionId,
+        name: &str,
+        expires: i64,
+    ) -> HmacSha256 {
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        // Another domain than upload tickets, so one can never pass for the other; the free
+        // texts (name, tenant) are length-prefixed so no choice of them shifts the others.
+        mac.update(
+            format!(
+                "converto-artifact-v1\n{id}\n{expires}\n{}:{name}\n{}:{tenant}",
+                name.len(),
+                tenant.len()
+            )
+            .as_bytes(),
+        );
+        mac
+    }
+
+    /// The signature of a download link for `tenant`'s artifact `name` of conversion `id`,
+    /// valid until `expires` (Unix seconds).
+    pub fn sign_artifact(
+        &self,
+        tenant: &str,
+        id: crate::ConversionId,
+        name: &str,
+        expires: i64,
+    ) -> String {
+        hex::encode(
+            self.artifact_mac(tenant, id, name, expires)
+                .finalize()
+                .into_bytes(),
+        )
+    }
+
+    /// Checks a download link's signature at time `now`.
+    pub fn verify_artifact(
+        &self,
+        tenant: &str,
+        id: crate::ConversionId,
+        name: &str,
+        expires: i64,
+        signature: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), TicketError> {
+        let given = hex::decode(signature).map_err(|_| TicketError::BadSignature)?;
+        self.artifact_mac(tenant, id, name, expires)
+            .verify_slice(&given)
+            .map_err(|_| TicketError::BadSignature)?;
+        if now.timestamp() >= expires {
+            return Err(TicketError::Expired);
+        }
+        Ok(())
+    }
+
+    /// A ticket for `tenant`'s upload `id`, valid until `expires_at`, for at most `max_bytes`.
+    pub fn issue(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        expires_at: DateTime<Utc>,
+        max_bytes: u64,
+    ) -> Ticket {
         let expires = expires_at.timestamp();
-        let signature = hex::encode(self.mac(id, expires, max_bytes).finalize().into_bytes());
+        let signature = hex::encode(
+            self.mac(tenant, id, expires, max_bytes)
+                .finalize()
+                .into_bytes(),
+        );
         Ticket {
             id,
             expires,
@@ -170,9 +241,11 @@ impl UploadSigner {
         }
     }
 
-    /// Checks a PUT's ticket at time `now`; returns the size limit it grants.
+    /// Checks a PUT's ticket for `tenant`'s upload `id` at time `now`; returns the size limit
+    /// it grants. A ticket issued to another tenant does not verify.
     pub fn verify(
         &self,
+        tenant: &str,
         id: Uuid,
         expires: Option<i64>,
         max_bytes: Option<u64>,
@@ -185,7 +258,7 @@ impl UploadSigner {
         };
         let given = hex::decode(signature).map_err(|_| TicketError::BadSignature)?;
         // `verify_slice` compares in constant time.
-        self.mac(id, expires, max_bytes)
+        self.mac(tenant, id, expires, max_bytes)
             .verify_slice(&given)
             .map_err(|_| TicketError::BadSignature)?;
         if now.timestamp() >= expires {
@@ -204,8 +277,10 @@ mod tests {
         let signer = UploadSigner::new(*b"0123456789abcdef0123456789abcdef").expect("signer");
         let id = Uuid::now_v7();
         let now = Utc::now();
-        let t = signer.issue(id, now + chrono::Duration::minutes(5), 100);
-        let ok = |id, exp, max, sig: &str| signer.verify(id, Some(exp), Some(max), Some(sig), now);
+        let t = signer.issue("acme", id, now + chrono::Duration::minutes(5), 100);
+        let ok = |id, exp, max, sig: &str| {
+            signer.verify("acme", id, Some(exp), Some(max), Some(sig), now)
+        };
         assert_eq!(ok(id, t.expires, 100, &t.signature), Ok(100));
         assert_eq!(
             ok(id, t.expires, 101, &t.signature),
@@ -221,17 +296,36 @@ mod tests {
         );
         assert_eq!(ok(id, t.expires, 100, "zz"), Err(TicketError::BadSignature));
         assert_eq!(
-            signer.verify(id, None, Some(100), Some(&t.signature), now),
+            signer.verify("acme", id, None, Some(100), Some(&t.signature), now),
             Err(TicketError::Missing)
         );
-        let old = signer.issue(id, now - chrono::Duration::seconds(1), 100);
+        let old = signer.issue("acme", id, now - chrono::Duration::seconds(1), 100);
         assert_eq!(
             ok(id, old.expires, 100, &old.signature),
             Err(TicketError::Expired)
         );
+        assert_eq!(
+            signer.verify(
+                "acm",
+                id,
+                Some(t.expires),
+                Some(100),
+                Some(&t.signature),
+                now
+            ),
+            Err(TicketError::BadSignature),
+            "a ticket is for one tenant"
+        );
         let other = UploadSigner::random().expect("random");
         assert_eq!(
-            other.verify(id, Some(t.expires), Some(100), Some(&t.signature), now),
+            other.verify(
+                "acme",
+                id,
+                Some(t.expires),
+                Some(100),
+                Some(&t.signature),
+                now
+            ),
             Err(TicketError::BadSignature)
         );
     }

@@ -1,11 +1,13 @@
 //! In-memory backends: for tests, embedding and single-process use. Nothing survives the process.
 
 mod blob;
+mod keys;
 mod progress;
 mod queue;
 mod store;
 
 pub use blob::MemoryBlobStore;
+pub use keys::MemoryKeyStore;
 pub use progress::MemoryProgressBus;
 pub use queue::MemoryJobQueue;
 pub use store::MemoryConversionStore;

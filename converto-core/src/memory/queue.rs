@@ -1,5 +1,6 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ enum EntryState {
 
 #[derive(Debug)]
 struct Entry {
+    tenant: Arc<str>,
     priority: i32,
     not_before: DateTime<Utc>,
     seq: u64,
@@ -33,12 +35,17 @@ struct Entry {
     state: EntryState,
 }
 
+/// A ready job's place in its tenant's order: highest priority, then earliest not-before, then
+/// enqueue order.
 type ReadyKey = (Reverse<i32>, DateTime<Utc>, u64, ConversionId);
 
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<ConversionId, Entry>,
-    ready: BTreeSet<ReadyKey>,
+    /// Each tenant's deliverable jobs; a tenant with none has no set.
+    ready: HashMap<Arc<str>, BTreeSet<ReadyKey>>,
+    /// Each tenant's turn count (see the fair order in [`crate::queue`]).
+    turns: HashMap<Arc<str>, u64>,
     delayed: BTreeSet<(DateTime<Utc>, u64, ConversionId)>,
     leased: BTreeSet<(DateTime<Utc>, ConversionId)>,
     dead: u64,
@@ -55,7 +62,11 @@ impl State {
             self.delayed.pop_first();
             if let Some(e) = self.entries.get_mut(&id) {
                 e.state = EntryState::Ready;
-                self.ready.insert((Reverse(e.priority), nb, seq, id));
+                let key = (Reverse(e.priority), nb, seq, id);
+                self.ready
+                    .entry(Arc::clone(&e.tenant))
+                    .or_default()
+                    .insert(key);
             }
         }
         while let Some(&(exp, id)) = self.leased.first() {
@@ -65,8 +76,11 @@ impl State {
             self.leased.pop_first();
             if let Some(e) = self.entries.get_mut(&id) {
                 e.state = EntryState::Ready;
+                let key = (Reverse(e.priority), e.not_before, e.seq, id);
                 self.ready
-                    .insert((Reverse(e.priority), e.not_before, e.seq, id));
+                    .entry(Arc::clone(&e.tenant))
+                    .or_default()
+                    .insert(key);
             }
         }
     }
@@ -88,8 +102,13 @@ impl State {
         };
         match e.state {
             EntryState::Ready => {
-                self.ready
-                    .remove(&(Reverse(e.priority), e.not_before, e.seq, id));
+                let key = (Reverse(e.priority), e.not_before, e.seq, id);
+                if let Some(jobs) = self.ready.get_mut(&e.tenant) {
+                    jobs.remove(&key);
+                    if jobs.is_empty() {
+                        self.ready.remove(&e.tenant);
+                    }
+                }
             }
             EntryState::Delayed => {
                 self.delayed.remove(&(e.not_before, e.seq, id));
@@ -109,13 +128,51 @@ impl State {
             e.seq = seq;
             if not_before <= now {
                 e.state = EntryState::Ready;
+                let key = (Reverse(e.priority), not_before, seq, id);
                 self.ready
-                    .insert((Reverse(e.priority), not_before, seq, id));
+                    .entry(Arc::clone(&e.tenant))
+                    .or_default()
+                    .insert(key);
             } else {
                 e.state = EntryState::Delayed;
                 self.delayed.insert((not_before, seq, id));
             }
         }
+    }
+
+    /// Takes the next `max` deliveries in the fair order (see [`crate::queue`]) out of the ready
+    /// sets, and advances the turn counts of the tenants served.
+    fn take_fair(&mut self, max: usize) -> Vec<ConversionId> {
+        let turns = |t: &Arc<str>| self.turns.get(t).copied().unwrap_or(0);
+        let highest = self.ready.keys().map(turns).max().unwrap_or(0);
+        // Each tenant's first `max` jobs, each ranked by the turn it would be delivered in.
+        let mut candidates: Vec<(u64, ReadyKey, &Arc<str>)> = Vec::new();
+        for (tenant, jobs) in &self.ready {
+            let first = turns(tenant).max(highest.saturating_sub(1));
+            for (k, key) in (0u64..).zip(jobs.iter().take(max)) {
+                candidates.push((first + k, *key, tenant));
+            }
+        }
+        candidates.sort_unstable_by_key(|&(turn, key, _)| (turn, key));
+        candidates.truncate(max);
+        let count_turns = self.ready.len() > 1;
+        let picked: Vec<(u64, ReadyKey, Arc<str>)> = candidates
+            .into_iter()
+            .map(|(turn, key, tenant)| (turn, key, Arc::clone(tenant)))
+            .collect();
+        for (turn, key, tenant) in &picked {
+            if let Some(jobs) = self.ready.get_mut(tenant) {
+                jobs.remove(key);
+                if jobs.is_empty() {
+                    self.ready.remove(tenant);
+                }
+            }
+            if count_turns {
+                let next = self.turns.entry(Arc::clone(tenant)).or_default();
+                *next = (*next).max(turn + 1);
+            }
+        }
+        picked.into_iter().map(|(_, key, _)| key.3).collect()
     }
 
     fn check_lease(&self, lease: &Lease, now: DateTime<Utc>) -> Result<(), QueueError> {
@@ -130,8 +187,9 @@ impl State {
     }
 }
 
-/// A job queue in memory: ordered indexes for ready, delayed and leased jobs, and a `Notify`
-/// plus a timer for the next due job to wake reservers.
+/// A job queue in memory: ordered indexes for ready (one per tenant), delayed and leased jobs,
+/// and a `Notify` plus a timer for the next due job to wake reservers. Reserves deliver in the
+/// fair order described in [`crate::queue`].
 #[derive(Debug, Default)]
 pub struct MemoryJobQueue {
     state: Mutex<State>,
@@ -150,11 +208,7 @@ impl MemoryJobQueue {
         let mut state = self.state.lock();
         state.promote(now);
         let mut out = Vec::new();
-        while out.len() < max {
-            let Some(key) = state.ready.pop_first() else {
-                break;
-            };
-            let id = key.3;
+        for id in state.take_fair(max) {
             let token = new_lease_token();
             let Some(e) = state.entries.get_mut(&id) else {
                 continue;
@@ -187,6 +241,7 @@ impl JobQueue for MemoryJobQueue {
             state.entries.insert(
                 job.id,
                 Entry {
+                    tenant: job.tenant.into(),
                     priority: job.priority,
                     not_before: job.not_before,
                     seq: 0,
@@ -287,7 +342,7 @@ impl JobQueue for MemoryJobQueue {
         let mut state = self.state.lock();
         state.promote(now);
         Ok(QueueStats {
-            ready: state.ready.len() as u64,
+            ready: state.ready.values().map(|jobs| jobs.len() as u64).sum(),
             delayed: state.delayed.len() as u64,
             leased: state.leased.len() as u64,
             dead: state.dead,

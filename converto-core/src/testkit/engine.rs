@@ -448,7 +448,7 @@ pub async fn worker_dies_mid_job(b: &Backends) {
     let sub = b.bus.subscribe(c.id).await.expect("subscribe");
     dying.kill().await;
     // What the dying worker had stored of its outputs before it died.
-    let prefix = format!("conversions/{}/artifacts/", c.id);
+    let prefix = crate::intake::layout::artifacts(&c.tenant, c.id);
     b.blobs
         .put_bytes(
             &format!("{prefix}1/half-written.upper"),
@@ -531,7 +531,10 @@ pub async fn stale_worker_is_fenced(b: &Backends) {
     assert!(String::from_utf8_lossy(&content).ends_with("attempt=2"));
     let stale_blobs = b
         .blobs
-        .list(&format!("conversions/{}/artifacts/1/", c.id))
+        .list(&format!(
+            "{}1/",
+            crate::intake::layout::artifacts(&c.tenant, c.id)
+        ))
         .await
         .expect("list");
     assert!(
@@ -591,7 +594,11 @@ pub async fn idempotent_submit(b: &Backends) {
     let second = engine.submit(mk()).await.expect("second");
     assert!(first.created && !second.created);
     assert_eq!(first.conversion.id, second.conversion.id);
-    let inputs = b.blobs.list("conversions/").await.expect("list");
+    let inputs = b
+        .blobs
+        .list(crate::intake::layout::TENANTS)
+        .await
+        .expect("list");
     assert_eq!(
         inputs.len(),
         1,
@@ -689,7 +696,7 @@ pub async fn graceful_shutdown(b: &Backends) {
 pub async fn sweeper_recovers_lost_queue_entries(b: &Backends) {
     let (engine, _) = engine_with(b, fast_config());
     let id = ConversionId::new();
-    let key = format!("conversions/{id}/input");
+    let key = crate::intake::layout::input(crate::DEFAULT_TENANT, id);
     b.blobs
         .put_bytes(&key, Bytes::from_static(b"orphan"))
         .await
@@ -771,7 +778,7 @@ pub async fn delete_removes_everything(b: &Backends) {
     follow(&engine, c.id).await;
     assert!(
         !b.blobs
-            .list(&format!("conversions/{}/", c.id))
+            .list(&crate::intake::layout::conversion(&c.tenant, c.id))
             .await
             .expect("list")
             .is_empty()
@@ -783,7 +790,7 @@ pub async fn delete_removes_everything(b: &Backends) {
     ));
     assert!(
         b.blobs
-            .list(&format!("conversions/{}/", c.id))
+            .list(&crate::intake::layout::conversion(&c.tenant, c.id))
             .await
             .expect("list")
             .is_empty(),
@@ -860,7 +867,11 @@ pub async fn bad_submissions_leave_nothing(b: &Backends) {
         Err(EngineError::InputTooLarge { limit: 1000 })
     ));
     assert!(
-        b.blobs.list("conversions/").await.expect("list").is_empty(),
+        b.blobs
+            .list(crate::intake::layout::TENANTS)
+            .await
+            .expect("list")
+            .is_empty(),
         "a refused upload left a blob"
     );
     let page = engine.list(&ListQuery::default()).await.expect("list");

@@ -9,6 +9,7 @@
 pub mod blob;
 pub mod converter;
 pub mod engine;
+pub mod keys;
 pub mod progress;
 pub mod queue;
 pub mod store;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::StreamExt;
 
 use super::within;
 use crate::ConversionId;
@@ -24,6 +25,7 @@ pub async fn run_queue_suite(make: impl AsyncFn() -> Arc<dyn JobQueue>) {
     heartbeat_keeps_the_lease(make().await.as_ref()).await;
     retry_dead_letter_remove_stats(make().await.as_ref()).await;
     concurrent_reservers_never_share_a_job(make().await).await;
+    tenants_take_turns(make().await.as_ref()).await;
 }
 
 /// Enqueue is idempotent per id; reserve leases it once; ack removes it.
@@ -324,5 +326,85 @@ pub async fn concurrent_reservers_never_share_a_job(q: Arc<dyn JobQueue>) {
     assert!(
         count.values().all(|&n| n == 1),
         "a job was delivered to two reservers"
+    );
+}
+
+/// One tenant's backlog does not delay another tenant's job (the fair order of
+/// [`crate::queue`]). Asserted by the order of deliveries, never by time: tenant A queues a
+/// backlog; tenant B's single job must come within two reserves of one job (one slot), and
+/// within the first reserve of eight; and a burst of B's jobs at a higher priority takes turns
+/// with A's backlog instead of starving it.
+pub async fn tenants_take_turns(q: &dyn JobQueue) {
+    /// Enough that a queue ordered by enqueue alone would keep B waiting for a long time.
+    const BACKLOG: usize = 2_000;
+    let job = |tenant: &str, priority: i32| {
+        JobSpec::now(ConversionId::new(), priority).for_tenant(tenant)
+    };
+    futures::stream::iter(0..BACKLOG)
+        .map(|_| q.enqueue(job("tenant-a", 0)))
+        .buffer_unordered(16)
+        .for_each(|added| {
+            assert!(added.expect("enqueue"), "a new job was not added");
+            futures::future::ready(())
+        })
+        .await;
+    let reserve = async |n: usize| {
+        let leases = q.reserve(n, LEASE, NOW).await.expect("reserve");
+        assert_eq!(
+            leases.len(),
+            n,
+            "a backlog is queued: every reserve is full"
+        );
+        leases.into_iter().map(|l| l.id).collect::<Vec<_>>()
+    };
+    // A alone: A is served (and, for the counts, has been served a while).
+    for _ in 0..3 {
+        reserve(1).await;
+    }
+
+    let single = job("tenant-b", 0);
+    let b = single.id;
+    assert!(q.enqueue(single).await.expect("enqueue"));
+    let mut next_two = reserve(1).await;
+    next_two.extend(reserve(1).await);
+    assert!(
+        next_two.contains(&b),
+        "tenant B's job did not come within two reserves of one: A's backlog starves it"
+    );
+
+    let single = job("tenant-b", 0);
+    let b = single.id;
+    assert!(q.enqueue(single).await.expect("enqueue"));
+    assert!(
+        reserve(8).await.contains(&b),
+        "tenant B's job was not in the first batch of eight"
+    );
+
+    // A burst of B's at a higher priority: the tenants alternate, so neither waits for the
+    // other's backlog (priority orders jobs within a tenant, and heads within a round).
+    let mut burst = Vec::new();
+    for _ in 0..20 {
+        let spec = job("tenant-b", 5);
+        burst.push(spec.id);
+        assert!(q.enqueue(spec).await.expect("enqueue"));
+    }
+    let mut tenants = Vec::new();
+    for _ in 0..6 {
+        let got = reserve(1).await;
+        tenants.push(if burst.contains(&got[0]) { 'B' } else { 'A' });
+    }
+    // Alternating, but for the one turn a tenant may be behind after the reserves above.
+    assert!(
+        tenants
+            .windows(3)
+            .all(|w| w.contains(&'A') && w.contains(&'B')),
+        "tenants did not take turns over six reserves of one: {tenants:?}"
+    );
+    let batch = reserve(8).await;
+    let from_b = batch.iter().filter(|id| burst.contains(id)).count();
+    // Four each, give or take the one turn a tenant may be ahead after the reserves above.
+    assert!(
+        (3..=5).contains(&from_b),
+        "a batch of eight over two busy tenants took {from_b} from B"
     );
 }

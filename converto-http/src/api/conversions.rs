@@ -10,17 +10,18 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use converto_core::blob::{PresignMethod, validate_key};
 use converto_core::store::ListQuery;
 use converto_core::{ConversionId, Format, Status, Submission, SubmitInput};
 use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::upload::stream_into_blob;
+use super::upload::stage;
 use super::views::{ConversionView, ListView};
 use crate::AppState;
+use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
+use converto_core::TenantEngine;
 
 /// The multipart form of `POST /v1/conversions`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -292,15 +293,18 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let engine = state.engine.tenant(&principal.tenant);
     let key = idempotency_key(&headers)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let limit = state.settings.max_upload_bytes;
+    // The engine's input limit: the one limit uploads, submissions and the CLI share.
+    let limit = state.engine.config().max_input_bytes.unwrap_or(u64::MAX);
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -318,12 +322,12 @@ pub(crate) async fn create(
         let multipart = Multipart::from_request(request, &state)
             .await
             .map_err(|e| ApiError::bad_request("malformed-multipart", e.body_text()))?;
-        from_multipart(&state, multipart, &guard).await?
+        from_multipart(&state, &engine, multipart, &guard).await?
     } else if content_type.starts_with("application/json") {
         let body = read_json_body(request, state.settings.max_json_bytes).await?;
         let Json(body) = Json::<SubmitJson>::from_bytes(&body)
             .map_err(|e| ApiError::bad_request("malformed-json", e.body_text()))?;
-        from_json(&state, body).await?
+        from_json(&engine, body).await?
     } else {
         return Err(ApiError::UnknownFormat {
             detail:
@@ -335,9 +339,26 @@ pub(crate) async fn create(
         idempotency_key: key,
         ..submission
     };
+    let limits = state.quotas.limits.of(&principal.tenant);
+    if submission.priority > limits.max_priority {
+        discard_input(&engine, submission.input).await;
+        return Err(ApiError::Forbidden {
+            slug: "priority-not-allowed",
+            detail: format!(
+                "priority {} is above this tenant's highest, {}",
+                submission.priority, limits.max_priority
+            ),
+        });
+    }
+    if limits.max_queued > 0 && queued(&engine, limits.max_queued).await? >= limits.max_queued {
+        discard_input(&engine, submission.input).await;
+        return Err(ApiError::TooManyQueued {
+            limit: limits.max_queued,
+        });
+    }
     // The engine owns a staged multipart file from here: it removes it when no new conversion
     // comes of the submission, and never removes an upload another conversion may use.
-    let s = state.engine.submit(submission).await?;
+    let s = engine.submit(submission).await?;
     let view = ConversionView::from(&s.conversion);
     let status = if s.created {
         StatusCode::ACCEPTED
@@ -373,6 +394,7 @@ async fn next_field<'m>(
 
 async fn from_multipart(
     state: &AppState,
+    engine: &TenantEngine,
     mut multipart: Multipart,
     guard: &crate::limits::FramingGuard,
 ) -> Result<Submission, ApiError> {
@@ -381,8 +403,7 @@ async fn from_multipart(
     let mut options = serde_json::Value::Null;
     let mut labels = BTreeMap::new();
     let mut priority = 0;
-    let mut file: Option<(String, Option<String>)> = None;
-    let blobs = &state.engine.backends().blobs;
+    let mut file: Option<(converto_core::intake::Staged, Option<String>)> = None;
     let field_limit = state.settings.max_field_bytes;
     let mut fields = 0usize;
     let outcome: Result<(), ApiError> = async {
@@ -413,12 +434,8 @@ async fn from_multipart(
                                 });
                             }
                     }
-                    let key = format!("uploads/staged-{}", uuid::Uuid::now_v7());
-                    let size = stream_into_blob(blobs.as_ref(), &key, state.settings.max_upload_bytes, &mut field).await?;
-                    file = Some((key.clone(), file_name));
-                    if size == 0 {
-                        return Err(ApiError::bad_request("empty-file", "the uploaded file is empty"));
-                    }
+                    // Staged by the engine: its size limit, and nothing left on failure.
+                    file = Some((stage(engine, &mut field).await?, file_name));
                 }
                 "target_format" => target = Some(parse_format("target_format", small_text(&mut field, field_limit).await?.trim())?),
                 "source_format" => {
@@ -451,11 +468,11 @@ async fn from_multipart(
         Ok(())
     }
     .await;
-    let cleanup = |file: &Option<(String, Option<String>)>| {
-        let key = file.as_ref().map(|f| f.0.clone());
+    let cleanup = |file: &Option<(converto_core::intake::Staged, Option<String>)>| {
+        let staged = file.as_ref().map(|f| f.0.clone());
         async move {
-            if let Some(k) = key {
-                let _ = blobs.delete(&k).await;
+            if let Some(s) = staged {
+                let _ = engine.discard_staged(s).await;
             }
         }
     };
@@ -474,13 +491,13 @@ async fn from_multipart(
             "the target_format field is missing",
         ));
     };
-    let Some((key, file_name)) = file else {
+    let Some((staged, file_name)) = file else {
         return Err(ApiError::bad_request(
             "missing-file",
             "the file field is missing",
         ));
     };
-    let mut sub = Submission::new(target, SubmitInput::Staged { key, file_name });
+    let mut sub = Submission::new(target, SubmitInput::staged(staged, file_name));
     sub.source_format = source;
     sub.options = options;
     sub.labels = labels;
@@ -488,40 +505,18 @@ async fn from_multipart(
     Ok(sub)
 }
 
-async fn from_json(state: &AppState, body: SubmitJson) -> Result<Submission, ApiError> {
+async fn from_json(engine: &TenantEngine, body: SubmitJson) -> Result<Submission, ApiError> {
     let upload = uuid::Uuid::try_parse(&body.upload_id).map_err(|_| {
         ApiError::bad_request(
             "malformed-id",
             format!("upload_id {:?} is not a UUID", body.upload_id),
         )
     })?;
-    let key = format!("uploads/{upload}");
-    validate_key(&key).map_err(|e| ApiError::bad_request("malformed-id", e.to_string()))?;
-    let meta = state
-        .engine
-        .backends()
-        .blobs
-        .head(&key)
-        .await
-        .map_err(|e| match e {
-            converto_core::blob::BlobError::NotFound { .. } => ApiError::NotFound {
-                detail: format!("no upload {upload}: PUT the file to its upload URL first"),
-            },
-            other => ApiError::from(converto_core::EngineError::Blob(other)),
-        })?;
-    // A presigned object-storage PUT cannot bound the size: the stored size is checked here.
-    let limit = state.settings.max_upload_bytes;
-    if meta.size > limit {
-        return Err(ApiError::TooLarge { limit });
-    }
+    // The engine checks the upload is there and, since a presigned object-storage PUT
+    // cannot bound its size, that it is within the limit.
+    let input = engine.upload_input(upload, body.file_name).await?;
     let target = parse_format("target_format", &body.target_format)?;
-    let mut sub = Submission::new(
-        target,
-        SubmitInput::Blob {
-            key,
-            file_name: body.file_name,
-        },
-    );
+    let mut sub = Submission::new(target, input);
     sub.source_format = body
         .source_format
         .as_deref()
@@ -604,6 +599,7 @@ fn parse_time(field: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
     responses((status = 200, body = ListView), (status = 400, description = "Malformed filter", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list(
     State(state): State<AppState>,
+    principal: Principal,
     Query(p): Query<ListParams>,
 ) -> Result<Json<ListView>, ApiError> {
     let mut q = ListQuery::default();
@@ -670,7 +666,7 @@ pub(crate) async fn list(
                 })
         })
         .transpose()?;
-    let page = state.engine.list(&q).await?;
+    let page = state.engine.tenant(&principal.tenant).list(&q).await?;
     Ok(Json(ListView {
         items: page.items.iter().map(ConversionView::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
@@ -682,10 +678,23 @@ pub(crate) async fn list(
     responses((status = 200, body = ConversionView), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<ConversionView>, ApiError> {
-    let c = state.engine.get(parse_id(&id)?).await?;
-    Ok(Json(ConversionView::from(&c)))
+    let c = state
+        .engine
+        .tenant(&principal.tenant)
+        .get(parse_id(&id)?)
+        .await?;
+    let mut view = ConversionView::from(&c);
+    let engine = state.engine.tenant(&principal.tenant);
+    for a in &mut view.artifacts {
+        let query = engine
+            .artifact_link(c.id, &a.name, state.settings.presign_ttl)
+            .await?;
+        a.signed_url = Some(format!("{}?{query}", a.url));
+    }
+    Ok(Json(view))
 }
 
 /// Remove a conversion and its files (cancelling it first if it is still live).
@@ -693,9 +702,14 @@ pub(crate) async fn get(
     responses((status = 204, description = "Removed"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 409, description = "It changed while being removed; try again", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine.delete(parse_id(&id)?).await?;
+    state
+        .engine
+        .tenant(&principal.tenant)
+        .delete(parse_id(&id)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -704,9 +718,14 @@ pub(crate) async fn delete(
     responses((status = 200, body = ConversionView), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<ConversionView>, ApiError> {
-    let c = state.engine.cancel(parse_id(&id)?).await?;
+    let c = state
+        .engine
+        .tenant(&principal.tenant)
+        .cancel(parse_id(&id)?)
+        .await?;
     Ok(Json(ConversionView::from(&c)))
 }
 
@@ -715,6 +734,7 @@ pub(crate) async fn cancel(
     responses((status = 200, description = "text/event-stream of `status` and `progress` events", content_type = "text/event-stream"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn events(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
@@ -724,7 +744,7 @@ pub(crate) async fn events(
             "too many open event streams; try again shortly",
         ));
     };
-    let stream = state.engine.watch(id).await?;
+    let stream = state.engine.tenant(&principal.tenant).watch(id).await?;
     let sse = stream.map(move |ev| {
         let _held = &place;
         let data = serde_json::to_string(&ev).unwrap_or_else(|_| "{}".into());
@@ -810,19 +830,88 @@ fn content_disposition(name: &str) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
+/// Removes a staged file whose submission will not be made (uploads are left alone: other
+/// conversions may use them, and the janitor takes unclaimed ones).
+async fn discard_input(engine: &TenantEngine, input: SubmitInput) {
+    if let Err(e) = engine.discard_input(input).await {
+        tracing::warn!(error = %e, "could not remove a refused submission's file; the janitor will");
+    }
+}
+
+/// How many of the tenant's conversions wait in the queue, counted up to `cap`.
+async fn queued(engine: &TenantEngine, cap: u64) -> Result<u64, ApiError> {
+    let mut query = ListQuery {
+        statuses: vec![Status::Queued],
+        limit: 1000,
+        ..ListQuery::default()
+    };
+    let mut n = 0u64;
+    loop {
+        let page = engine.list(&query).await?;
+        n += page.items.len() as u64;
+        match page.next_cursor {
+            Some(c) if n < cap => query.cursor = Some(c),
+            _ => return Ok(n),
+        }
+    }
+}
+
+/// The query of a signed download link (`signed_url` of an artifact).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LinkParams {
+    /// The tenant the link was signed for.
+    #[param(pattern = "^[A-Za-z0-9._~%-]{1,200}$")]
+    tenant: Option<String>,
+    /// When the link expires (Unix seconds).
+    expires: Option<i64>,
+    /// Hex HMAC-SHA256 over the conversion, the artifact, the tenant and the expiry.
+    #[param(pattern = "^[0-9a-f]{64}$")]
+    signature: Option<String>,
+}
+
+/// Whether a request is a signed artifact link, which carries its own proof instead of a
+/// credential (the handler checks the signature; the authentication layer lets it through).
+pub fn is_signed_artifact_link(method: &axum::http::Method, uri: &axum::http::Uri) -> bool {
+    (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
+        && uri.path().starts_with("/v1/conversions/")
+        && uri.path().contains("/artifacts/")
+        && uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("signature=")))
+}
+
 /// Download an artifact (Range, ETag and Content-Disposition supported), or be redirected to
 /// a presigned object-storage URL when the server is configured so.
 #[utoipa::path(get, path = "/v1/conversions/{id}/artifacts/{name}", tag = "conversions",
-    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)"), ("name" = String, Path, description = "The artifact's name, as listed in the conversion")),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)"), ("name" = String, Path, description = "The artifact's name, as listed in the conversion"), LinkParams),
     responses((status = 200, description = "The bytes", content_type = "application/octet-stream"), (status = 206, description = "Partial content", content_type = "application/octet-stream"), (status = 304, description = "Not modified"),
-        (status = 307, description = "Redirect to a presigned URL"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion or artifact", body = Problem, content_type = "application/problem+json"), (status = 416, description = "Range not satisfiable (Content-Range gives the size)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
+        (status = 307, description = "Redirect to a presigned URL"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 403, description = "A signed link that is forged, altered or expired", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion or artifact", body = Problem, content_type = "application/problem+json"), (status = 416, description = "Range not satisfiable (Content-Range gives the size)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn artifact(
     State(state): State<AppState>,
+    principal: Result<Principal, Response>,
     Path((id, name)): Path<(String, String)>,
+    Query(link): Query<LinkParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let record = state.engine.get(id).await?;
+    // A signed link proves itself (no credential: a browser or an <img> follows it); else the
+    // caller's credential names the tenant.
+    let engine = match (&link.tenant, link.expires, &link.signature) {
+        (Some(tenant), Some(expires), Some(signature)) => {
+            let proof = converto_core::intake::LinkProof {
+                tenant,
+                expires,
+                signature,
+            };
+            state.engine.follow_artifact_link(proof, id, &name).await?
+        }
+        _ => match principal {
+            Ok(p) => state.engine.tenant(&p.tenant),
+            Err(rejection) => return Ok(rejection),
+        },
+    };
+    let record = engine.get(id).await?;
     let Some(artifact) = record.artifacts.iter().find(|a| a.name == name) else {
         return Err(ApiError::NotFound {
             detail: format!(
@@ -832,16 +921,11 @@ pub(crate) async fn artifact(
         });
     };
     let etag = format!("\"{}\"", artifact.checksum.trim_start_matches("sha256:"));
-    let blobs = &state.engine.backends().blobs;
-    if state.settings.redirect_downloads && blobs.capabilities().presign {
-        let url = blobs
-            .presign(
-                PresignMethod::Get,
-                &artifact.blob_key,
-                state.settings.presign_ttl,
-            )
-            .await
-            .map_err(|e| ApiError::from(converto_core::EngineError::Blob(e)))?;
+    if state.settings.redirect_downloads
+        && let Some(url) = engine
+            .artifact_url(id, &name, state.settings.presign_ttl)
+            .await?
+    {
         let loc = HeaderValue::from_str(&url).map_err(|e| ApiError::Internal(Box::new(e)))?;
         return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, loc)]).into_response());
     }
@@ -882,7 +966,7 @@ pub(crate) async fn artifact(
         },
         None => None,
     };
-    let (_, read) = state.engine.open_artifact(id, &name, range.clone()).await?;
+    let (_, read) = engine.open_artifact(id, &name, range.clone()).await?;
     let mut resp = Response::new(Body::from_stream(read.body));
     let h = resp.headers_mut();
     h.insert(

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use converto_core::intake::Check;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -68,18 +69,15 @@ pub struct Readiness {
 /// `ok`, `unavailable` or `timed out after 2s`. A backend's error can name hosts, paths and
 /// (in a driver's message) credentials, and `/readyz` is often reachable by anyone: the error
 /// goes to the log (URLs in it redacted), the answer says only that the backend failed.
-async fn check<E: std::fmt::Display>(
-    backend: &'static str,
-    f: impl Future<Output = Result<(), E>>,
-) -> String {
-    match tokio::time::timeout(Duration::from_secs(2), f).await {
-        Ok(Ok(())) => "ok".into(),
-        Ok(Err(e)) => {
-            let error = redact_urls(&e.to_string());
+fn answer(backend: &'static str, check: Check) -> String {
+    match check {
+        Check::Ok => "ok".into(),
+        Check::Failed(e) => {
+            let error = redact_urls(&e);
             tracing::warn!(backend, %error, "readiness check failed");
             "unavailable".into()
         }
-        Err(_) => "timed out after 2s".into(),
+        Check::TimedOut => "timed out after 2s".into(),
     }
 }
 
@@ -102,19 +100,12 @@ fn redact_urls(text: &str) -> String {
     (status = 503, description = "A backend does not answer (the readiness report), or too many connections at once (a problem, see Retry-After)",
         content((Readiness = "application/json"), (Problem = "application/problem+json")))))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let b = state.engine.backends();
-    let (store, queue, bus, blobs) = tokio::join!(
-        check("store", b.store.ping()),
-        check("queue", b.queue.ping()),
-        check("progress", b.bus.ping()),
-        check("blobs", b.blobs.ping())
-    );
-    let checks = BTreeMap::from([
-        ("store".to_owned(), store),
-        ("queue".to_owned(), queue),
-        ("progress".to_owned(), bus),
-        ("blobs".to_owned(), blobs),
-    ]);
+    let report = state.engine.readiness(Duration::from_secs(2)).await;
+    let checks: BTreeMap<String, String> = report
+        .checks
+        .into_iter()
+        .map(|(backend, check)| (backend.to_owned(), answer(backend, check)))
+        .collect();
     let ok = checks.values().all(|v| v == "ok");
     let status = if ok {
         StatusCode::OK
@@ -133,14 +124,13 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<R
 /// Prometheus metrics: requests, conversions by status, queue depth, durations.
 #[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 503, description = "Too many connections at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    let b = state.engine.backends();
-    if let Ok(counts) = b.store.count_by_status().await {
+    if let Ok(counts) = state.engine.status_counts().await {
         for s in converto_core::Status::ALL {
             metrics::gauge!("converto_conversions", "status" => s.as_str())
                 .set(counts.get(&s).copied().unwrap_or(0) as f64);
         }
     }
-    if let Ok(q) = b.queue.stats().await {
+    if let Ok(q) = state.engine.queue_stats().await {
         for (state_name, n) in [
             ("ready", q.ready),
             ("delayed", q.delayed),
@@ -168,11 +158,11 @@ mod tests {
 
     #[tokio::test]
     async fn readiness_answers_never_carry_the_error() {
-        let failing = async {
-            Err::<(), _>("connect postgres://app:hunter2@db.internal:5432/app: refused".to_owned())
-        };
-        assert_eq!(check("store", failing).await, "unavailable");
-        assert_eq!(check("store", async { Ok::<(), String>(()) }).await, "ok");
+        let failing = Check::Failed(
+            "connect postgres://app:hunter2@db.internal:5432/app: refused".to_owned(),
+        );
+        assert_eq!(answer("store", failing), "unavailable");
+        assert_eq!(answer("store", Check::Ok), "ok");
         assert_eq!(
             redact_urls("cannot reach postgres://app:hunter2@db:5432/app now"),
             "cannot reach postgres://app:***@db:5432/app now"

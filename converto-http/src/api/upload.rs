@@ -1,15 +1,12 @@
 //! `/v1/uploads`: upload first, convert later (the server's own PUT, or a presigned URL).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
-use chrono::Utc;
-use converto_core::blob::{BlobError, BlobStore, ByteStream, PresignMethod};
+use converto_core::blob::ByteStream;
+use converto_core::intake::{Staged, TicketProof, UploadTarget};
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -18,8 +15,8 @@ use utoipa::IntoParams;
 
 use super::views::{UploadTicket, UploadView};
 use crate::AppState;
+use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
-use crate::tickets::TicketError;
 
 /// A receiver as a stream (tokio-stream's wrapper, inlined to avoid the dependency).
 mod tokio_stream_shim {
@@ -56,54 +53,24 @@ impl ChunkSource for axum::extract::multipart::Field<'_> {
     }
 }
 
-/// A request body as chunks.
-pub(crate) struct BodyChunks(pub(crate) axum::body::BodyDataStream);
-
-impl ChunkSource for BodyChunks {
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
-        match self.0.next().await {
-            None => Ok(None),
-            Some(Ok(b)) => Ok(Some(b)),
-            Some(Err(e)) => Err(ApiError::bad_request(
-                "body-read-failed",
-                format!("reading the upload failed: {e}"),
-            )),
-        }
-    }
-}
-
-/// Streams chunks into the blob at `key`, at most `limit` bytes; returns the size. On any
-/// failure nothing is left at `key`.
-pub(crate) async fn stream_into_blob(
-    blobs: &dyn BlobStore,
-    key: &str,
-    limit: u64,
+/// Stages a multipart field (or any chunk source) through the engine
+/// ([`Engine::stage_input`](converto_core::Engine::stage_input): size limit, nothing left on
+/// failure). The source borrows the request, so its chunks cross a small channel into the
+/// stream the engine stores.
+pub(crate) async fn stage(
+    engine: &converto_core::TenantEngine,
     source: &mut impl ChunkSource,
-) -> Result<u64, ApiError> {
+) -> Result<Staged, ApiError> {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(PIPE_DEPTH);
     let body: ByteStream = Box::pin(ReceiverStream(rx));
-    let total = Arc::new(AtomicU64::new(0));
-    let too_large = Arc::new(AtomicBool::new(false));
     let pump = async {
         // Owned here, so the body stream ends when the pump does.
         let tx = tx;
         loop {
             match source.next_chunk().await {
                 Ok(Some(chunk)) => {
-                    let n =
-                        total.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
-                    if n > limit {
-                        too_large.store(true, Ordering::Relaxed);
-                        let _ = tx
-                            .send(Err(std::io::Error::new(
-                                std::io::ErrorKind::FileTooLarge,
-                                "upload over the limit",
-                            )))
-                            .await;
-                        return Err(ApiError::TooLarge { limit });
-                    }
                     if tx.send(Ok(chunk)).await.is_err() {
-                        return Ok(()); // the store gave up; its error explains why
+                        return Ok(()); // the engine gave up; its error explains why
                     }
                 }
                 Ok(None) => return Ok(()),
@@ -116,27 +83,15 @@ pub(crate) async fn stream_into_blob(
             }
         }
     };
-    let put = blobs.put(key, body);
-    let (pumped, stored) = futures::join!(pump, put);
-    if let Err(e) = pumped {
-        let _ = blobs.delete(key).await;
-        return Err(e);
-    }
-    match stored {
-        Ok(meta) => Ok(meta.size),
-        Err(e) => {
-            let _ = blobs.delete(key).await;
-            if too_large.load(Ordering::Relaxed) {
-                return Err(ApiError::TooLarge { limit });
-            }
-            Err(match e {
-                BlobError::Body(io) => ApiError::bad_request(
-                    "body-read-failed",
-                    format!("reading the upload failed: {io}"),
-                ),
-                other => ApiError::from(converto_core::EngineError::Blob(other)),
-            })
+    let (pumped, staged) = futures::join!(pump, engine.stage_input(body));
+    match (pumped, staged) {
+        (Ok(()), Ok(staged)) => Ok(staged),
+        (Err(e), Ok(staged)) => {
+            let _ = engine.discard_staged(staged).await;
+            Err(e)
         }
+        (Err(e), Err(_)) => Err(e),
+        (Ok(()), Err(e)) => Err(e.into()),
     }
 }
 
@@ -151,42 +106,34 @@ pub(crate) async fn stream_into_blob(
         (status = 503, description = "The blob store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    principal: Principal,
 ) -> Result<(StatusCode, Json<UploadTicket>), ApiError> {
-    let id = uuid::Uuid::now_v7();
-    let key = format!("uploads/{id}");
-    let ttl = state.settings.presign_ttl;
-    let blobs = &state.engine.backends().blobs;
-    let expires_at =
-        Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::hours(1));
-    let max_bytes = state.settings.max_upload_bytes;
-    let (url, presigned) = if blobs.capabilities().presign {
-        let url = blobs
-            .presign(PresignMethod::Put, &key, ttl)
-            .await
-            .map_err(|e| ApiError::from(converto_core::EngineError::Blob(e)))?;
-        (url, true)
-    } else {
-        let base = state
-            .settings
-            .public_url
-            .as_deref()
-            .unwrap_or("")
-            .trim_end_matches('/');
-        let ticket = state
-            .settings
-            .upload_signer
-            .issue(id, expires_at, max_bytes);
-        (format!("{base}{}", ticket.path_and_query()), false)
+    let ticket = state
+        .engine
+        .tenant(&principal.tenant)
+        .create_upload()
+        .await?;
+    let (url, presigned) = match ticket.target {
+        UploadTarget::Presigned { url } => (url, true),
+        UploadTarget::Ticket(t) => {
+            let base = state
+                .settings
+                .public_url
+                .as_deref()
+                .unwrap_or("")
+                .trim_end_matches('/');
+            (format!("{base}{}", t.path_and_query()), false)
+        }
     };
     Ok((
         StatusCode::CREATED,
         Json(UploadTicket {
-            upload_id: id.to_string(),
+            upload_id: ticket.upload_id.to_string(),
             method: "PUT".into(),
             url,
             presigned,
-            expires_at,
-            max_bytes,
+            expires_at: ticket.expires_at,
+            max_bytes: ticket.max_bytes,
         }),
     ))
 }
@@ -217,6 +164,7 @@ pub(crate) struct TicketParams {
         (status = 503, description = "The blob store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn put(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
     Query(ticket): Query<TicketParams>,
     headers: HeaderMap,
@@ -225,60 +173,24 @@ pub(crate) async fn put(
     let id = uuid::Uuid::try_parse(&id).map_err(|_| {
         ApiError::bad_request("malformed-id", format!("upload id {id:?} is not a UUID"))
     })?;
-    let granted = state
-        .settings
-        .upload_signer
-        .verify(
-            id,
-            ticket.expires.as_deref().and_then(|v| v.parse().ok()),
-            ticket.max_bytes.as_deref().and_then(|v| v.parse().ok()),
-            ticket.signature.as_deref(),
-            Utc::now(),
-        )
-        .map_err(|e| ApiError::Forbidden {
-            slug: match e {
-                TicketError::Expired => "upload-ticket-expired",
-                _ => "invalid-upload-ticket",
-            },
-            detail: e.to_string(),
-        })?;
-    let limit = granted.min(state.settings.max_upload_bytes);
-    if let Some(len) = headers
+    let proof = TicketProof {
+        expires: ticket.expires.as_deref().and_then(|v| v.parse().ok()),
+        max_bytes: ticket.max_bytes.as_deref().and_then(|v| v.parse().ok()),
+        signature: ticket.signature.as_deref(),
+    };
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit
-    {
-        return Err(ApiError::TooLarge { limit });
-    }
-    let key = format!("uploads/{id}");
-    let blobs = &state.engine.backends().blobs;
-    // Uploads are written once: a conversion may already be reading this one.
-    match blobs.head(&key).await {
-        Ok(_) => {
-            return Err(ApiError::Conflict {
-                detail: format!(
-                    "upload {id} was already received; ask POST /v1/uploads for a new one"
-                ),
-            });
-        }
-        Err(BlobError::NotFound { .. }) => {}
-        Err(e) => return Err(ApiError::from(converto_core::EngineError::Blob(e))),
-    }
-    let size = stream_into_blob(
-        blobs.as_ref(),
-        &key,
-        limit,
-        &mut BodyChunks(body.into_data_stream()),
-    )
-    .await?;
-    if size == 0 {
-        let _ = blobs.delete(&key).await;
-        return Err(ApiError::bad_request(
-            "empty-file",
-            "the uploaded file is empty",
-        ));
-    }
+        .and_then(|v| v.parse::<u64>().ok());
+    let body: ByteStream = body
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other))
+        .boxed();
+    let size = state
+        .engine
+        .tenant(&principal.tenant)
+        .receive_upload(id, proof, declared, body)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(UploadView {
@@ -286,59 +198,4 @@ pub(crate) async fn put(
             size,
         }),
     ))
-}
-
-/// How long after its ticket expired an unclaimed upload is kept (a client may have started
-/// its upload just before the expiry and submit just after).
-pub const UNCLAIMED_UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Removes uploads (`uploads/…`: made with `POST /v1/uploads`, or staged by a multipart
-/// submission that never completed) that no conversion claims and that are older than
-/// `older_than`. Returns how many it removed. A conversion claims its input when it is
-/// submitted (`Engine::submit`), so an upload in use is never removed.
-pub async fn remove_unclaimed_uploads(
-    blobs: &dyn BlobStore,
-    older_than: std::time::Duration,
-) -> Result<usize, BlobError> {
-    let cutoff = Utc::now()
-        - chrono::Duration::from_std(older_than).unwrap_or_else(|_| chrono::Duration::days(1));
-    // One listing holds the uploads and their claims (`uploads/ID.claims/CONVERSION`).
-    let listed = blobs.list("uploads/").await?;
-    let claimed: std::collections::HashSet<&str> = listed
-        .iter()
-        .filter_map(|meta| converto_core::engine::claimed_input(&meta.key))
-        .collect();
-    let mut removed = 0;
-    for meta in &listed {
-        let is_upload = meta
-            .key
-            .strip_prefix("uploads/")
-            .is_some_and(|rest| !rest.contains('/'));
-        if is_upload && meta.last_modified <= cutoff && !claimed.contains(meta.key.as_str()) {
-            blobs.delete(&meta.key).await?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
-/// Runs [`remove_unclaimed_uploads`] now and then every `every` until `stop` is cancelled,
-/// logging what it removed and any error (the next round tries again).
-pub async fn run_upload_janitor(
-    blobs: Arc<dyn BlobStore>,
-    older_than: std::time::Duration,
-    every: std::time::Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        match remove_unclaimed_uploads(blobs.as_ref(), older_than).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed unclaimed uploads past their expiry"),
-            Err(e) => tracing::warn!(error = %e, "could not clean up unclaimed uploads"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-    }
 }

@@ -80,6 +80,10 @@ pub struct ArtifactView {
     pub checksum: String,
     /// Download URL.
     pub url: String,
+    /// A download URL that works without credentials until it expires (for a browser or an
+    /// `<img>`), for this one artifact; given by `GET /v1/conversions/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_url: Option<String>,
 }
 
 /// The input.
@@ -153,6 +157,7 @@ impl From<&Conversion> for ConversionView {
                     size: a.size,
                     checksum: a.checksum.clone(),
                     url: artifact_url(&id, a),
+                    signed_url: None,
                 })
                 .collect(),
             input: InputView {

@@ -249,11 +249,18 @@ pub async fn expect_succeeded_once(
 
 /// How many attempts' artifact directories of a conversion hold files (local blob store).
 pub fn artifact_attempt_dirs(blobs: &Path, id: &str) -> usize {
-    std::fs::read_dir(blobs.join("conversions").join(id).join("artifacts"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| std::fs::read_dir(e.path()).is_ok_and(|mut f| f.next().is_some()))
-                .count()
-        })
-        .unwrap_or(0)
+    std::fs::read_dir(
+        blobs
+            .join("tenants")
+            .join("default")
+            .join("conversions")
+            .join(id)
+            .join("artifacts"),
+    )
+    .map(|d| {
+        d.filter_map(Result::ok)
+            .filter(|e| std::fs::read_dir(e.path()).is_ok_and(|mut f| f.next().is_some()))
+            .count()
+    })
+    .unwrap_or(0)
 }

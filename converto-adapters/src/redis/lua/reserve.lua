@@ -1,14 +1,46 @@
 -- ARGV[3]: lease length (µs); ARGV[4..]: one fresh token per job wanted.
 -- Returns {now, lease expiry, µs until the next delayed job or lease comes due (-1: none),
--- {{id, deliveries, priority, token}, ...}}.
+-- {{id, deliveries, priority, token}, ...}}, the jobs in the fair order of
+-- `converto_core::queue`: tenants take turns; within a tenant, by ready member.
 local now = now_us()
 promote(now)
 local expires = now + tonumber(ARGV[3])
+local want = #ARGV - 3
+local active = redis.call('SMEMBERS', tenants)
+local counts = {}
+local highest = 0
+for i, tenant in ipairs(active) do
+  counts[i] = tonumber(redis.call('HGET', turns, tenant) or '0')
+  if counts[i] > highest then
+    highest = counts[i]
+  end
+end
+-- Each tenant's first `want` jobs, each with the turn it would be delivered in.
+local candidates = {}
+for i, tenant in ipairs(active) do
+  local first = math.max(counts[i], highest - 1)
+  for k, member in ipairs(redis.call('ZRANGE', ready_of(tenant), 0, want - 1)) do
+    candidates[#candidates + 1] = {first + k - 1, member, tenant}
+  end
+end
+-- By turn, then member (priority, not-before, sequence: members are unique).
+table.sort(candidates, function(a, b)
+  if a[1] ~= b[1] then
+    return a[1] < b[1]
+  end
+  return a[2] < b[2]
+end)
 local out = {}
 local scored = {}
-local popped = redis.call('ZPOPMIN', ready, #ARGV - 3)
-for i = 1, #popped, 2 do
-  local id = string.sub(popped[i], ID_AT)
+local taken = {}
+local last_turn = {}
+for i = 1, math.min(want, #candidates) do
+  local turn, member, tenant = candidates[i][1], candidates[i][2], candidates[i][3]
+  -- A tenant's picks are the first of its set (its turns rise with its order): counted, then
+  -- removed in one call below.
+  taken[tenant] = (taken[tenant] or 0) + 1
+  last_turn[tenant] = turn
+  local id = string.sub(member, ID_AT)
   local key = jobprefix .. id
   local job = redis.call('HMGET', key, 'prio', 'dlv')
   -- A member whose hash is gone (deleted behind our back) is dropped, not delivered.
@@ -19,6 +51,17 @@ for i = 1, #popped, 2 do
     scored[#scored + 1] = expires
     scored[#scored + 1] = id
     out[#out + 1] = {id, deliveries, job[1], token}
+  end
+end
+for tenant, n in pairs(taken) do
+  local set = ready_of(tenant)
+  redis.call('ZREMRANGEBYRANK', set, 0, n - 1)
+  if redis.call('EXISTS', set) == 0 then
+    redis.call('SREM', tenants, tenant)
+  end
+  -- Counts move only when tenants shared the reserve.
+  if #active > 1 then
+    redis.call('HSET', turns, tenant, last_turn[tenant] + 1)
   end
 end
 if #scored > 0 then

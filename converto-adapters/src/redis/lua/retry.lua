@@ -8,8 +8,8 @@ if not holds(key, ARGV[4], now) then
 end
 redis.call('ZREM', leased, id)
 redis.call('HDEL', key, 'tok', 'exp')
-local priority = tonumber(redis.call('HGET', key, 'prio'))
-if place(id, key, priority, tonumber(ARGV[5]), now, {}) then
+local job = redis.call('HMGET', key, 'prio', 'ten')
+if place(id, key, tonumber(job[1]), tonumber(ARGV[5]), now, {}, job[2] or DEFAULT_TENANT) then
   redis.call('PUBLISH', wake, '')
 end
 return 1
