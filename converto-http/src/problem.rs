@@ -109,6 +109,48 @@ pub fn panic_as_problem(payload: Box<dyn Any + Send + 'static>) -> Response<Body
     )
 }
 
+/// A documented problem+json answer, for the spec.
+pub fn documented(description: &str) -> utoipa::openapi::Response {
+    utoipa::openapi::ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            utoipa::openapi::content::ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+}
+
+/// Adds the answer `status` to every operation a caller's credential and quota apply to (all
+/// but the health probes).
+pub fn document_everywhere(
+    spec: &mut utoipa::openapi::OpenApi,
+    status: &str,
+    answer: &utoipa::openapi::Response,
+) {
+    for (path, item) in spec.paths.paths.iter_mut() {
+        if matches!(path.as_str(), "/healthz" | "/readyz") {
+            continue;
+        }
+        for op in [
+            item.get.as_mut(),
+            item.put.as_mut(),
+            item.post.as_mut(),
+            item.delete.as_mut(),
+            item.head.as_mut(),
+            item.patch.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            op.responses
+                .responses
+                .insert(status.to_owned(), answer.clone().into());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -212,37 +212,11 @@ pub fn refill_time(limits: &TenantLimits) -> Duration {
 /// Adds the rate limit's answer to the spec: 429 problem+json on every operation a tenant's
 /// requests count against (all but the health probes).
 pub fn document(spec: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{Ref, ResponseBuilder};
-    let answer = || {
-        ResponseBuilder::new()
-            .description(
-                "Too many requests for this tenant (see Retry-After and RateLimit), or, on \
-                 submit, too many of its conversions waiting",
-            )
-            .content(
-                "application/problem+json",
-                utoipa::openapi::content::ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("Problem")))
-                    .build(),
-            )
-            .build()
-    };
-    for (path, item) in spec.paths.paths.iter_mut() {
-        if matches!(path.as_str(), "/healthz" | "/readyz") {
-            continue;
-        }
-        for op in [
-            item.get.as_mut(),
-            item.put.as_mut(),
-            item.post.as_mut(),
-            item.delete.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            op.responses.responses.insert("429".into(), answer().into());
-        }
-    }
+    let answer = crate::problem::documented(
+        "Too many requests for this tenant (see Retry-After and RateLimit), or, on submit, too \
+         many of its conversions waiting",
+    );
+    crate::problem::document_everywhere(spec, "429", &answer);
 }
 
 #[cfg(test)]

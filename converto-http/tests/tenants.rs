@@ -41,6 +41,20 @@ async fn json_of(resp: Response<Body>) -> Value {
     serde_json::from_slice(&bytes).unwrap_or(Value::Null)
 }
 
+/// A key store holding one key for `acme` and one for `globex`, and the two keys.
+async fn two_tenants() -> (Arc<MemoryKeyStore>, String, String) {
+    let keys = Arc::new(MemoryKeyStore::new());
+    let mut secret = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let generated = generate_key(tenant, Scopes::ALL, None).expect("key");
+        keys.create(generated.record).await.expect("store the key");
+        secret.push(generated.secret.expose().to_owned());
+    }
+    let globex = secret.pop().unwrap_or_default();
+    let acme = secret.pop().unwrap_or_default();
+    (keys, acme, globex)
+}
+
 /// Submits `text` for `upper` as multipart; returns the record.
 async fn submit(api: &Api, key: &str, text: &str) -> Value {
     let boundary = "----tenantsboundary";
@@ -68,14 +82,8 @@ async fn no_endpoint_shows_one_tenant_another_tenants_data() {
     let backends = Backends::in_memory();
     let (engine, _) = engine_with(&backends, fast_config());
     let workers = Workers::start(&engine);
-    let keys = Arc::new(MemoryKeyStore::new());
-    let mut secret = Vec::new();
-    for tenant in ["acme", "globex"] {
-        let generated = generate_key(tenant, Scopes::ALL, None).expect("key");
-        keys.create(generated.record).await.expect("store the key");
-        secret.push(generated.secret.expose().to_owned());
-    }
-    let (acme, globex) = (secret[0].as_str(), secret[1].as_str());
+    let (keys, acme, globex) = two_tenants().await;
+    let (acme, globex) = (acme.as_str(), globex.as_str());
     let state = AppState::new(engine.clone(), ApiSettings::default())
         .with_auth(Authenticator::anonymous().with_keys(keys));
     let api = Api { router: app(state) };
@@ -294,14 +302,8 @@ async fn each_tenant_is_held_to_its_own_limits() {
     let backends = Backends::in_memory();
     // No workers: conversions stay queued.
     let (engine, _) = engine_with(&backends, fast_config());
-    let keys = Arc::new(MemoryKeyStore::new());
-    let mut secret = Vec::new();
-    for tenant in ["acme", "globex"] {
-        let generated = generate_key(tenant, Scopes::ALL, None).expect("key");
-        keys.create(generated.record).await.expect("store the key");
-        secret.push(generated.secret.expose().to_owned());
-    }
-    let (acme, globex) = (secret[0].as_str(), secret[1].as_str());
+    let (keys, acme, globex) = two_tenants().await;
+    let (acme, globex) = (acme.as_str(), globex.as_str());
     // Acme: a bucket of 4 requests that refills once in 1,000 s (so the test never sees a
     // refill, however slow the machine), one waiting conversion, priority up to 5.
     let tight = TenantLimits {

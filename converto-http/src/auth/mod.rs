@@ -475,44 +475,17 @@ pub async fn authenticate(
 /// the spec says what the running service does.
 pub fn document(spec: &mut utoipa::openapi::OpenApi, enforced: bool) {
     use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
-    use utoipa::openapi::{Ref, ResponseBuilder};
 
-    let problem_content = || {
-        utoipa::openapi::content::ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name("Problem")))
-            .build()
-    };
-    let answer = |text: &str| {
-        ResponseBuilder::new()
-            .description(text)
-            .content("application/problem+json", problem_content())
-            .build()
-    };
-    for (path, item) in spec.paths.paths.iter_mut() {
-        if matches!(path.as_str(), "/healthz" | "/readyz") {
-            continue;
-        }
-        for op in [
-            item.get.as_mut(),
-            item.put.as_mut(),
-            item.post.as_mut(),
-            item.delete.as_mut(),
-            item.head.as_mut(),
-            item.patch.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            op.responses.responses.insert(
-                "401".into(),
-                answer("No valid credentials (see WWW-Authenticate)").into(),
-            );
-            op.responses.responses.insert(
-                "403".into(),
-                answer("The credentials lack the scope this request needs").into(),
-            );
-        }
-    }
+    crate::problem::document_everywhere(
+        spec,
+        "401",
+        &crate::problem::documented("No valid credentials (see WWW-Authenticate)"),
+    );
+    crate::problem::document_everywhere(
+        spec,
+        "403",
+        &crate::problem::documented("The credentials lack the scope this request needs"),
+    );
     let components = spec.components.get_or_insert_with(Default::default);
     let mut bearer = Http::new(HttpAuthScheme::Bearer);
     bearer.description = Some(
