@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The request id header.
@@ -66,19 +66,10 @@ pub(crate) fn problem_json(
     body.to_string()
 }
 
-/// A problem+json answer (the request id is added by [`harden`]).
-pub(crate) fn problem_response(status: StatusCode, slug: &str, detail: &str) -> Response {
-    let mut resp = (status, problem_json(status.as_u16(), slug, detail, None)).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    resp
-}
-
 /// `503` + `Retry-After`: a cap is reached, try again shortly.
 pub(crate) fn overloaded(detail: &str) -> Response {
-    let mut resp = problem_response(StatusCode::SERVICE_UNAVAILABLE, "overloaded", detail);
+    let mut resp =
+        crate::problem::problem_with(StatusCode::SERVICE_UNAVAILABLE, "overloaded", detail);
     resp.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from(crate::server::RETRY_AFTER_SECS),

@@ -36,10 +36,17 @@ fn slug(status: StatusCode) -> &'static str {
     }
 }
 
-/// A problem+json answer with `status` and `detail`.
+/// A problem+json answer with `status` and `detail`, typed by the status.
 pub fn problem(status: StatusCode, detail: String) -> Response {
+    problem_with(status, slug(status), detail)
+}
+
+/// A problem+json answer of type `urn:converto:problem:{slug}`: how every answer made outside
+/// [`crate::error::ApiError`] (authentication, limits, ranges, caps) is built.
+pub fn problem_with(status: StatusCode, slug: &str, detail: impl Into<String>) -> Response {
+    let detail = detail.into();
     let body = Problem {
-        kind: format!("urn:converto:problem:{}", slug(status)),
+        kind: format!("urn:converto:problem:{slug}"),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
         status: status.as_u16(),
         detail,

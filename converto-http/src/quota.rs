@@ -171,10 +171,10 @@ pub async fn limit_rate(State(quotas): State<Quotas>, req: Request, next: Next) 
     let mut resp = if decision.allowed {
         next.run(req).await
     } else {
-        let mut resp = crate::middleware::problem_response(
+        let mut resp = crate::problem::problem_with(
             StatusCode::TOO_MANY_REQUESTS,
             "rate-limited",
-            &format!(
+            format!(
                 "more than {} requests per second for this tenant; retry after {} s",
                 limits.requests_per_second, decision.retry_after
             ),

@@ -264,13 +264,13 @@ async fn no_endpoint_shows_one_tenant_another_tenants_data() {
             "{what}: {status}"
         );
     }
-    let expired = engine
-        .tenant("acme")
-        .artifact_link(
-            id.parse().expect("id"),
-            &artifact,
-            std::time::Duration::ZERO,
-        )
+    let acme_view = engine.tenant("acme");
+    let record = acme_view
+        .get(id.parse().expect("id"))
+        .await
+        .expect("record");
+    let expired = acme_view
+        .artifact_link(&record, &artifact, std::time::Duration::ZERO)
         .await
         .expect("link");
     let status = anonymous(format!(

@@ -468,7 +468,18 @@ impl Engine {
         name: &str,
         range: Option<Range<u64>>,
     ) -> Result<(Artifact, BlobRead), EngineError> {
-        let artifact = self.artifact(id, name).await?;
+        let record = self.inner.backends.store.get(id).await?;
+        self.open_artifact_of(record, name, range).await
+    }
+
+    /// Opens the artifact `name` of a record already read.
+    pub(crate) async fn open_artifact_of(
+        &self,
+        record: Conversion,
+        name: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<(Artifact, BlobRead), EngineError> {
+        let artifact = artifact_of(record, name)?;
         let read = self
             .inner
             .backends
@@ -478,27 +489,23 @@ impl Engine {
         Ok((artifact, read))
     }
 
-    /// One artifact's record, by name.
-    pub(crate) async fn artifact(
-        &self,
-        id: ConversionId,
-        name: &str,
-    ) -> Result<Artifact, EngineError> {
-        let record = self.inner.backends.store.get(id).await?;
-        record
-            .artifacts
-            .into_iter()
-            .find(|a| a.name == name)
-            .ok_or_else(|| EngineError::ArtifactNotFound {
-                id,
-                name: name.chars().take(200).collect(),
-            })
-    }
-
     /// Conversions running in this process now.
     pub fn running_here(&self) -> usize {
         self.inner.running.lock().len()
     }
+}
+
+/// The artifact `name` of a record.
+pub(crate) fn artifact_of(record: Conversion, name: &str) -> Result<Artifact, EngineError> {
+    let id = record.id;
+    record
+        .artifacts
+        .into_iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| EngineError::ArtifactNotFound {
+            id,
+            name: name.chars().take(200).collect(),
+        })
 }
 
 impl Inner {

@@ -10,7 +10,7 @@ pub mod layout;
 pub mod tickets;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -134,14 +134,15 @@ impl Engine {
         body: ByteStream,
     ) -> Result<u64, EngineError> {
         let blobs = &self.inner.backends.blobs;
-        let total = Arc::new(AtomicU64::new(0));
+        // The count stays in the stream; only "over the limit" is read after the put.
         let over = Arc::new(AtomicBool::new(false));
-        let (t, o) = (Arc::clone(&total), Arc::clone(&over));
+        let o = Arc::clone(&over);
+        let mut total = 0u64;
         let limited: ByteStream = body
             .map(move |chunk| {
                 let chunk = chunk?;
-                let n = t.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
-                if n > limit {
+                total = total.saturating_add(chunk.len() as u64);
+                if total > limit {
                     o.store(true, Ordering::Relaxed);
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::FileTooLarge,
@@ -355,14 +356,25 @@ impl TenantEngine {
     /// a credential until `ttl` has passed (for a browser or an `<img>`): the query
     /// `tenant=..&expires=..&signature=..` to add to the artifact's URL, signed with the
     /// engine's secret. Check it with [`Engine::follow_artifact_link`].
+    ///
+    /// Takes the record the caller read already (a status answer links every artifact): it
+    /// must be the tenant's, and have the artifact.
     pub async fn artifact_link(
         &self,
-        id: ConversionId,
+        record: &crate::Conversion,
         name: &str,
         ttl: Duration,
     ) -> Result<String, EngineError> {
-        self.get(id).await?;
-        self.engine.artifact(id, name).await?;
+        let id = record.id;
+        if record.tenant != self.tenant {
+            return Err(EngineError::NotFound { id });
+        }
+        if !record.artifacts.iter().any(|a| a.name == name) {
+            return Err(EngineError::ArtifactNotFound {
+                id,
+                name: name.chars().take(200).collect(),
+            });
+        }
         let expires = (Utc::now()
             + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::hours(1)))
         .timestamp();
@@ -396,8 +408,8 @@ impl TenantEngine {
         name: &str,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<(crate::Artifact, crate::blob::BlobRead), EngineError> {
-        self.get(id).await?;
-        self.engine.open_artifact(id, name, range).await
+        let record = self.get(id).await?;
+        self.engine.open_artifact_of(record, name, range).await
     }
 
     /// A place to upload a file first and convert it later (possibly several times): a
@@ -484,7 +496,7 @@ impl TenantEngine {
 
     /// Removes a staged file that will not be submitted.
     pub async fn discard_staged(&self, staged: Staged) -> Result<(), EngineError> {
-        Ok(self.engine.inner.backends.blobs.delete(&staged.key).await?)
+        self.engine.discard_staged(staged).await
     }
 
     /// The input for a conversion of an earlier upload, once its bytes are there: refused
@@ -522,8 +534,7 @@ impl TenantEngine {
         if !blobs.capabilities().presign {
             return Ok(None);
         }
-        self.get(id).await?;
-        let artifact = self.engine.artifact(id, name).await?;
+        let artifact = crate::engine::artifact_of(self.get(id).await?, name)?;
         Ok(Some(
             blobs
                 .presign(PresignMethod::Get, &artifact.blob_key, ttl)

@@ -690,7 +690,7 @@ pub(crate) async fn get(
     let engine = state.engine.tenant(&principal.tenant);
     for a in &mut view.artifacts {
         let query = engine
-            .artifact_link(c.id, &a.name, state.settings.presign_ttl)
+            .artifact_link(&c, &a.name, state.settings.presign_ttl)
             .await?;
         a.signed_url = Some(format!("{}?{query}", a.url));
     }
@@ -952,10 +952,10 @@ pub(crate) async fn artifact(
             Some(RangeSpec::From(a)) if a < size => Some(a..size),
             Some(RangeSpec::Last(n)) if n > 0 && size > 0 => Some(size.saturating_sub(n)..size),
             Some(_) => {
-                let mut resp = crate::middleware::problem_response(
+                let mut resp = crate::problem::problem_with(
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     "range-not-satisfiable",
-                    &format!("the artifact has {size} bytes; the range asks for none of them"),
+                    format!("the artifact has {size} bytes; the range asks for none of them"),
                 );
                 let cr = HeaderValue::from_str(&format!("bytes */{size}"))
                     .map_err(|e| ApiError::Internal(Box::new(e)))?;

@@ -24,8 +24,6 @@ use axum::response::{IntoResponse, Response};
 use converto_core::keys::{KeyStore, Scope, Scopes, parse_key};
 use serde::Deserialize;
 
-use crate::error::Problem;
-
 /// The tenant of anonymous requests.
 pub const ANONYMOUS_TENANT: &str = "default";
 
@@ -380,30 +378,13 @@ impl IntoResponse for AuthFailure {
         match self {
             AuthFailure::Missing => unauthorized(None),
             AuthFailure::Invalid(reason) => unauthorized(Some(reason)),
-            AuthFailure::Unavailable => problem(
+            AuthFailure::Unavailable => crate::problem::problem_with(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "credentials cannot be checked right now; try again".to_owned(),
             ),
         }
     }
-}
-
-fn problem(status: StatusCode, slug: &str, detail: String) -> Response {
-    let body = Problem {
-        kind: format!("urn:converto:problem:{slug}"),
-        title: status.canonical_reason().unwrap_or("Error").to_owned(),
-        status: status.as_u16(),
-        detail,
-        supported_routes: None,
-        supported_targets: None,
-    };
-    let mut resp = (status, axum::Json(body)).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    resp
 }
 
 /// 401 with the `WWW-Authenticate` challenge of RFC 6750.
@@ -418,14 +399,14 @@ fn unauthorized(invalid: Option<&'static str>) -> Response {
             reason.to_owned(),
         ),
     };
-    let mut resp = problem(StatusCode::UNAUTHORIZED, "unauthorized", detail);
+    let mut resp = crate::problem::problem_with(StatusCode::UNAUTHORIZED, "unauthorized", detail);
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, challenge);
     resp
 }
 
 fn forbidden(needed: Scope) -> Response {
-    let mut resp = problem(
+    let mut resp = crate::problem::problem_with(
         StatusCode::FORBIDDEN,
         "forbidden",
         format!("this request needs the {:?} scope", needed.as_str()),
