@@ -417,6 +417,16 @@ pub trait Converter: Send + Sync + Debug + 'static {
         Ok(())
     }
 
+    /// The JSON Schema (draft 2020-12) of the options object this converter accepts for the
+    /// route `source` -> `target`, published by `GET /v1/formats` so that a client (the web UI
+    /// among them) can build a form and validate it before submitting. `None` (the default)
+    /// means the converter publishes no schema: any JSON object is passed through to
+    /// [`check_options`](Converter::check_options), which stays the authority.
+    fn options_schema(&self, source: &Format, target: &Format) -> Option<serde_json::Value> {
+        let _ = (source, target);
+        None
+    }
+
     /// Converts one input into one or more outputs. Reports progress through the context,
     /// returns [`ConvertError::Cancelled`] promptly once the context's token is cancelled.
     async fn convert(
