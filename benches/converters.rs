@@ -13,7 +13,7 @@ use converto::{ConversionId, ConvertContext, ConvertRequest, Converter, Format};
 use criterion::{Criterion, Throughput, criterion_main};
 
 // ---------------------------------------------------------------------------------------------
-// Mesh (STL, OBJ, PLY)
+// Mesh (STL, OBJ, PLY, GLB) and the preview
 
 /// Triangles in the generated binary STL.
 const MESH_TRIANGLES: usize = 1_000_000;
@@ -135,6 +135,46 @@ fn mesh_benches(c: &mut Criterion) {
             out.clear();
             mesh::write_obj(&parsed, &mut out, &mut Monitor::new()).expect("write");
             black_box(out.len())
+        })
+    });
+    group.bench_function("write_glb_1m_triangles", |b| {
+        let mut out = Vec::with_capacity(32 << 20);
+        b.iter(|| {
+            out.clear();
+            mesh::write_glb(&parsed, &mut out, &mut Monitor::new()).expect("write");
+            black_box(out.len())
+        })
+    });
+    // The preview (issue 12: under a second on one core for 1M triangles): rasterizing the
+    // mesh already in memory at the default 512 px, then encoding the PNG.
+    group.bench_function("render_preview_512px_1m_triangles", |b| {
+        let mut png = Vec::with_capacity(1 << 20);
+        b.iter(|| {
+            png.clear();
+            let frame = mesh::render_preview(
+                &parsed,
+                mesh::DEFAULT_PREVIEW_SIZE,
+                mesh::UpAxis::Z,
+                &mut Monitor::new(),
+            )
+            .expect("render");
+            frame.write_png(&mut png).expect("encode");
+            black_box(png.len())
+        })
+    });
+    group.bench_function("render_preview_2048px_1m_triangles", |b| {
+        let mut png = Vec::with_capacity(4 << 20);
+        b.iter(|| {
+            png.clear();
+            let frame = mesh::render_preview(
+                &parsed,
+                mesh::MAX_PREVIEW_SIZE,
+                mesh::UpAxis::Z,
+                &mut Monitor::new(),
+            )
+            .expect("render");
+            frame.write_png(&mut png).expect("encode");
+            black_box(png.len())
         })
     });
     group.finish();

@@ -23,6 +23,19 @@
 //!   bare `SKIP LOCKED` SQL on a minimal table, over the queue's pool: the ceiling;
 //! - `*_after_100k`: the one-at-a-time and batched loops again after 100,000 jobs were completed
 //!   (deleted) with autovacuum off, so their dead tuples are all still there.
+//!
+//! Redis (feature `redis`; `CONVERTO_BENCH_REDIS_URL`, else `CONVERTO_TEST_REDIS_URL`, else
+//! `redis://127.0.0.1:6379`; a fresh key prefix) and RabbitMQ (feature `rabbitmq`;
+//! `CONVERTO_BENCH_RABBITMQ_URL`, else `CONVERTO_TEST_RABBITMQ_URL`, else
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`; fresh queues, deleted afterwards) run the same
+//! loops through `dyn JobQueue`, so the three sit side by side in one run:
+//!
+//! ```text
+//! cargo bench --bench queues --features postgres,redis,rabbitmq
+//! ```
+//!
+//! - `enqueue`, `reserve1_ack`, `reserve1_ack_x8`, `reserve64_ack_each` as above;
+//! - `enqueue_c64`: `enqueue` with 64 calls in flight.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -447,6 +460,193 @@ mod postgres_queue {
     }
 }
 
+/// The same loops for any `dyn JobQueue`, for the backends without a raw ceiling of their own.
+#[cfg(any(feature = "redis", feature = "rabbitmq"))]
+mod any_queue {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use converto::ConversionId;
+    use converto::queue::{JobQueue, JobSpec};
+    use criterion::{Criterion, SamplingMode, Throughput};
+    use futures::StreamExt;
+
+    use super::record;
+
+    const LEASE: Duration = Duration::from_secs(60);
+    const ONE_BY_ONE: usize = 300;
+    const BATCHED: usize = 1_920;
+    const CONSUMERS: usize = 8;
+    /// The loops, in the order of the summary.
+    pub(super) const LOOPS: [&str; 5] = [
+        "enqueue",
+        "enqueue_c64",
+        "reserve1_ack",
+        "reserve1_ack_x8",
+        "reserve64_ack_each",
+    ];
+
+    async fn fill(q: &dyn JobQueue, jobs: usize, in_flight: usize) {
+        futures::stream::iter(0..jobs)
+            .map(|_| q.enqueue(JobSpec::now(ConversionId::new(), 0)))
+            .buffer_unordered(in_flight)
+            .for_each(|r| {
+                assert!(r.expect("enqueue"));
+                futures::future::ready(())
+            })
+            .await;
+    }
+
+    /// Reserves `batch` at a time and acks each lease, until the queue is empty.
+    async fn drain(q: &dyn JobQueue, batch: usize) -> usize {
+        let mut done = 0;
+        loop {
+            let leases = q
+                .reserve(batch, LEASE, Duration::ZERO)
+                .await
+                .expect("reserve");
+            if leases.is_empty() {
+                return done;
+            }
+            done += leases.len();
+            for r in futures::future::join_all(leases.iter().map(|l| q.ack(l))).await {
+                r.expect("ack");
+            }
+        }
+    }
+
+    async fn drain_x8(q: &Arc<dyn JobQueue>) -> usize {
+        let tasks: Vec<_> = (0..CONSUMERS)
+            .map(|_| {
+                let q = Arc::clone(q);
+                tokio::spawn(async move { drain(q.as_ref(), 1).await })
+            })
+            .collect();
+        let mut done = 0;
+        for t in tasks {
+            done += t.await.expect("consumer");
+        }
+        done
+    }
+
+    /// Runs every loop on `q` as criterion group `name`.
+    pub(super) fn bench(
+        c: &mut Criterion,
+        rt: &tokio::runtime::Runtime,
+        name: &str,
+        q: Arc<dyn JobQueue>,
+    ) {
+        let mut group = c.benchmark_group(name);
+        group
+            .sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3));
+        for (bench, in_flight) in [("enqueue", 1), ("enqueue_c64", 64)] {
+            group.throughput(Throughput::Elements(ONE_BY_ONE as u64));
+            group.bench_function(bench, |b| {
+                b.to_async(rt).iter_custom(|iters| {
+                    let q = Arc::clone(&q);
+                    async move {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let t = Instant::now();
+                            fill(q.as_ref(), ONE_BY_ONE, in_flight).await;
+                            let took = t.elapsed();
+                            record(&format!("{name}/{bench}"), ONE_BY_ONE as u64, took);
+                            total += took;
+                            assert_eq!(drain(q.as_ref(), 256).await, ONE_BY_ONE);
+                        }
+                        total
+                    }
+                });
+            });
+        }
+        for (bench, jobs, batch) in [
+            ("reserve1_ack", ONE_BY_ONE, 1),
+            ("reserve1_ack_x8", BATCHED, 0),
+            ("reserve64_ack_each", BATCHED, 64),
+        ] {
+            group.throughput(Throughput::Elements(jobs as u64));
+            group.bench_function(bench, |b| {
+                b.to_async(rt).iter_custom(|iters| {
+                    let q = Arc::clone(&q);
+                    async move {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            fill(q.as_ref(), jobs, 64).await;
+                            let t = Instant::now();
+                            let done = if batch == 0 {
+                                drain_x8(&q).await
+                            } else {
+                                drain(q.as_ref(), batch).await
+                            };
+                            let took = t.elapsed();
+                            assert_eq!(done, jobs, "{bench}: drained {done} of {jobs}");
+                            record(&format!("{name}/{bench}"), jobs as u64, took);
+                            total += took;
+                        }
+                        total
+                    }
+                });
+            });
+        }
+        group.finish();
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_queue {
+    use converto::ConversionId;
+    use converto::adapters::redis::{RedisBackend, RedisConfig};
+    use criterion::Criterion;
+
+    pub(super) fn bench(c: &mut Criterion) {
+        let rt = super::runtime();
+        let url = std::env::var("CONVERTO_BENCH_REDIS_URL")
+            .or_else(|_| std::env::var("CONVERTO_TEST_REDIS_URL"))
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let config =
+            RedisConfig::new(&url).key_prefix(format!("converto-bench:{}", ConversionId::new()));
+        match rt.block_on(RedisBackend::connect(config)) {
+            Ok(b) => super::any_queue::bench(c, &rt, "redis", b.queue()),
+            // The prefix holds nothing once every loop drained its jobs.
+            Err(e) => eprintln!(
+                "redis queue bench SKIPPED: cannot reach {url}: {e}; set CONVERTO_BENCH_REDIS_URL"
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq_queue {
+    use converto::ConversionId;
+    use converto::adapters::rabbitmq::{RabbitConfig, RabbitJobQueue};
+    use criterion::Criterion;
+
+    pub(super) fn bench(c: &mut Criterion) {
+        let rt = super::runtime();
+        let url = std::env::var("CONVERTO_BENCH_RABBITMQ_URL")
+            .or_else(|_| std::env::var("CONVERTO_TEST_RABBITMQ_URL"))
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        let config = RabbitConfig::new(&url).queue_prefix(format!(
+            "converto-bench.{}",
+            ConversionId::new().as_uuid().simple()
+        ));
+        match rt.block_on(RabbitJobQueue::connect(config.clone())) {
+            Ok(q) => {
+                super::any_queue::bench(c, &rt, "rabbitmq", std::sync::Arc::new(q));
+                rt.block_on(RabbitJobQueue::delete_layout(&config))
+                    .expect("delete the bench's queues");
+            }
+            Err(e) => eprintln!(
+                "rabbitmq queue bench SKIPPED: cannot reach {url}: {e}; set \
+                 CONVERTO_BENCH_RABBITMQ_URL"
+            ),
+        }
+    }
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     let mut summary: Vec<String> = Vec::new();
@@ -455,7 +655,18 @@ fn main() {
         postgres_queue::bench(&mut c);
         summary.extend(postgres_queue::summary());
     }
-    // Further backends (e.g. a `redis_queue` section) go here, each behind its feature.
+    #[cfg(feature = "redis")]
+    redis_queue::bench(&mut c);
+    #[cfg(feature = "rabbitmq")]
+    rabbitmq_queue::bench(&mut c);
+    #[cfg(any(feature = "redis", feature = "rabbitmq"))]
+    for backend in ["redis", "rabbitmq"] {
+        for name in any_queue::LOOPS {
+            if let Some(r) = jobs_per_sec(&format!("{backend}/{name}")) {
+                summary.push(format!("{backend:<8} {name:<34} {r:>9.0} jobs/s"));
+            }
+        }
+    }
     c.final_summary();
     if !summary.is_empty() {
         println!("\nqueue throughput (mean over every measured iteration):");

@@ -1,7 +1,8 @@
-//! Converts a mesh file with the built-in mesh converter, or generates a large test STL.
+//! Converts a mesh file with the built-in mesh converter (the preview lands beside the output,
+//! as `OUT.preview.png`), or generates a large test STL.
 //!
 //! ```sh
-//! cargo run --release --features mesh --example mesh_convert -- in.stl out.obj [ascii|binary]
+//! cargo run --release --features mesh --example mesh_convert -- in.stl out.obj [ascii|binary|OPTIONS_JSON]
 //! cargo run --release --features mesh --example mesh_convert -- generate big.stl 1000000
 //! ```
 //!
@@ -30,7 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .and_then(|n| Format::from_file_name(&n.to_string_lossy()))
                     .ok_or_else(|| format!("{}: no format extension", p.display()))
             };
+            // `ascii`/`binary`, or the options as JSON (`'{"preview": false}'`).
             let options = match rest.first() {
+                Some(json) if json.starts_with('{') => serde_json::from_str(json)?,
                 Some(encoding) => serde_json::json!({ "encoding": encoding }),
                 None => serde_json::Value::Null,
             };
@@ -47,13 +50,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .worker_threads(1)
                 .build()?;
             let converted = runtime.block_on(MeshConverter::new().convert(&request, &ctx));
+            // The converted file goes to OUT, the preview beside it (OUT.preview.png).
             let moved = converted.map(|outputs| {
-                outputs.into_iter().try_for_each(|o| match o.body {
-                    converto::core::converter::OutputBody::File(path) => {
-                        std::fs::rename(path, &output)
-                    }
-                    converto::core::converter::OutputBody::Bytes(bytes) => {
-                        std::fs::write(&output, bytes)
+                outputs.into_iter().enumerate().try_for_each(|(i, o)| {
+                    let to = if i == 0 {
+                        output.clone()
+                    } else {
+                        let mut name = output.file_name().unwrap_or_default().to_os_string();
+                        name.push(format!(".{}", o.name));
+                        output.with_file_name(name)
+                    };
+                    match o.body {
+                        converto::core::converter::OutputBody::File(path) => {
+                            std::fs::rename(path, &to)
+                        }
+                        converto::core::converter::OutputBody::Bytes(bytes) => {
+                            std::fs::write(&to, bytes)
+                        }
                     }
                 })
             });
@@ -62,7 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         _ => Err(
-            "usage: mesh_convert IN OUT [ascii|binary] | mesh_convert generate OUT.stl TRIANGLES"
+            "usage: mesh_convert IN OUT [ascii|binary|OPTIONS_JSON] | mesh_convert generate OUT.stl TRIANGLES"
                 .into(),
         ),
     }

@@ -7,6 +7,7 @@
 //! | `sqlite` | SQLite `ConversionStore` and `JobQueue` (the embedded default) |
 //! | `postgres` | PostgreSQL `ConversionStore`, `JobQueue` and `ProgressBus` |
 //! | `redis` | Redis `JobQueue` and `ProgressBus` |
+//! | `rabbitmq` | RabbitMQ `JobQueue` (AMQP 0.9.1) |
 //! | `s3` | an `object_store` `BlobStore` (S3 and S3-compatible, file, memory) |
 //! | `process` | a converter that runs any external program |
 //! | `mesh` | built-in STL/OBJ/PLY converter |
@@ -14,7 +15,7 @@
 
 /// Reads a yes/no setting: `true`, `1`, `yes`, `on` or `false`, `0`, `no`, `off`, in any case
 /// and with surrounding blanks; anything else is `None`.
-#[cfg(any(feature = "postgres", feature = "s3"))]
+#[cfg(any(feature = "postgres", feature = "s3", feature = "rabbitmq"))]
 pub(crate) fn parse_switch(value: &str) -> Option<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
@@ -33,6 +34,8 @@ pub mod mesh;
 pub mod postgres;
 #[cfg(feature = "process")]
 pub mod process;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "s3")]

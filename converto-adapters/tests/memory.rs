@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use converto_adapters::image::{ImageConfig, ImageConverter};
 use converto_adapters::mesh::{
-    Encoding, MeshError, MeshFormat, MeshLimits, Monitor, read_mesh_limited, write_mesh,
+    DEFAULT_PREVIEW_SIZE, Encoding, MAX_PREVIEW_SIZE, MeshError, MeshFormat, MeshLimits, Monitor,
+    UpAxis, read_mesh_limited, render_preview, write_mesh,
 };
 use converto_core::{
     ConversionId, ConvertContext, ConvertError, ConvertRequest, Converter, Format,
@@ -23,7 +24,8 @@ use serde_json::json;
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
 const MIB: u64 = 1 << 20;
-/// The mesh module's stated bound: peak heap <= 16 x input + 16 MiB.
+/// The mesh module's stated bound: peak heap <= 16 x input + 16 MiB (+ 4 bytes a preview
+/// pixel).
 const MESH_FACTOR: u64 = 16;
 const MESH_CONSTANT: u64 = 16 * MIB;
 
@@ -51,8 +53,21 @@ impl Write for Count {
     }
 }
 
-/// Reads `input` as `format` within `limits` and writes it as binary STL to nowhere.
-fn convert_mesh(input: &[u8], format: MeshFormat, limits: &MeshLimits) -> Result<u64, MeshError> {
+/// The preview edge the mesh cases render at (the converter's default).
+const PREVIEW: u32 = DEFAULT_PREVIEW_SIZE;
+/// The mesh module's stated cost of a preview: 4 bytes a pixel.
+fn preview_bytes(size: u32) -> u64 {
+    4 * u64::from(size) * u64::from(size)
+}
+
+/// Reads `input` as `format` within `limits`, writes it as binary STL to nowhere and renders
+/// its preview (`preview` px) to nowhere, as the converter does; the STL's size.
+fn convert_mesh(
+    input: &[u8],
+    format: MeshFormat,
+    limits: &MeshLimits,
+    preview: u32,
+) -> Result<u64, MeshError> {
     let mut monitor = Monitor::new();
     let mesh = read_mesh_limited(input, format, input.len() as u64, limits, &mut monitor)?;
     let mut out = Count::default();
@@ -63,6 +78,8 @@ fn convert_mesh(input: &[u8], format: MeshFormat, limits: &MeshLimits) -> Result
         &mut out,
         &mut monitor,
     )?;
+    let frame = render_preview(&mesh, preview, UpAxis::of(format), &mut monitor)?;
+    frame.write_png(Count::default())?;
     Ok(out.0)
 }
 
@@ -79,15 +96,72 @@ fn check_mesh(
     format: MeshFormat,
     limits: &MeshLimits,
 ) -> (Result<u64, MeshError>, Case) {
-    let (result, max) = peak(|| convert_mesh(input, format, limits));
+    check_mesh_preview(name, input, format, limits, PREVIEW)
+}
+
+fn check_mesh_preview(
+    name: &'static str,
+    input: &[u8],
+    format: MeshFormat,
+    limits: &MeshLimits,
+    preview: u32,
+) -> (Result<u64, MeshError>, Case) {
+    let (result, max) = peak(|| convert_mesh(input, format, limits, preview));
     let size = input.len() as u64;
     let case = Case {
         name,
         input: size,
         peak: max,
-        bound: MESH_FACTOR * size + MESH_CONSTANT,
+        bound: MESH_FACTOR * size + MESH_CONSTANT + preview_bytes(preview),
     };
     (result, case)
+}
+
+/// A GLB from a JSON document and a BIN chunk (both padded here).
+fn glb(json: &serde_json::Value, bin: &[u8]) -> Vec<u8> {
+    let mut text = json.to_string().into_bytes();
+    text.resize(text.len().next_multiple_of(4), b' ');
+    let mut bin = bin.to_vec();
+    bin.resize(bin.len().next_multiple_of(4), 0);
+    let mut out = b"glTF".to_vec();
+    out.extend_from_slice(&2u32.to_le_bytes());
+    out.extend_from_slice(&((28 + text.len() + bin.len()) as u32).to_le_bytes());
+    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"JSON");
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&(bin.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"BIN\0");
+    out.extend_from_slice(&bin);
+    out
+}
+
+/// A GLB of one mesh over 3 vertices with `triangles` triangles of `u8` indices (3 bytes a
+/// triangle: the densest GLB), used by `instances` nodes.
+fn glb_dense(triangles: u64, instances: u32) -> Vec<u8> {
+    let mut bin: Vec<u8> = [0f32, 0., 0., 1., 0., 0., 0., 1., 0.]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    bin.extend((0..3 * triangles).map(|i| (i % 3) as u8));
+    let nodes: Vec<serde_json::Value> = (0..instances)
+        .map(|i| json!({"mesh": 0, "translation": [f64::from(i), 0.0, 0.0]}))
+        .collect();
+    let doc = json!({
+        "asset": {"version": "2.0"},
+        "scenes": [{"nodes": (0..instances).collect::<Vec<u32>>()}],
+        "nodes": nodes,
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1}]}],
+        "accessors": [
+            {"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3"},
+            {"bufferView": 1, "componentType": 5121, "count": 3 * triangles, "type": "SCALAR"},
+        ],
+        "bufferViews": [
+            {"buffer": 0, "byteLength": 36},
+            {"buffer": 0, "byteOffset": 36, "byteLength": 3 * triangles},
+        ],
+        "buffers": [{"byteLength": 36 + 3 * triangles}],
+    });
+    glb(&doc, &bin)
 }
 
 fn ply_header(faces: u64, count_type: &str) -> Vec<u8> {
@@ -286,6 +360,55 @@ fn peak_heap_is_a_constant_factor_of_the_input() {
         "{result:?}"
     );
     case.bound = 2 * MIB + 2 * MIB;
+    cases.push(case);
+
+    // OBJ again, with the largest preview (2048 px: 16 MiB more).
+    let input = obj_fans(1_000_000, 3);
+    let (result, case) = check_mesh_preview(
+        "obj shared vertices, 2048 px",
+        &input,
+        MeshFormat::Obj,
+        &limits,
+        MAX_PREVIEW_SIZE,
+    );
+    assert_eq!(result.expect("a valid OBJ converts"), 84 + 50 * 1_000_000);
+    cases.push(case);
+
+    // GLB: u8 indices, 3 bytes a triangle; the file is held whole while read.
+    let input = glb_dense(2_000_000, 1);
+    let (result, case) = check_mesh("glb u8 indices", &input, MeshFormat::Glb, &limits);
+    assert_eq!(result.expect("a valid GLB converts"), 84 + 50 * 2_000_000);
+    cases.push(case);
+
+    // GLB: one mesh placed by many nodes, just within the instancing budget (14 x the file).
+    let input = glb_dense(20_000, 36);
+    let (result, case) = check_mesh("glb instanced 36 times", &input, MeshFormat::Glb, &limits);
+    assert_eq!(result.expect("within the budget"), 84 + 50 * 36 * 20_000);
+    cases.push(case);
+
+    // GLB: the same mesh placed by 10 000 nodes: refused before the geometry is allocated.
+    let input = glb_dense(20_000, 10_000);
+    let (result, case) = check_mesh("glb instancing bomb", &input, MeshFormat::Glb, &limits);
+    assert!(
+        matches!(&result, Err(MeshError::LimitExceeded { what, .. }) if what.contains("instancing")),
+        "{result:?}"
+    );
+    cases.push(case);
+
+    // GLB: a JSON chunk at its 1 MiB cap, all empty nodes (`{}`: the most memory a byte of
+    // JSON can ask for).
+    let mut json = br#"{"asset":{"version":"2.0"},"nodes":["#.to_vec();
+    while json.len() < (1 << 20) - 8 {
+        json.extend_from_slice(b"{},");
+    }
+    json.extend_from_slice(b"{}]}");
+    let doc: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+    let input = glb(&doc, &[]);
+    let (result, case) = check_mesh("glb 1 MiB of empty nodes", &input, MeshFormat::Glb, &limits);
+    assert!(
+        matches!(&result, Err(MeshError::NoFaces { .. })),
+        "{result:?}"
+    );
     cases.push(case);
 
     // Image: a 4096x1 PNG asked for 4096 pixels high with upscaling (16 million x 4096

@@ -49,9 +49,14 @@ async fn convert_file(
         Arc::new(|_, _| {}),
     );
     let outputs = MeshConverter::new()
-        .convert(&request(source, target, options), &ctx)
+        .convert(&request(source, target, options.clone()), &ctx)
         .await?;
-    assert_eq!(outputs.len(), 1);
+    // The converted file first, then the preview unless the options turn it off.
+    let preview = options.get("preview") != Some(&Value::Bool(false));
+    assert_eq!(outputs.len(), 1 + usize::from(preview));
+    if let Some(p) = outputs.get(1) {
+        assert_eq!((p.name.as_str(), p.format.as_str()), ("preview.png", "png"));
+    }
     let output = outputs.into_iter().next().unwrap();
     assert_eq!(output.name, format!("output.{target}"));
     assert_eq!(output.format.as_str(), target);
@@ -112,7 +117,8 @@ fn routes_cover_every_pair_of_mesh_formats() {
     assert_eq!(
         routes,
         [
-            "obj->ply", "obj->stl", "ply->obj", "ply->stl", "stl->obj", "stl->ply"
+            "glb->obj", "glb->ply", "glb->stl", "obj->glb", "obj->ply", "obj->stl", "ply->glb",
+            "ply->obj", "ply->stl", "stl->glb", "stl->obj", "stl->ply"
         ]
     );
 }
@@ -575,7 +581,8 @@ async fn hostile_input_is_a_permanent_invalid_input_and_leaves_no_output() {
     assert!(!out.path().join("out").join("output.obj").exists());
 }
 
-/// Converts `content` (a `source` file) with `limits`; the error, and whether an output was left.
+/// Converts `content` (a `source` file) with `limits`: the number of converted meshes (besides
+/// the preview) or the error, and whether an output was left.
 async fn convert_limited(
     limits: MeshLimits,
     content: &[u8],
@@ -590,7 +597,8 @@ async fn convert_limited(
     let result = MeshConverter::with_limits(limits)
         .convert(&request(source, target, Value::Null), &ctx)
         .await
-        .map(|o| o.len());
+        // The converted meshes, besides their previews.
+        .map(|o| o.iter().filter(|o| o.name != "preview.png").count());
     let left = out
         .path()
         .join("out")
@@ -730,11 +738,16 @@ async fn progress_is_reported_and_cancellation_stops_the_work() {
         .convert(&request("stl", "ply", Value::Null), &ctx)
         .await
         .unwrap();
-    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs.len(), 2, "the converted mesh and its preview");
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.last().map(|s| s.0), Some(100));
     assert!(seen.len() >= 3, "{seen:?}");
-    assert!(seen.iter().any(|s| s.1.as_deref() == Some("reading mesh")));
+    for stage in ["reading mesh", "writing mesh", "rendering preview"] {
+        assert!(
+            seen.iter().any(|s| s.1.as_deref() == Some(stage)),
+            "{stage}: {seen:?}"
+        );
+    }
     let mesh = read_path(&out.path().join("out/output.ply"), MeshFormat::Ply).unwrap();
     assert_eq!(mesh.triangles.len(), 2 * 300 * 300);
     assert_eq!(mesh.positions.len(), 301 * 301);
@@ -892,9 +905,9 @@ fn models(corpus: &Path) -> Vec<(PathBuf, &'static str)> {
     out
 }
 
-/// Every STL, OBJ and PLY model of the corpus that `assimp info` loads converts to both other
-/// formats (STL and PLY in both encodings), and assimp reads the same triangles from our output
-/// as from the source. Every model assimp rejects fails with `InvalidInput`.
+/// Every STL, OBJ and PLY model of the corpus that `assimp info` loads converts to every other
+/// format (STL and PLY in both encodings, and GLB), and assimp reads the same triangles from
+/// our output as from the source. Every model assimp rejects fails with `InvalidInput`.
 ///
 /// What is compared, for each output:
 /// 1. `assimp info` (default post-processing) on the source and on our output report the same
@@ -959,12 +972,15 @@ async fn corpus_models_convert_to_every_other_format_with_the_same_triangle_coun
             .unwrap_or_else(|e| panic!("{file_name}: {e}"))
             .triangles
             .len() as u64;
-        for target in ["stl", "obj", "ply"].iter().filter(|t| **t != source) {
+        for target in ["stl", "obj", "ply", "glb"]
+            .iter()
+            .filter(|t| **t != source)
+        {
             let target_format = MeshFormat::from_format(&Format::new(target).unwrap()).unwrap();
-            let encodings: &[&str] = if *target == "obj" {
-                &["ascii"]
-            } else {
-                &["binary", "ascii"]
+            let encodings: &[&str] = match *target {
+                "obj" => &["ascii"],
+                "glb" => &["binary"],
+                _ => &["binary", "ascii"],
             };
             for encoding in encodings {
                 let what = format!("{file_name} -> {target} ({encoding})");

@@ -363,7 +363,8 @@ async fn migrations_live_only_in_their_schema() {
             "conversions",
             "job_tenants",
             "jobs",
-            "progress"
+            "progress",
+            "tenant_limits"
         ]
     );
     assert_eq!(
@@ -446,6 +447,17 @@ async fn key_store_suite() {
     testkit::keys::run_key_store_suite(async || {
         let keys: Arc<dyn converto_core::keys::KeyStore> = db.backend().await.keys();
         keys
+    })
+    .await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_store_suite() {
+    let Some(db) = server().await else { return };
+    testkit::tenants::run_tenant_store_suite(async || {
+        let tenants: Arc<dyn converto_core::tenants::TenantStore> = db.backend().await.tenants();
+        tenants
     })
     .await;
     db.cleanup().await;

@@ -345,3 +345,39 @@ async fn key_store_conformance() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_store_conformance() {
+    let dirs = Dirs::default();
+    testkit::tenants::run_tenant_store_suite(async || {
+        connect(&dirs.fresh()).await.tenants() as Arc<dyn converto_core::tenants::TenantStore>
+    })
+    .await;
+}
+
+/// A tenant's usage is read from the `converto_conversions_tenant_usage` index alone, never
+/// by walking the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_usage_reads_an_index() {
+    let dirs = Dirs::default();
+    let backend = connect(&dirs.fresh()).await;
+    use sqlx::Row;
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN QUERY PLAN \
+         SELECT COUNT(CASE WHEN status = 'queued' THEN 1 END), \
+                COUNT(CASE WHEN status = 'running' THEN 1 END), \
+                COALESCE(SUM(stored_bytes), 0) \
+         FROM converto_conversions WHERE tenant = 'acme'",
+    )
+    .fetch_all(backend.pool())
+    .await
+    .expect("explain")
+    .iter()
+    .map(|r| r.try_get::<String, _>("detail").expect("detail"))
+    .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("COVERING INDEX converto_conversions_tenant_usage"),
+        "tenant usage does not read the covering index: {plan}"
+    );
+}

@@ -297,6 +297,12 @@ impl ConvertContext {
         (self.progress)(percent.min(100), stage);
     }
 
+    /// The progress sink itself, for a converter that hands work to others (a
+    /// [`ChainConverter`](crate::chain::ChainConverter) scales each hop's reports into it).
+    pub fn progress_fn(&self) -> ProgressFn {
+        Arc::clone(&self.progress)
+    }
+
     /// This job's scratch directory, created on first use.
     pub async fn scratch_dir(&self) -> Result<&Path, ConvertError> {
         if let Some(dir) = &self.fixed_dir {

@@ -63,8 +63,9 @@ impl Format {
 
     /// Detects a format from a file's first bytes (magic numbers), where the content says it.
     ///
-    /// Recognised: png, jpeg, gif, webp, bmp, tiff, ply, step, iges (by its fixed-column layout is
-    /// not reliable, so not here), ascii stl (`solid` followed by `facet`), pdf, zip.
+    /// Recognised: png, jpeg, gif, webp, bmp, tiff, ply, glb (`glTF`), step (`ISO-10303-21`), iges (its first
+    /// 80-column record is the start section: `S` in column 73, sequence number 1), ascii stl
+    /// (`solid` followed by `facet`), pdf.
     pub fn sniff(head: &[u8]) -> Option<Self> {
         let f = |s: &str| Some(Self(Arc::from(s)));
         if head.starts_with(b"\x89PNG\r\n\x1a\n") {
@@ -91,6 +92,12 @@ impl Format {
         if head.starts_with(b"ISO-10303-21") {
             return f("step");
         }
+        if head.starts_with(b"glTF") {
+            return f("glb");
+        }
+        if is_iges_start(head) {
+            return f("iges");
+        }
         if head.starts_with(b"%PDF-") {
             return f("pdf");
         }
@@ -107,6 +114,19 @@ impl Format {
     pub fn detect(name: Option<&str>, head: &[u8]) -> Option<Self> {
         Self::sniff(head).or_else(|| name.and_then(Self::from_file_name))
     }
+}
+
+/// An IGES file opens with its start section: 80-column records whose column 73 is `S` and
+/// whose columns 74-80 are the sequence number, the first being 1 (`S0000001` or `S      1`).
+fn is_iges_start(head: &[u8]) -> bool {
+    let Some(record) = head.get(..80) else {
+        return false;
+    };
+    let seq = &record[73..80];
+    record[72] == b'S'
+        && record[..72].iter().all(|b| b.is_ascii() && *b != b'\n')
+        && seq.iter().all(|b| *b == b' ' || b.is_ascii_digit())
+        && String::from_utf8_lossy(seq).trim().parse::<u32>() == Ok(1)
 }
 
 impl fmt::Display for Format {
@@ -177,5 +197,53 @@ mod tests {
             "stl"
         );
         assert!(Format::detect(Some("noext"), b"").is_none());
+        assert_eq!(
+            Format::detect(Some("model.bin"), b"glTF\x02\0\0\0")
+                .expect("glb")
+                .as_str(),
+            "glb"
+        );
+        assert_eq!(
+            Format::detect(Some("scene.GLB"), b"")
+                .expect("glb")
+                .as_str(),
+            "glb"
+        );
+    }
+
+    #[test]
+    fn cad_formats_are_named_and_detected() {
+        for (name, format) in [
+            ("part.STEP", "step"),
+            ("part.stp", "step"),
+            ("part.iges", "iges"),
+            ("part.IGS", "iges"),
+        ] {
+            assert_eq!(
+                Format::from_file_name(name).map(|f| f.to_string()),
+                Some(format.to_owned())
+            );
+        }
+        let step = b"ISO-10303-21;\nHEADER;\nFILE_DESCRIPTION(('a part'),'2;1');";
+        assert_eq!(
+            Format::sniff(step).map(|f| f.to_string()),
+            Some("step".into())
+        );
+        let iges = format!(
+            "{:<72}S0000001\n{:<72}G0000001\n",
+            "", ",,,13HFilename.iges,"
+        );
+        assert_eq!(
+            Format::detect(Some("upload.bin"), iges.as_bytes()).map(|f| f.to_string()),
+            Some("iges".into())
+        );
+        let iges_spaced = format!("{:<72}S      1\n", "a start line");
+        assert_eq!(
+            Format::sniff(iges_spaced.as_bytes()).map(|f| f.to_string()),
+            Some("iges".into())
+        );
+        // Not the first record, or not a start section.
+        assert!(Format::sniff(format!("{:<72}S0000002\n", "").as_bytes()).is_none());
+        assert!(Format::sniff(format!("{:<72}G0000001\n", "").as_bytes()).is_none());
     }
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod blob;
+pub mod chain;
 pub mod conversion;
 pub mod converter;
 pub mod engine;
@@ -15,6 +16,7 @@ pub mod queue;
 pub mod registry;
 pub mod retry;
 pub mod store;
+pub mod tenants;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -30,7 +32,7 @@ pub use error::{BackendError, ErrorKind};
 pub use intake::TenantEngine;
 pub use progress::BusError;
 pub use queue::QueueError;
-pub use store::{ListQuery, Page, StoreError};
+pub use store::{ListQuery, Page, StoreError, TenantUsage};
 
 /// Re-exported so converters and backends written outside this crate implement the traits
 /// with the same macro: `#[converto::async_trait]`.

@@ -99,6 +99,35 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What a reserve may deliver: [`JobQueue::reserve_with`]'s filter.
+///
+/// The engine skips the tenants at their maximum of running conversions, so that their queued
+/// jobs stay queued (no attempt is counted, no lease taken) while every other tenant's jobs
+/// are delivered in the usual fair order: a tenant at its cap never blocks the queue for the
+/// others, however old or high-priority its jobs are.
+#[derive(Debug, Clone, Default)]
+pub struct ReserveOptions {
+    /// Deliver no job of these tenants. Their jobs keep their place and are not counted as
+    /// deliverable for the wait either: a reserve that sees only skipped tenants' jobs waits.
+    pub skip_tenants: std::collections::BTreeSet<String>,
+    /// Stop waiting when this is notified (after one more look, returning what it found, even
+    /// nothing): the engine's signal that its skip list is out of date (a skipped tenant's
+    /// job finished in this process), which no enqueue would announce.
+    pub wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+}
+
+impl ReserveOptions {
+    /// Whether `tenant`'s jobs may be delivered.
+    pub fn allows(&self, tenant: &str) -> bool {
+        !self.skip_tenants.contains(tenant)
+    }
+
+    /// The skipped tenants, in order.
+    pub fn skipped(&self) -> Vec<&str> {
+        self.skip_tenants.iter().map(String::as_str).collect()
+    }
+}
+
 /// How many jobs are in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -161,7 +190,26 @@ pub trait JobQueue: Send + Sync + Debug + 'static {
         max: usize,
         lease_for: Duration,
         wait: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        self.reserve_with(max, lease_for, wait, &ReserveOptions::default())
+            .await
+    }
+
+    /// [`JobQueue::reserve`], delivering only what `options` allow: the fair order over the
+    /// tenants not skipped, as if the skipped tenants' jobs were not there.
+    async fn reserve_with(
+        &self,
+        max: usize,
+        lease_for: Duration,
+        wait: Duration,
+        options: &ReserveOptions,
     ) -> Result<Vec<Lease>, QueueError>;
+
+    /// Gives a delivery back as if it had not been made: the job is deliverable again at
+    /// once, in its old place, and its next delivery has this delivery's attempt number. For a
+    /// reserver that finds it may not run the job now (its tenant reached its running limit
+    /// in a race) and has not started it. [`QueueError::LeaseLost`] if the lease is not held.
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError>;
 
     /// Extends a lease to `lease_for` from now; [`QueueError::LeaseLost`] if it is not held.
     async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, QueueError>;
@@ -238,8 +286,12 @@ impl<T> Look<T> {
 /// wake-up (`wake`, notified on enqueue), the next job's due time, a recheck or the deadline,
 /// and look again. The wake-up is registered before each look, so an enqueue between the look
 /// and the sleep is never missed. Returns an empty list at the deadline.
+///
+/// `also` is the caller's wake-up ([`ReserveOptions::wake`]): when it fires, the loop looks
+/// once more and returns what it found, even nothing, so the caller can recompute its filter.
 pub async fn wait_for_jobs<T, E, F, Fut>(
     wake: &tokio::sync::Notify,
+    also: Option<&tokio::sync::Notify>,
     wait: Duration,
     mut look: F,
 ) -> Result<Vec<T>, E>
@@ -258,6 +310,11 @@ where
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let also_notified = also.map(tokio::sync::Notify::notified);
+        tokio::pin!(also_notified);
+        if let Some(n) = also_notified.as_mut().as_pin_mut() {
+            n.enable();
+        }
         let found = look().await?;
         if !found.reserved.is_empty() {
             return Ok(found.reserved);
@@ -273,9 +330,21 @@ where
         if let Some(recheck) = found.recheck_in {
             until = until.min(now + recheck);
         }
+        let also_fired = async {
+            match also_notified.as_mut().as_pin_mut() {
+                Some(n) => n.await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut last_look = false;
         tokio::select! {
             _ = &mut notified => {}
+            _ = also_fired => last_look = true,
             _ = tokio::time::sleep_until(until) => {}
+        }
+        if last_look {
+            // The caller's filter may be out of date: one more look, then let it decide.
+            return Ok(look().await?.reserved);
         }
     }
 }

@@ -113,6 +113,12 @@ impl ConversionStore for RetryingStore {
             .await
     }
 
+    async fn tenant_usage(&self, tenant: &str) -> Result<crate::store::TenantUsage, StoreError> {
+        self.policy
+            .run("usage", || self.inner.tenant_usage(tenant))
+            .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

@@ -65,6 +65,32 @@ pub struct Created {
     pub created: bool,
 }
 
+/// What one tenant holds in a store, read by [`ConversionStore::tenant_usage`] for the tenant's
+/// limits (maximum queued, maximum running, storage bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantUsage {
+    /// Records in [`Status::Queued`].
+    pub queued: u64,
+    /// Records in [`Status::Running`].
+    pub running: u64,
+    /// Bytes the tenant's records hold in the blob store: for every record, whatever its
+    /// status, its input's size plus the sizes of its artifacts. An input lives as long as its
+    /// record (deleting the record deletes it), so every record counts until it is deleted. An
+    /// upload shared by several conversions counts once per conversion (the quota errs on the
+    /// side of refusing); an upload no conversion has claimed yet is not counted (the janitor
+    /// removes it).
+    pub stored_bytes: u64,
+}
+
+impl TenantUsage {
+    /// The bytes a record holds, as [`TenantUsage::stored_bytes`] counts them.
+    pub fn bytes_of(c: &Conversion) -> u64 {
+        c.artifacts
+            .iter()
+            .fold(c.input_size, |n, a| n.saturating_add(a.size))
+    }
+}
+
 /// Filters and pagination for [`ConversionStore::list`]. Results are newest first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListQuery {
@@ -208,6 +234,12 @@ pub trait ConversionStore: Send + Sync + Debug + 'static {
 
     /// How many records are in each status.
     async fn count_by_status(&self) -> Result<BTreeMap<Status, u64>, StoreError>;
+
+    /// What `tenant` holds: its queued and running records and the bytes its records keep
+    /// stored (see [`TenantUsage`]). Read on every submit and by workers enforcing running
+    /// limits, so backends answer from an index over the tenant's own records or from kept
+    /// counters, never by walking every record.
+    async fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage, StoreError>;
 
     /// Checks that the backend answers (for readiness probes).
     async fn ping(&self) -> Result<(), StoreError> {

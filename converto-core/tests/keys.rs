@@ -22,3 +22,13 @@ fn key_store_is_object_safe() {
     takes_dyn(&store);
     let _ = takes_generic(&store);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_tenant_store_conforms() {
+    use converto_core::memory::MemoryTenantStore;
+    use converto_core::tenants::TenantStore;
+    converto_core::testkit::tenants::run_tenant_store_suite(async || {
+        Arc::new(MemoryTenantStore::new()) as Arc<dyn TenantStore>
+    })
+    .await;
+}

@@ -66,6 +66,12 @@ impl ConversionStore for LosesFirstAnswer {
     async fn delete(&self, id: ConversionId) -> Result<Conversion, StoreError> {
         self.inner.delete(id).await
     }
+    async fn tenant_usage(
+        &self,
+        tenant: &str,
+    ) -> Result<converto_core::store::TenantUsage, StoreError> {
+        self.inner.tenant_usage(tenant).await
+    }
     async fn count_by_status(&self) -> Result<BTreeMap<Status, u64>, StoreError> {
         self.inner.count_by_status().await
     }

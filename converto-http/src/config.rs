@@ -45,6 +45,10 @@ pub enum Command {
     /// Create, list and revoke API keys (kept in the `--store` database).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Set, show, list and remove per-tenant limit overrides (kept in the `--store` database;
+    /// running servers pick them up within 5 seconds).
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
     /// Run one isolated conversion (started by `serve` and `worker`; reads a job on stdin).
     #[command(name = "__child", hide = true)]
     Child,
@@ -59,7 +63,7 @@ pub struct CommonArgs {
     /// Conversion store: `sqlite://PATH`, `postgres://...` or `memory` [default: SQLite in the data dir].
     #[arg(long, env = "CONVERTO_STORE", global = true)]
     pub store: Option<String>,
-    /// Job queue: `sqlite://PATH`, `postgres://...`, `redis://...` or `memory` [default: the store's database].
+    /// Job queue: `sqlite://PATH`, `postgres://...`, `redis://...`, `amqp://...` or `memory` [default: the store's database].
     #[arg(long, env = "CONVERTO_QUEUE", global = true)]
     pub queue: Option<String>,
     /// Progress bus: `memory`, `postgres://...` or `redis://...` [default: memory].
@@ -172,6 +176,47 @@ pub enum KeysCommand {
     Revoke {
         /// The key's id (see `converto keys list`).
         id: String,
+    },
+}
+
+/// `converto tenants`.
+#[derive(Debug, Subcommand, Clone)]
+pub enum TenantsCommand {
+    /// Override some of a tenant's limits (adding to its earlier override); the others keep
+    /// their configured values.
+    Set {
+        /// The tenant.
+        name: String,
+        /// Conversions running at once, across every worker (0: unlimited).
+        #[arg(long)]
+        max_running: Option<u64>,
+        /// Conversions waiting in the queue at once (0: unlimited).
+        #[arg(long)]
+        max_queued: Option<u64>,
+        /// Bytes its conversions may keep stored, e.g. 10GiB, 500MB (0: unlimited).
+        #[arg(long)]
+        storage_bytes: Option<crate::isolate::ByteSize>,
+        /// Requests per second, per API node (0: unlimited).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Requests allowed in a burst above the rate.
+        #[arg(long)]
+        burst: Option<u32>,
+        /// The highest priority its submissions may ask for.
+        #[arg(long, allow_hyphen_values = true)]
+        max_priority: Option<i32>,
+    },
+    /// List the tenants with an override, and what each overrides.
+    List,
+    /// Show a tenant's limits in force, and where each comes from.
+    Show {
+        /// The tenant.
+        name: String,
+    },
+    /// Remove a tenant's override: its configured limits apply again.
+    Unset {
+        /// The tenant.
+        name: String,
     },
 }
 
@@ -378,7 +423,7 @@ pub struct FileConfig {
     mesh: toml::Table,
     /// Every tenant's limits unless `[tenants.NAME]` says otherwise.
     #[serde(default)]
-    tenant_defaults: Option<crate::quota::TenantLimits>,
+    tenant_defaults: Option<toml::Table>,
     /// Per-tenant limits (fields not given come from the defaults).
     #[serde(default)]
     tenants: std::collections::HashMap<String, toml::Table>,
@@ -679,14 +724,17 @@ impl Settings {
                 // Without a `[tenant_defaults]` table: the defaults for callers with
                 // credentials; the anonymous loopback default (auth none) keeps no request rate,
                 // so a developer's scripts and tests are not throttled.
-                file.tenant_defaults.unwrap_or(crate::quota::TenantLimits {
-                    requests_per_second: if auth.mode == crate::auth::AuthMode::None {
-                        0.0
-                    } else {
-                        crate::quota::TenantLimits::default().requests_per_second
+                match file.tenant_defaults {
+                    Some(table) => limits_table("[tenant_defaults]", table)?,
+                    None => crate::quota::TenantLimits {
+                        requests_per_second: if auth.mode == crate::auth::AuthMode::None {
+                            0.0
+                        } else {
+                            crate::quota::TenantLimits::default().requests_per_second
+                        },
+                        ..crate::quota::TenantLimits::default()
                     },
-                    ..crate::quota::TenantLimits::default()
-                }),
+                },
                 file.tenants,
             )?,
             image: file.image,
@@ -762,16 +810,34 @@ fn tenant_limits(
             _ => toml::Table::new(),
         };
         merged.extend(table);
-        let one: crate::quota::TenantLimits =
-            toml::Value::Table(merged)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Tenant {
-                    tenant: name.clone(),
-                    source: Box::new(e),
-                })?;
+        let one = limits_table(&name, merged)?;
         limits.tenants.insert(name, one);
     }
     Ok(limits)
+}
+
+/// One table of limits (`[tenant_defaults]` or a tenant's, merged), with `storage_bytes`
+/// also accepted as a size with a unit (`"10GiB"`).
+fn limits_table(
+    tenant: &str,
+    mut table: toml::Table,
+) -> Result<crate::quota::TenantLimits, ConfigError> {
+    let invalid = |e: toml::de::Error| ConfigError::Tenant {
+        tenant: tenant.to_owned(),
+        source: Box::new(e),
+    };
+    if let Some(toml::Value::String(text)) = table.get("storage_bytes") {
+        let crate::isolate::ByteSize(n) = text
+            .parse()
+            .map_err(|e| invalid(serde::de::Error::custom(format!("storage_bytes: {e}"))))?;
+        let n = i64::try_from(n).map_err(|_| {
+            invalid(serde::de::Error::custom(
+                "storage_bytes: larger than 2^63 - 1 bytes",
+            ))
+        })?;
+        table.insert("storage_bytes".into(), toml::Value::Integer(n));
+    }
+    toml::Value::Table(table).try_into().map_err(invalid)
 }
 
 /// The progress bus when none is configured: the queue's backend, else the store's, when that
@@ -875,6 +941,20 @@ mod tests {
         let acme = s.limits.of("acme");
         assert_eq!((acme.requests_per_second, acme.max_priority), (5.0, 50));
         std::fs::write(&file, "[tenants.acme]\nmax_prio = 50\n").expect("write");
+        assert!(Settings::resolve(Some(&file), &cli.common, None).is_err());
+
+        // Storage quotas as sizes with units; running limits per tenant.
+        std::fs::write(
+            &file,
+            "[tenant_defaults]\nstorage_bytes = \"10GiB\"\n\
+             [tenants.acme]\nmax_running = 2\nstorage_bytes = 1000\n",
+        )
+        .expect("write");
+        let s = Settings::resolve(Some(&file), &cli.common, None).expect("settings");
+        assert_eq!(s.limits.of("globex").storage_bytes, 10 << 30);
+        let acme = s.limits.of("acme");
+        assert_eq!((acme.max_running, acme.storage_bytes), (2, 1000));
+        std::fs::write(&file, "[tenants.acme]\nstorage_bytes = \"lots\"\n").expect("write");
         assert!(Settings::resolve(Some(&file), &cli.common, None).is_err());
     }
 }

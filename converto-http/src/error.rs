@@ -34,8 +34,17 @@ pub struct RouteView {
     pub source: String,
     /// Target format.
     pub target: String,
-    /// The converter serving it.
+    /// The converter serving it; for a chained route, the hops' converters joined with `+`.
     pub converter: String,
+    /// For a chained route (no converter serves the pair directly): the formats it passes
+    /// through, in order. Empty for a direct route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<String>,
+    /// The JSON Schema (draft 2020-12) of the `options` this route accepts, when its converter
+    /// publishes one; the converter's own check at submit time stays the authority.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub options_schema: Option<serde_json::Value>,
 }
 
 impl From<&RouteInfo> for RouteView {
@@ -44,6 +53,8 @@ impl From<&RouteInfo> for RouteView {
             source: r.source.to_string(),
             target: r.target.to_string(),
             converter: r.converter.clone(),
+            via: r.via.iter().map(ToString::to_string).collect(),
+            options_schema: None,
         }
     }
 }
@@ -204,6 +215,10 @@ impl From<EngineError> for ApiError {
                     _ => "invalid-upload-ticket",
                 },
                 detail: t.to_string(),
+            },
+            e @ EngineError::StorageQuota { .. } => ApiError::Forbidden {
+                slug: "storage-quota",
+                detail: e.to_string(),
             },
             EngineError::UploadExists { upload_id } => ApiError::Conflict {
                 detail: format!(

@@ -385,6 +385,10 @@ impl Converter for IsolatedConverter {
         self.inner.check_options(source, target, options)
     }
 
+    fn options_schema(&self, source: &Format, target: &Format) -> Option<serde_json::Value> {
+        self.inner.options_schema(source, target)
+    }
+
     async fn convert(
         &self,
         request: &ConvertRequest,

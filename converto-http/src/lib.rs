@@ -17,6 +17,8 @@ pub mod quota;
 pub mod run;
 pub mod runtime;
 pub mod server;
+pub mod tenants_cli;
+pub mod ui;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -81,7 +83,8 @@ pub struct AppState {
     pub event_streams: Arc<tokio::sync::Semaphore>,
     /// Who may call (anonymous unless [`AppState::with_auth`] says otherwise).
     pub auth: Arc<auth::Authenticator>,
-    /// Per-tenant limits (the defaults unless [`AppState::with_quotas`] says otherwise).
+    /// Per-tenant limits: the engine's ([`converto_core::Engine::limits`]) unless
+    /// [`AppState::with_quotas`] says otherwise.
     pub quotas: quota::Quotas,
 }
 
@@ -96,6 +99,8 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// State over an engine.
     pub fn new(engine: Engine, settings: ApiSettings) -> Self {
+        // The engine's limits: one source for the API's checks and the workers'.
+        let quotas = quota::Quotas::from_source(Arc::clone(engine.limits()));
         Self {
             engine,
             event_streams: Arc::new(tokio::sync::Semaphore::new(
@@ -104,11 +109,13 @@ impl AppState {
             settings: Arc::new(settings),
             metrics: prometheus(),
             auth: Arc::new(auth::Authenticator::anonymous()),
-            quotas: quota::Quotas::default(),
+            quotas,
         }
     }
 
-    /// The same state, with these per-tenant limits.
+    /// The same state, with these per-tenant limits for the API's checks (request rate,
+    /// queued conversions, priority). The running limit and the storage quota are the
+    /// engine's: give it the same source ([`converto_core::EngineBuilder::limits`]).
     pub fn with_quotas(mut self, quotas: quota::Quotas) -> Self {
         self.quotas = quotas;
         self
@@ -206,6 +213,8 @@ pub fn app(state: AppState) -> Router {
                 }
             }),
         )
+        // The web UI: public, outside the API description.
+        .merge(ui::router())
         .fallback(|| async {
             error::ApiError::NotFound {
                 detail: "no such endpoint; see /openapi.json".into(),

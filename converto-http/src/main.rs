@@ -65,15 +65,33 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Command::Formats => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            for r in runtime::registry(&settings)?.routes() {
+            let registry = runtime::registry(&settings)?;
+            // Which families are on or off, and why, as comment lines before the routes.
+            for (topic, note) in registry.notes() {
+                if writeln!(out, "# {topic}: {note}").is_err() {
+                    return Ok(());
+                }
+            }
+            for r in registry.reachable() {
+                let via: String = r.via.iter().map(|f| format!(" via {f}")).collect();
                 // A closed pipe (`converto formats | head`) ends the listing, not the process.
-                if writeln!(out, "{:<8} -> {:<8} ({})", r.source, r.target, r.converter).is_err() {
+                if writeln!(
+                    out,
+                    "{:<8} -> {:<8} ({}){via}",
+                    r.source, r.target, r.converter
+                )
+                .is_err()
+                {
                     break;
                 }
             }
         }
         Command::Keys(command) => {
             converto_http::auth::cli::run(&settings, command, &mut std::io::stdout().lock()).await?
+        }
+        Command::Tenants(command) => {
+            converto_http::tenants_cli::run(&settings, command, &mut std::io::stdout().lock())
+                .await?
         }
     }
     Ok(())

@@ -1,11 +1,15 @@
-//! Per-tenant limits: a request rate (token bucket; 429 with `Retry-After` and `RateLimit`
-//! headers beyond it), the number of conversions waiting in the queue, and the highest
-//! priority a tenant may ask for. Defaults come from the settings; `[tenants.NAME]` tables of
-//! the configuration file override them per tenant.
+//! Per-tenant limits at the API: a request rate (token bucket; 429 with `Retry-After` and
+//! `RateLimit` headers beyond it), the number of conversions waiting in the queue, and the
+//! highest priority a tenant may ask for. The limits themselves ([`TenantLimits`]) and their
+//! layers (store overrides from `converto tenants set`, then `[tenants.NAME]`, then
+//! `[tenant_defaults]`, then built-in defaults) live in [`converto_core::tenants`]; the
+//! service reads them from the same [`LimitSource`] as its engine, whose workers enforce
+//! `max_running` and whose intake enforces `storage_bytes`.
 //!
 //! The request-rate buckets live in each API node's memory: with N nodes behind a balancer a
-//! tenant gets up to N times its rate. The queued count is read from the store at submit time,
-//! so it holds across nodes.
+//! tenant gets up to N times its rate. The queued count and the stored bytes are read from the
+//! store ([`converto_core::ConversionStore::tenant_usage`], an index) at submit time, so they
+//! hold across nodes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,51 +20,13 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
-use serde::Deserialize;
 
 use crate::auth::Principal;
+pub use converto_core::tenants::{LimitSource, TenantLimits};
 
-/// One tenant's limits. Every field is optional in a `[tenants.NAME]` table: what it does not
-/// say comes from the defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TenantLimits {
-    /// Requests per second, sustained (0: unlimited).
-    pub requests_per_second: f64,
-    /// Requests allowed in a burst above the rate.
-    pub burst: u32,
-    /// Conversions waiting in the queue at once (0: unlimited); more are refused with 429.
-    pub max_queued: u64,
-    /// The highest priority a submission may ask for; higher ones are refused with 403.
-    pub max_priority: i32,
-}
-
-impl Default for TenantLimits {
-    fn default() -> Self {
-        Self {
-            requests_per_second: 100.0,
-            burst: 200,
-            max_queued: 10_000,
-            max_priority: 10,
-        }
-    }
-}
-
-/// The limits of every tenant: the defaults, and overrides by name.
-#[derive(Debug, Clone, Default)]
-pub struct Limits {
-    /// For tenants without an override.
-    pub defaults: TenantLimits,
-    /// Per tenant.
-    pub tenants: HashMap<String, TenantLimits>,
-}
-
-impl Limits {
-    /// A tenant's limits.
-    pub fn of(&self, tenant: &str) -> TenantLimits {
-        self.tenants.get(tenant).copied().unwrap_or(self.defaults)
-    }
-}
+/// The limits of the configuration file: the defaults, and each `[tenants.NAME]` table over
+/// them (the core's [`converto_core::tenants::StaticLimits`]).
+pub type Limits = converto_core::tenants::StaticLimits;
 
 #[derive(Debug)]
 struct Bucket {
@@ -126,20 +92,27 @@ impl RateLimiter {
     }
 }
 
-/// What the rate-limit layer needs.
+/// What the rate-limit layer and the submit handler need.
 #[derive(Debug, Clone)]
 pub struct Quotas {
-    /// The limits.
-    pub limits: Arc<Limits>,
+    /// Where each tenant's limits are read (the engine's source, see [`AppState::new`]).
+    ///
+    /// [`AppState::new`]: crate::AppState::new
+    pub limits: Arc<dyn LimitSource>,
     /// This node's buckets.
     pub rate: Arc<RateLimiter>,
 }
 
 impl Quotas {
-    /// Quotas over `limits`.
+    /// Quotas over fixed `limits` (tests and embedders; the binary reads the engine's source).
     pub fn new(limits: Limits) -> Self {
+        Self::from_source(Arc::new(limits))
+    }
+
+    /// Quotas over a limit source, such as the engine's ([`converto_core::Engine::limits`]).
+    pub fn from_source(limits: Arc<dyn LimitSource>) -> Self {
         Self {
-            limits: Arc::new(limits),
+            limits,
             rate: Arc::new(RateLimiter::default()),
         }
     }
@@ -166,7 +139,7 @@ pub async fn limit_rate(State(quotas): State<Quotas>, req: Request, next: Next) 
     else {
         return next.run(req).await;
     };
-    let limits = quotas.limits.of(&tenant);
+    let limits = quotas.limits.limits(&tenant).await;
     let decision = quotas.rate.check(&tenant, &limits, Instant::now());
     let mut resp = if decision.allowed {
         next.run(req).await
@@ -217,6 +190,36 @@ pub fn document(spec: &mut utoipa::openapi::OpenApi) {
          many of its conversions waiting",
     );
     crate::problem::document_everywhere(spec, "429", &answer);
+    // The storage quota: 403 `storage-quota` where a file is stored (beside the scope and
+    // ticket answers already documented there).
+    const QUOTA: &str = "the tenant's storage quota would be exceeded (problem type \
+         `storage-quota`: delete conversions to make room)";
+    for (path, method, also) in [
+        (
+            "/v1/conversions",
+            axum::http::Method::POST,
+            "; or the priority is above the tenant's highest (`priority-not-allowed`)",
+        ),
+        ("/v1/uploads/{id}", axum::http::Method::PUT, ""),
+    ] {
+        let Some(item) = spec.paths.paths.get_mut(path) else {
+            continue;
+        };
+        let op = if method == axum::http::Method::POST {
+            item.post.as_mut()
+        } else {
+            item.put.as_mut()
+        };
+        let Some(op) = op else { continue };
+        let description = match op.responses.responses.get("403") {
+            Some(utoipa::openapi::RefOr::T(r)) => format!("{}{also}; or {QUOTA}", r.description),
+            _ => format!("The {QUOTA}{also}"),
+        };
+        op.responses.responses.insert(
+            "403".to_owned(),
+            crate::problem::documented(&description).into(),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -134,9 +134,9 @@ pub async fn serve_until(
     let authenticator = crate::auth::Authenticator::open(&s.auth, key_store)
         .await
         .map_err(|e| RunError::Settings(e.to_string()))?;
-    let state = AppState::new(engine.clone(), api_settings(&s))
-        .with_auth(authenticator)
-        .with_quotas(crate::quota::Quotas::new(s.limits.clone()));
+    // The engine's limits (the configuration's, with the tenant store's overrides) serve
+    // the API's checks too.
+    let state = AppState::new(engine.clone(), api_settings(&s)).with_auth(authenticator);
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -286,7 +286,9 @@ pub async fn convert(
                 .unwrap_or_default(),
         });
     }
-    let several = done.artifacts.len() > 1;
+    // The artifacts in the target format are the output; others (a mesh's `preview.png`) are
+    // side artifacts, written beside a single output as `{output}.{name}`.
+    let several = done.artifacts.iter().filter(|a| a.format == target).count() > 1;
     let dest = output_target(&args.input, &target, args.output, several);
     if several {
         tokio::fs::create_dir_all(&dest)
@@ -297,8 +299,13 @@ pub async fn convert(
     for artifact in &done.artifacts {
         let path = if several {
             dest.join(&artifact.name)
-        } else {
+        } else if artifact.format == target {
             dest.clone()
+        } else {
+            let mut side = dest.clone().into_os_string();
+            side.push(".");
+            side.push(&artifact.name);
+            PathBuf::from(side)
         };
         let mut out = tokio::fs::File::create(&path)
             .await

@@ -198,6 +198,7 @@ fn supported(what: &str) -> String {
     let sqlite = cfg!(feature = "sqlite");
     let postgres = cfg!(feature = "postgres");
     let redis = cfg!(feature = "redis");
+    let rabbitmq = cfg!(feature = "rabbitmq");
     match what {
         "store" => {
             out.extend(sqlite.then_some("sqlite://PATH"));
@@ -207,6 +208,7 @@ fn supported(what: &str) -> String {
             out.extend(sqlite.then_some("sqlite://PATH"));
             out.extend(postgres.then_some("postgres://..."));
             out.extend(redis.then_some("redis://..."));
+            out.extend(rabbitmq.then_some("amqp://..."));
         }
         "progress" => {
             out.extend(postgres.then_some("postgres://..."));
@@ -219,6 +221,20 @@ fn supported(what: &str) -> String {
     }
     out.push("memory");
     out.join(", ")
+}
+
+/// A RabbitMQ queue: the URL from the flag, the prefix and prefetch from CONVERTO_RABBITMQ_*.
+/// A process without workers holds no jobs (it would keep them from the workers).
+#[cfg(feature = "rabbitmq")]
+async fn rabbitmq_queue(url: &str, no_workers: bool) -> Result<Arc<dyn JobQueue>, StartError> {
+    let config = converto_adapters::rabbitmq::RabbitConfig::from_env()
+        .map_err(|e| backend_err("queue", url, e))?
+        .url(url)
+        .consume(!no_workers);
+    let queue = converto_adapters::rabbitmq::RabbitJobQueue::connect(config)
+        .await
+        .map_err(|e| backend_err("queue", url, e))?;
+    Ok(Arc::new(queue))
 }
 
 /// Opens the four backends the settings name.
@@ -252,6 +268,8 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
         u if u.starts_with("redis://") || u.starts_with("rediss://") => {
             opened.redis(u, "queue").await?.queue()
         }
+        #[cfg(feature = "rabbitmq")]
+        u if u.starts_with("amqp://") => rabbitmq_queue(u, s.no_workers).await?,
         u => return Err(unsupported("queue", u)),
     };
     let bus: Arc<dyn ProgressBus> = match s.progress.as_str() {
@@ -373,6 +391,45 @@ pub async fn open_key_store(
     Ok(store)
 }
 
+/// Opens the per-tenant limit overrides (`converto tenants set`) kept in the `--store`
+/// database (in memory for the memory store: nothing survives the process there).
+pub async fn open_tenant_store(
+    s: &Settings,
+) -> Result<Arc<dyn converto_core::tenants::TenantStore>, StartError> {
+    let mut opened = Opened::default();
+    let store: Arc<dyn converto_core::tenants::TenantStore> = match s.store.as_str() {
+        "memory" => Arc::new(converto_core::memory::MemoryTenantStore::new()),
+        #[cfg(feature = "sqlite")]
+        u if sqlite_path(u).is_some() => opened.sqlite(u, "store").await?.tenants(),
+        #[cfg(feature = "postgres")]
+        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            opened.postgres(u, "store").await?.tenants()
+        }
+        u => {
+            return Err(StartError::Unsupported {
+                what: "store",
+                url: redact(u),
+                supported: supported("store"),
+            });
+        }
+    };
+    Ok(store)
+}
+
+/// Every tenant's limits as the service and its workers read them: the overrides in the
+/// tenant store over the configuration's (`[tenants.NAME]`, then `[tenant_defaults]`, then the
+/// built-in defaults), each override cached for
+/// [`OVERRIDE_CACHE_TTL`](converto_core::tenants::OVERRIDE_CACHE_TTL).
+pub async fn limits(
+    s: &Settings,
+) -> Result<Arc<dyn converto_core::tenants::LimitSource>, StartError> {
+    let store = open_tenant_store(s).await?;
+    Ok(Arc::new(converto_core::tenants::StoredLimits::new(
+        s.limits.clone(),
+        store,
+    )))
+}
+
 /// Runs the migrations of every SQL backend the settings name.
 pub async fn migrate(s: &Settings) -> Result<Vec<String>, StartError> {
     // Opening runs the migrations; report what was migrated.
@@ -384,7 +441,8 @@ pub async fn migrate(s: &Settings) -> Result<Vec<String>, StartError> {
     Ok(done)
 }
 
-/// Every converter built into this binary, plus the external-program routes configured.
+/// Every converter built into this binary, the STEP and IGES routes when OpenCASCADE's `occt-draw`
+/// is installed, plus the external-program routes configured.
 ///
 /// With [`Isolation::Process`](crate::isolate::Isolation) (the default) each built-in converter
 /// is wrapped in an [`IsolatedConverter`](crate::isolate::IsolatedConverter): its conversions
@@ -413,6 +471,29 @@ pub fn registry(s: &Settings) -> Result<ConverterRegistry, StartError> {
             ))),
             None => reg.register(converter),
         };
+    }
+    // STEP and IGES through OpenCASCADE, when `occt-draw` is installed. Route files given with
+    // `--routes` are registered after, so they take over the pairs they share.
+    #[cfg(feature = "process")]
+    {
+        use converto_adapters::process::occt;
+        match occt::detect() {
+            occt::Detection::Found(program) => {
+                let conv =
+                    occt::converter(&program).map_err(|e| StartError::Converter(Box::new(e)))?;
+                let note = format!(
+                    "STEP and IGES routes on: {} (step, iges -> stl; stl -> step, iges; other mesh formats by chaining)",
+                    program.display()
+                );
+                tracing::info!("{note}");
+                reg.set_note("cad", note);
+                reg.register(Arc::new(conv));
+            }
+            occt::Detection::Missing(why) => {
+                tracing::warn!("{why}");
+                reg.set_note("cad", why);
+            }
+        }
     }
     #[cfg(feature = "process")]
     for path in &s.routes {
@@ -511,7 +592,8 @@ pub async fn engine(s: &Settings) -> Result<Engine, StartError> {
     let mut builder = Engine::builder()
         .backends(backends)
         .registry(registry)
-        .config(engine_config(s));
+        .config(engine_config(s))
+        .limits(limits(s).await?);
     // Without a configured secret, the engine keeps a generated one in the blob store.
     if let Some(secret) = &s.upload_secret {
         let signer = converto_core::intake::UploadSigner::new(secret.expose().as_bytes())

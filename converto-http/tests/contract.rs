@@ -440,13 +440,17 @@ impl JobQueue for EnqueueDown {
     async fn enqueue(&self, _job: JobSpec) -> Result<bool, QueueError> {
         Err(QueueError::backend("test", true, "the queue is down"))
     }
-    async fn reserve(
+    async fn reserve_with(
         &self,
         max: usize,
         lease_for: std::time::Duration,
         wait: std::time::Duration,
+        options: &converto_core::queue::ReserveOptions,
     ) -> Result<Vec<Lease>, QueueError> {
-        self.0.reserve(max, lease_for, wait).await
+        self.0.reserve_with(max, lease_for, wait, options).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        self.0.release(lease).await
     }
     async fn heartbeat(
         &self,

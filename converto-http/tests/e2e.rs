@@ -100,12 +100,21 @@ async fn real_binary_converts_survives_kill_and_shuts_down_gracefully() {
     let url = rec["artifacts"][0]["url"].as_str().expect("url");
     let resp = client.get(server.url(url)).send().await.expect("download");
     assert_eq!(resp.status(), 200);
+    // The mesh and its preview.png: the one artifact in the target format is saved under the
+    // input's name.
     assert!(
         resp.headers()["content-disposition"]
             .to_str()
             .expect("cd")
             .contains("triangle.obj")
     );
+    let names: Vec<&str> = rec["artifacts"]
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, ["output.obj", "preview.png"]);
     let obj = resp.text().await.expect("obj");
     assert_eq!(
         obj.lines().filter(|l| l.starts_with("v ")).count(),
@@ -283,6 +292,7 @@ fn convert_runs_one_file_through_the_engine() {
         &input,
     )
     .expect("copy cube");
+    // The output file itself, and the mesh's preview beside it.
     let out = Command::new(env!("CARGO_BIN_EXE_converto"))
         .args(["convert", &input.display().to_string(), "--to", "obj"])
         .env("CONVERTO_LOG", "warn")
@@ -294,10 +304,13 @@ fn convert_runs_one_file_through_the_engine() {
         String::from_utf8_lossy(&out.stderr)
     );
     let written = dir.path().join("cube.obj");
+    let preview = dir.path().join("cube.obj.preview.png");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        written.display().to_string()
+        format!("{}\n{}", written.display(), preview.display())
     );
+    let png = std::fs::read(&preview).expect("preview");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG preview");
     let obj = std::fs::read_to_string(&written).expect("output");
     assert_eq!(obj.lines().filter(|l| l.starts_with("f ")).count(), 12);
 

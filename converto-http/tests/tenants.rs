@@ -311,6 +311,7 @@ async fn each_tenant_is_held_to_its_own_limits() {
         burst: 4,
         max_queued: 1,
         max_priority: 5,
+        ..TenantLimits::default()
     };
     let limits = Limits {
         defaults: TenantLimits::default(),

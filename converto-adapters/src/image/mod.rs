@@ -226,6 +226,13 @@ impl Converter for ImageConverter {
         Ok(())
     }
 
+    fn options_schema(&self, source: &Format, target: &Format) -> Option<serde_json::Value> {
+        let target = Target::from_name(target.as_str())?;
+        INPUT_FORMATS
+            .contains(&source.as_str())
+            .then(|| options::schema(target.name()))
+    }
+
     async fn convert(
         &self,
         request: &ConvertRequest,

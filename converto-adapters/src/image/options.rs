@@ -118,6 +118,80 @@ impl ImageOptions {
     }
 }
 
+/// One size in `variants`, as [`parse_variant`] reads it after trimming: `Np` or `WxH`.
+const VARIANT_PATTERN: &str = r"[0-9]{1,5}[pP]|[0-9]{1,5}[xX][0-9]{1,5}";
+
+/// The JSON Schema (draft 2020-12) of what [`ImageOptions::parse`] accepts for `target`.
+/// Exact for types, keys, ranges and shapes; the parser remains the authority for what a
+/// schema cannot say (a variant side above 16384, repeats spelled differently, the total
+/// pixel limit).
+pub(crate) fn schema(target: &str) -> Value {
+    let side = |what: &str| {
+        serde_json::json!({
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_SIDE,
+            "description": format!("{what} in pixels; alone, the other side follows the aspect ratio"),
+        })
+    };
+    let item = format!(r"^\s*(?:{VARIANT_PATTERN})\s*$");
+    let list = format!(
+        r"^\s*(?:{VARIANT_PATTERN})\s*(?:,\s*(?:{VARIANT_PATTERN})\s*){{0,{}}}$",
+        MAX_VARIANTS - 1
+    );
+    let mut properties = serde_json::json!({
+        "variants": {
+            "description": "Several outputs, one per size: \"720p\" is 720 pixels high, \"1280x720\" fits a box",
+            "examples": ["240p,720p"],
+            "oneOf": [
+                {"type": "string", "pattern": list},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": item},
+                    "minItems": 1,
+                    "maxItems": MAX_VARIANTS,
+                    "uniqueItems": true,
+                },
+            ],
+        },
+        "width": side("Width"),
+        "height": side("Height"),
+        "fit": {
+            "type": "string",
+            "enum": ["contain", "cover", "fill"],
+            "default": "contain",
+            "description": "How a box given by width and height is filled",
+        },
+        "upscale": {
+            "type": "boolean",
+            "default": false,
+            "description": "Allow outputs larger than the source",
+        },
+    });
+    if matches!(target, "jpeg" | "webp")
+        && let Some(map) = properties.as_object_mut()
+    {
+        map.insert(
+            "quality".into(),
+            serde_json::json!({
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 100,
+                "description": "Encoder quality (1 to 100)",
+            }),
+        );
+    }
+    serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": false,
+        "dependentSchemas": {
+            "variants": {"not": {"anyOf": [{"required": ["width"]}, {"required": ["height"]}]}},
+        },
+    })
+}
+
 fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",

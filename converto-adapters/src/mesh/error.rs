@@ -170,6 +170,18 @@ pub enum MeshError {
         /// The limit.
         limit: u64,
     },
+    /// The preview could not be rendered or encoded (not the input's fault).
+    #[error("preview: {0}")]
+    Preview(String),
+    /// A feature of the file this converter does not support (a glTF extension it requires,
+    /// compressed or quantised geometry, external buffers, ...).
+    #[error("{format}: unsupported: {what}")]
+    Unsupported {
+        /// The format being read.
+        format: MeshFormat,
+        /// What is not supported, and where.
+        what: String,
+    },
     /// Cancelled through the monitor's token.
     #[error("cancelled")]
     Cancelled,
@@ -183,7 +195,10 @@ impl MeshError {
     pub fn is_invalid_input(&self) -> bool {
         !matches!(
             self,
-            MeshError::Cancelled | MeshError::Io(_) | MeshError::LimitExceeded { .. }
+            MeshError::Cancelled
+                | MeshError::Io(_)
+                | MeshError::LimitExceeded { .. }
+                | MeshError::Preview(_)
         )
     }
 

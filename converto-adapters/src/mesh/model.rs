@@ -73,11 +73,18 @@ pub enum MeshFormat {
     Obj,
     /// PLY (Stanford polygon format): ASCII, binary little or big endian.
     Ply,
+    /// glTF 2.0 binary (`.glb`): one file holding the JSON scene and its binary buffer.
+    Glb,
 }
 
 impl MeshFormat {
     /// All of them.
-    pub const ALL: [MeshFormat; 3] = [MeshFormat::Stl, MeshFormat::Obj, MeshFormat::Ply];
+    pub const ALL: [MeshFormat; 4] = [
+        MeshFormat::Stl,
+        MeshFormat::Obj,
+        MeshFormat::Ply,
+        MeshFormat::Glb,
+    ];
 
     /// The mesh format a converto [`Format`] names, if any.
     pub fn from_format(format: &Format) -> Option<Self> {
@@ -85,6 +92,7 @@ impl MeshFormat {
             "stl" => Some(MeshFormat::Stl),
             "obj" => Some(MeshFormat::Obj),
             "ply" => Some(MeshFormat::Ply),
+            "glb" => Some(MeshFormat::Glb),
             _ => None,
         }
     }
@@ -95,12 +103,14 @@ impl MeshFormat {
             MeshFormat::Stl => "stl",
             MeshFormat::Obj => "obj",
             MeshFormat::Ply => "ply",
+            MeshFormat::Glb => "glb",
         }
     }
 
     /// The converto [`Format`].
     pub fn format(self) -> Format {
-        Format::new(self.extension()).unwrap_or_else(|_| unreachable!("stl, obj and ply are valid"))
+        Format::new(self.extension())
+            .unwrap_or_else(|_| unreachable!("stl, obj, ply and glb are valid"))
     }
 }
 
@@ -110,11 +120,12 @@ impl fmt::Display for MeshFormat {
             MeshFormat::Stl => "STL",
             MeshFormat::Obj => "OBJ",
             MeshFormat::Ply => "PLY",
+            MeshFormat::Glb => "GLB",
         })
     }
 }
 
-/// How STL and PLY are written (OBJ is always text).
+/// How STL and PLY are written (OBJ is always text, GLB always binary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
@@ -132,6 +143,8 @@ pub enum Stage {
     Reading,
     /// Writing the output (percent of the triangles written).
     Writing,
+    /// Rendering the preview image (percent of the triangles drawn).
+    Rendering,
 }
 
 impl Stage {
@@ -140,6 +153,7 @@ impl Stage {
         match self {
             Stage::Reading => "reading mesh",
             Stage::Writing => "writing mesh",
+            Stage::Rendering => "rendering preview",
         }
     }
 }

@@ -30,6 +30,7 @@ mod keys;
 mod progress;
 mod queue;
 mod store;
+mod tenants;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,7 @@ pub use queue::PostgresJobQueue;
 /// depending on a matching version themselves.
 pub use sqlx;
 pub use store::PostgresConversionStore;
+pub use tenants::PostgresTenantStore;
 
 /// The name the backends give in errors.
 const BACKEND: &str = "postgres";
@@ -382,6 +384,11 @@ impl PostgresBackend {
     /// The API keys kept in this database (for the HTTP service's authentication).
     pub fn keys(&self) -> Arc<PostgresKeyStore> {
         Arc::new(PostgresKeyStore::new(self.shared.clone()))
+    }
+
+    /// The per-tenant limit overrides kept in this database (`converto tenants set`).
+    pub fn tenants(&self) -> Arc<PostgresTenantStore> {
+        Arc::new(PostgresTenantStore::new(self.shared.clone()))
     }
 
     /// The engine's backends: these three and the given blob store.

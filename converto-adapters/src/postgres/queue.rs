@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use converto_core::ConversionId;
 use converto_core::conversion::ErrorInfo;
 use converto_core::queue::{
-    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, new_lease_token, wait_for_jobs,
+    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, ReserveOptions, new_lease_token,
+    wait_for_jobs,
 };
 use sqlx::types::Json;
 use tokio::sync::{Notify, OnceCell};
@@ -26,7 +27,8 @@ const ENQUEUE: &str = "WITH ins AS ( \
      SELECT ins.id FROM ins, pg_notify($5, '') AS n";
 
 /// Leases up to `N` deliverable jobs in the fair order of [`converto_core::queue`], in one
-/// statement. `$1` holds one fresh token per row, `$2` the lease in microseconds.
+/// statement. `$1` holds one fresh token per row, `$2` the lease in microseconds, `$3` the
+/// tenants to skip ([`ReserveOptions::skip_tenants`], usually none).
 ///
 /// - `live`: the tenants with a ready or leased job, found by skipping through the
 ///   `jobs_tenant_reserve` index (one probe per tenant, however long their backlogs);
@@ -62,7 +64,7 @@ const RESERVE: &str = "WITH RECURSIVE live AS ( \
                  OR (state = 'leased' AND expires_at <= now())) \
              ORDER BY priority DESC, not_before, seq \
              LIMIT {N} FOR UPDATE SKIP LOCKED) AS c \
-         WHERE live.tenant IS NOT NULL), \
+         WHERE live.tenant IS NOT NULL AND live.tenant <> ALL($3::text[])), \
      ranked AS ( \
          SELECT id, tenant, priority, not_before, seq, \
                 greatest(turns, max(turns) OVER () - 1) - 1 + row_number() OVER ( \
@@ -97,6 +99,17 @@ const NEXT_DUE: &str = "SELECT (EXTRACT(EPOCH FROM (least( \
          (SELECT min(expires_at) FROM jobs WHERE state = 'leased' AND token IS NOT NULL)) \
          - now())) * 1000000)::bigint";
 
+/// [`NEXT_DUE`] for a reserve that skips the tenants in `$1`: their due jobs and expired leases
+/// are not news (they would make a waiting reserver look again at once, in a loop), so only the
+/// others' count. Used only when some tenant is skipped; the due rows of skipped tenants are
+/// filtered out one by one, a cost paid once per empty look, not per job.
+const NEXT_DUE_SKIPPING: &str = "SELECT (EXTRACT(EPOCH FROM (least( \
+         (SELECT min(not_before) FROM jobs WHERE state = 'ready' AND token IS NULL \
+             AND (not_before > now() OR tenant <> ALL($1::text[]))), \
+         (SELECT min(expires_at) FROM jobs WHERE state = 'leased' AND token IS NOT NULL \
+             AND (expires_at > now() OR tenant <> ALL($1::text[])))) \
+         - now())) * 1000000)::bigint";
+
 /// The fence every lease holder's call passes: the job is leased, to this token, and the lease
 /// has not run out.
 macro_rules! fenced {
@@ -119,6 +132,14 @@ const RETRY: &str = concat!(
          token = NULL, expires_at = NULL WHERE ",
     fenced!(),
     " RETURNING id) SELECT u.id FROM u, pg_notify($4, '') AS n"
+);
+/// Hands a delivery back uncounted, in its old place (not-before and sequence kept), and wakes
+/// the reservers.
+const RELEASE: &str = concat!(
+    "WITH u AS (UPDATE jobs SET state = 'ready', deliveries = greatest(deliveries - 1, 0), \
+         token = NULL, expires_at = NULL WHERE ",
+    fenced!(),
+    " RETURNING id) SELECT u.id FROM u, pg_notify($3, '') AS n"
 );
 const DEAD_LETTER: &str = concat!(
     "UPDATE jobs SET state = 'dead', error = $3, token = NULL, expires_at = NULL WHERE ",
@@ -199,7 +220,12 @@ impl PostgresJobQueue {
     }
 
     /// One reserve statement.
-    async fn try_reserve(&self, max: usize, lease_for: Duration) -> Result<Vec<Lease>, QueueError> {
+    async fn try_reserve(
+        &self,
+        max: usize,
+        lease_for: Duration,
+        skip: &[&str],
+    ) -> Result<Vec<Lease>, QueueError> {
         let n = max.clamp(1, MAX_BATCH);
         let tokens: Vec<i64> = (0..n)
             // new_lease_token() stays below 2^63, so the conversion never fails.
@@ -208,6 +234,7 @@ impl PostgresJobQueue {
         let mut rows: Vec<Reserved> = sqlx::query_as(reserve_sql(n))
             .bind(tokens)
             .bind(micros(lease_for))
+            .bind(skip)
             .fetch_all(&self.shared.queue_pool)
             .await
             .map_err(sql)?;
@@ -226,8 +253,13 @@ impl PostgresJobQueue {
     }
 
     /// How long until the next delayed job or lease comes due, if any.
-    async fn next_due(&self) -> Result<Option<Duration>, QueueError> {
-        let us: Option<i64> = sqlx::query_scalar(NEXT_DUE)
+    async fn next_due(&self, skip: &[&str]) -> Result<Option<Duration>, QueueError> {
+        let query = if skip.is_empty() {
+            sqlx::query_scalar(NEXT_DUE)
+        } else {
+            sqlx::query_scalar(NEXT_DUE_SKIPPING).bind(skip)
+        };
+        let us: Option<i64> = query
             .fetch_one(&self.shared.queue_pool)
             .await
             .map_err(sql)?;
@@ -273,6 +305,7 @@ impl PostgresJobQueue {
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {statement}")))
                 .bind(vec![1_i64; n])
                 .bind(micros(Duration::from_secs(30)))
+                .bind(Vec::<String>::new())
                 .fetch_all(&self.shared.queue_pool)
                 .await
                 .map_err(sql)?;
@@ -301,20 +334,24 @@ impl JobQueue for PostgresJobQueue {
         Ok(inserted.is_some())
     }
 
-    async fn reserve(
+    async fn reserve_with(
         &self,
         max: usize,
         lease_for: Duration,
         wait: Duration,
+        options: &ReserveOptions,
     ) -> Result<Vec<Lease>, QueueError> {
+        let skip = options.skipped();
+        let skip = skip.as_slice();
         if wait.is_zero() {
-            return self.try_reserve(max, lease_for).await;
+            return self.try_reserve(max, lease_for, skip).await;
         }
         self.ensure_listener().await?;
-        wait_for_jobs(&self.wake, wait, move || async move {
-            let reserved = self.try_reserve(max, lease_for).await?;
+        let also = options.wake.as_deref();
+        wait_for_jobs(&self.wake, also, wait, move || async move {
+            let reserved = self.try_reserve(max, lease_for, skip).await?;
             let next_due_in = if reserved.is_empty() {
-                self.next_due().await?
+                self.next_due(skip).await?
             } else {
                 None
             };
@@ -368,6 +405,19 @@ impl JobQueue for PostgresJobQueue {
             .await
             .map_err(sql)?;
         retried
+            .map(|_| ())
+            .ok_or(QueueError::LeaseLost { id: lease.id })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        let released: Option<Uuid> = sqlx::query_scalar(RELEASE)
+            .bind(lease.id.as_uuid())
+            .bind(Self::token(lease))
+            .bind(&self.channel)
+            .fetch_optional(&self.shared.queue_pool)
+            .await
+            .map_err(sql)?;
+        released
             .map(|_| ())
             .ok_or(QueueError::LeaseLost { id: lease.id })
     }

@@ -47,6 +47,10 @@ const DELETE: &str = concat!(
 const UPDATE_IF_VERSION: &str = "UPDATE conversions SET status = $3, progress = $4, \
      attempts = $5, error = $6, artifacts = $7, started_at = $8, finished_at = $9, \
      updated_at = $10, version = $11 WHERE id = $1 AND version = $2";
+/// One tenant's usage, an index-only scan of `conversions_tenant_usage`.
+const TENANT_USAGE: &str = "SELECT count(*) FILTER (WHERE status = 'queued'), \
+     count(*) FILTER (WHERE status = 'running'), coalesce(sum(stored_bytes), 0)::bigint \
+     FROM conversions WHERE tenant = $1";
 const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM conversions GROUP BY status";
 
 /// How often a transition re-reads and retries when other writers keep winning the
@@ -325,6 +329,23 @@ impl ConversionStore for PostgresConversionStore {
                 Ok((status, u64::try_from(n).unwrap_or(0)))
             })
             .collect()
+    }
+
+    async fn tenant_usage(
+        &self,
+        tenant: &str,
+    ) -> Result<converto_core::store::TenantUsage, StoreError> {
+        let (queued, running, bytes): (i64, i64, i64) = sqlx::query_as(TENANT_USAGE)
+            .bind(tenant)
+            .fetch_one(&self.shared.pool)
+            .await
+            .map_err(sql)?;
+        let n = |v: i64| u64::try_from(v).map_err(|_| corrupt("usage", v));
+        Ok(converto_core::store::TenantUsage {
+            queued: n(queued)?,
+            running: n(running)?,
+            stored_bytes: n(bytes)?,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -18,7 +18,7 @@ use super::template::{Template, Var};
 /// The default SIGTERM-to-SIGKILL grace.
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
 /// The default longest string option.
-const DEFAULT_MAX_LEN: usize = 256;
+pub(crate) const DEFAULT_MAX_LEN: usize = 256;
 
 /// A checked configuration.
 #[derive(Debug)]
@@ -88,6 +88,11 @@ pub(crate) struct CompiledOption {
 }
 
 impl CompiledOption {
+    /// The declaration as written.
+    pub(crate) fn spec(&self) -> &OptionSpec {
+        &self.spec
+    }
+
     fn new(name: &str, spec: OptionSpec) -> Result<Self, OptionSpecProblem> {
         let name_ok = !name.is_empty()
             && name.len() <= 64

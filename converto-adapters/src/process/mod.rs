@@ -43,8 +43,10 @@
 
 mod compile;
 mod config;
+pub mod occt;
 mod resolve;
 mod run;
+mod schema;
 mod template;
 
 use std::ffi::OsString;
@@ -200,6 +202,11 @@ impl Converter for ProcessConverter {
             Some(family) => family.resolve_options(&route, options).map(|_| ()),
             None => Ok(()),
         }
+    }
+
+    fn options_schema(&self, source: &Format, target: &Format) -> Option<serde_json::Value> {
+        let route = Route::new(source.clone(), target.clone());
+        self.family(&route).map(CompiledRoute::options_schema)
     }
 
     async fn convert(

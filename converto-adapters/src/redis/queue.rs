@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use converto_core::ConversionId;
 use converto_core::conversion::ErrorInfo;
 use converto_core::queue::{
-    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, new_lease_token, wait_for_jobs,
+    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, ReserveOptions, new_lease_token,
+    wait_for_jobs,
 };
 use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, Script};
@@ -34,6 +35,7 @@ struct Scripts {
     heartbeat: Script,
     ack: Script,
     retry: Script,
+    release: Script,
     dead_letter: Script,
     remove: Script,
     stats: Script,
@@ -49,6 +51,7 @@ impl Scripts {
             heartbeat: with_common(include_str!("lua/heartbeat.lua")),
             ack: with_common(include_str!("lua/ack.lua")),
             retry: with_common(include_str!("lua/retry.lua")),
+            release: with_common(include_str!("lua/release.lua")),
             dead_letter: with_common(include_str!("lua/dead_letter.lua")),
             remove: with_common(include_str!("lua/remove.lua")),
             stats: with_common(include_str!("lua/stats.lua")),
@@ -56,13 +59,14 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 10] {
         [
             &self.enqueue,
             &self.reserve,
             &self.heartbeat,
             &self.ack,
             &self.retry,
+            &self.release,
             &self.dead_letter,
             &self.remove,
             &self.stats,
@@ -149,11 +153,19 @@ impl RedisJobQueue {
         Ok(invocation.invoke_async(&mut conn).await?)
     }
 
-    async fn try_reserve(&self, max: usize, lease_us: u64) -> Result<Reserved, RedisError> {
+    async fn try_reserve(
+        &self,
+        max: usize,
+        lease_us: u64,
+        skip: &[&str],
+    ) -> Result<Reserved, RedisError> {
         let tokens: Vec<String> = (0..max).map(|_| new_lease_token().to_string()).collect();
         let (_now, expires_us, next_due, jobs): (i64, i64, i64, Vec<ReservedJob>) = self
             .run(&self.scripts.reserve, |inv| {
-                inv.arg(lease_us);
+                inv.arg(lease_us).arg(skip.len());
+                for tenant in skip {
+                    inv.arg(*tenant);
+                }
                 for token in &tokens {
                     inv.arg(token);
                 }
@@ -244,16 +256,21 @@ impl JobQueue for RedisJobQueue {
         Ok(added == 1)
     }
 
-    async fn reserve(
+    async fn reserve_with(
         &self,
         max: usize,
         lease_for: Duration,
         wait: Duration,
+        options: &ReserveOptions,
     ) -> Result<Vec<Lease>, QueueError> {
-        let max = max.clamp(1, MAX_RESERVE);
         let lease_us = lease_us(lease_for);
-        wait_for_jobs(self.hub.wake(), wait, move || async move {
-            let reserved = self.try_reserve(max, lease_us).await?;
+        let skip = options.skipped();
+        let skip = skip.as_slice();
+        // The skipped tenants and the tokens share the script's arguments (Lua's stack).
+        let max = max.clamp(1, MAX_RESERVE.saturating_sub(skip.len()).max(1));
+        let also = options.wake.as_deref();
+        wait_for_jobs(self.hub.wake(), also, wait, move || async move {
+            let reserved = self.try_reserve(max, lease_us, skip).await?;
             let leases = if reserved.jobs.is_empty() {
                 Vec::new()
             } else {
@@ -321,6 +338,19 @@ impl JobQueue for RedisJobQueue {
         match done {
             1 => Ok(()),
             _ => Err(lease_lost(lease.id)),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        let done: i64 = self
+            .run(&self.scripts.release, |inv| {
+                inv.arg(lease.id.to_string()).arg(lease.token.to_string());
+            })
+            .await?;
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(lease_lost(lease.id))
         }
     }
 

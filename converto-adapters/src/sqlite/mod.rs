@@ -15,6 +15,7 @@
 mod keys;
 mod queue;
 mod store;
+mod tenants;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -29,6 +30,7 @@ use sqlx::sqlite::{
 pub use keys::SqliteKeyStore;
 pub use queue::SqliteJobQueue;
 pub use store::SqliteConversionStore;
+pub use tenants::SqliteTenantStore;
 
 const BACKEND: &str = "sqlite";
 /// How long a statement waits for another connection's write lock before failing as busy.
@@ -335,6 +337,11 @@ impl SqliteBackend {
     /// The API keys kept in this database (for the HTTP service's authentication).
     pub fn keys(&self) -> Arc<SqliteKeyStore> {
         Arc::new(SqliteKeyStore::new(self.pool.clone()))
+    }
+
+    /// The per-tenant limit overrides kept in this database (`converto tenants set`).
+    pub fn tenants(&self) -> Arc<SqliteTenantStore> {
+        Arc::new(SqliteTenantStore::new(self.pool.clone()))
     }
 
     /// The connection pool, for an application that keeps its own tables in the same file.

@@ -13,7 +13,8 @@ use tokio::sync::Notify;
 use converto_core::ConversionId;
 use converto_core::conversion::ErrorInfo;
 use converto_core::queue::{
-    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, after, new_lease_token, wait_for_jobs,
+    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, ReserveOptions, after, new_lease_token,
+    wait_for_jobs,
 };
 
 use super::{BACKEND, SqliteError, from_nanos, query_error, to_nanos};
@@ -40,7 +41,8 @@ const HELD: &str = "id = ? AND state = 'leased' AND lease_token = ? AND lease_ex
 ///   place among its tenant's candidates);
 ///
 /// then the first `?2` by turn, priority, not-before and enqueue order, each with its turn and
-/// how many tenants had candidates (turn counts move only when two or more did).
+/// how many tenants had candidates (turn counts move only when two or more did). The tenants
+/// in the JSON array `?3` are skipped ([`ReserveOptions::skip_tenants`]).
 const FAIR_PICK: &str = "WITH RECURSIVE live(tenant) AS ( \
        SELECT (SELECT tenant FROM converto_jobs WHERE state IN ('queued', 'leased') \
                ORDER BY tenant LIMIT 1) \
@@ -60,7 +62,8 @@ const FAIR_PICK: &str = "WITH RECURSIVE live(tenant) AS ( \
                OR (c.state = 'leased' AND c.lease_expires <= ?1)) \
            ORDER BY c.priority DESC, c.not_before, c.seq LIMIT ?2) \
        LEFT JOIN converto_job_tenants AS t ON t.tenant = live.tenant \
-       WHERE live.tenant IS NOT NULL), \
+       WHERE live.tenant IS NOT NULL \
+         AND live.tenant NOT IN (SELECT value FROM json_each(?3))), \
      ranked AS ( \
        SELECT id, tenant, priority, not_before, seq, deliveries, \
               MAX(turns, MAX(turns) OVER () - 1) - 1 + ROW_NUMBER() OVER ( \
@@ -130,15 +133,19 @@ impl SqliteJobQueue {
         &self,
         max: usize,
         lease_for: Duration,
+        options: &ReserveOptions,
     ) -> Result<(Vec<Lease>, Option<DateTime<Utc>>), QueueError> {
         let now_n = to_nanos(Utc::now());
         let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let skip = serde_json::to_string(&options.skipped())
+            .map_err(|e| QueueError::backend(BACKEND, false, e))?;
         // A plain read first, so reservers on an idle queue never take the write lock.
         let (ready, next_due): (bool, Option<i64>) = sqlx::query_as(
             "SELECT \
                EXISTS (SELECT 1 FROM converto_jobs \
-                       WHERE (state = 'queued' AND not_before <= ?1) \
-                          OR (state = 'leased' AND lease_expires <= ?1)), \
+                       WHERE ((state = 'queued' AND not_before <= ?1) \
+                          OR (state = 'leased' AND lease_expires <= ?1)) \
+                         AND tenant NOT IN (SELECT value FROM json_each(?2))), \
                (SELECT MIN(due) FROM ( \
                   SELECT MIN(not_before) AS due FROM converto_jobs \
                       WHERE state = 'queued' AND not_before > ?1 \
@@ -146,6 +153,7 @@ impl SqliteJobQueue {
                   SELECT MIN(lease_expires) AS due FROM converto_jobs WHERE state = 'leased'))",
         )
         .bind(now_n)
+        .bind(&skip)
         .fetch_one(&self.pool)
         .await
         .map_err(query_error("reserve"))?;
@@ -164,6 +172,7 @@ impl SqliteJobQueue {
         let rows = sqlx::query(FAIR_PICK)
             .bind(now_n)
             .bind(max)
+            .bind(&skip)
             .fetch_all(&mut *tx)
             .await
             .map_err(query_error("reserve"))?;
@@ -276,14 +285,16 @@ impl JobQueue for SqliteJobQueue {
         Ok(added)
     }
 
-    async fn reserve(
+    async fn reserve_with(
         &self,
         max: usize,
         lease_for: Duration,
         wait: Duration,
+        options: &ReserveOptions,
     ) -> Result<Vec<Lease>, QueueError> {
-        wait_for_jobs(&self.wake, wait, move || async move {
-            let (reserved, next_due) = self.try_reserve(max.max(1), lease_for).await?;
+        let also = options.wake.as_deref();
+        wait_for_jobs(&self.wake, also, wait, move || async move {
+            let (reserved, next_due) = self.try_reserve(max.max(1), lease_for, options).await?;
             Ok(Look {
                 reserved,
                 next_due_in: next_due.map(|due| (due - Utc::now()).to_std().unwrap_or_default()),
@@ -321,6 +332,17 @@ impl JobQueue for SqliteJobQueue {
         )))
         .bind(to_nanos(not_before));
         self.on_held_lease("retry", lease, sql).await?;
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        // Not-before and sequence number kept: the job is back in its old place.
+        let sql = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE converto_jobs SET state = 'queued', deliveries = MAX(deliveries - 1, 0), \
+             lease_token = NULL, lease_expires = NULL WHERE {HELD}"
+        )));
+        self.on_held_lease("release", lease, sql).await?;
         self.wake.notify_waiters();
         Ok(())
     }

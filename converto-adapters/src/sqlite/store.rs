@@ -10,7 +10,7 @@ use sqlx::{QueryBuilder, Row};
 
 use converto_core::conversion::{Conversion, NewConversion, Status, Transition};
 use converto_core::store::{
-    ConversionStore, Created, ListQuery, Page, StoreError, transition_by_cas,
+    ConversionStore, Created, ListQuery, Page, StoreError, TenantUsage, transition_by_cas,
 };
 use converto_core::{ConversionId, Format};
 
@@ -152,8 +152,8 @@ impl SqliteConversionStore {
 
     async fn insert(&self, c: &Conversion) -> Result<Result<(), sqlx::Error>, StoreError> {
         let query = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO converto_conversions ({COLUMNS}) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO converto_conversions ({COLUMNS}, stored_bytes) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )))
         .bind(c.id.to_string())
         .bind(&c.tenant)
@@ -180,7 +180,8 @@ impl SqliteConversionStore {
         .bind(c.started_at.map(to_nanos))
         .bind(c.finished_at.map(to_nanos))
         .bind(to_nanos(c.updated_at))
-        .bind(int("version", c.version)?);
+        .bind(int("version", c.version)?)
+        .bind(int("stored_bytes", TenantUsage::bytes_of(c))?);
         Ok(query.execute(&self.pool).await.map(|_| ()))
     }
 
@@ -188,8 +189,8 @@ impl SqliteConversionStore {
     async fn compare_and_set(&self, next: &Conversion, expected: u64) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE converto_conversions SET status = ?, progress = ?, attempts = ?, error = ?, \
-             artifacts = ?, started_at = ?, finished_at = ?, updated_at = ?, version = ? \
-             WHERE id = ? AND version = ?",
+             artifacts = ?, started_at = ?, finished_at = ?, updated_at = ?, version = ?, \
+             stored_bytes = ? WHERE id = ? AND version = ?",
         )
         .bind(next.status.as_str())
         .bind(
@@ -205,6 +206,7 @@ impl SqliteConversionStore {
         .bind(next.finished_at.map(to_nanos))
         .bind(to_nanos(next.updated_at))
         .bind(int("version", next.version)?)
+        .bind(int("stored_bytes", TenantUsage::bytes_of(next))?)
         .bind(next.id.to_string())
         .bind(int("version", expected)?)
         .execute(&self.pool)
@@ -372,6 +374,26 @@ impl ConversionStore for SqliteConversionStore {
             counts.insert(status, n);
         }
         Ok(counts)
+    }
+
+    async fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage, StoreError> {
+        // Answered from the `converto_conversions_tenant_usage` index alone.
+        let (queued, running, bytes): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(CASE WHEN status = 'queued' THEN 1 END), \
+                    COUNT(CASE WHEN status = 'running' THEN 1 END), \
+                    COALESCE(SUM(stored_bytes), 0) \
+             FROM converto_conversions WHERE tenant = ?",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("usage"))?;
+        let count = |n: i64| u64::try_from(n).map_err(|_| corrupt("usage", n));
+        Ok(TenantUsage {
+            queued: count(queued)?,
+            running: count(running)?,
+            stored_bytes: count(bytes)?,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

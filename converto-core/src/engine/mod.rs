@@ -1,5 +1,6 @@
 //! The scheduling engine: submits, runs and watches conversions over any set of backends.
 
+mod admission;
 mod config;
 mod function;
 mod handle;
@@ -99,6 +100,19 @@ pub enum EngineError {
     UploadNotFound {
         /// The upload.
         upload_id: uuid::Uuid,
+    },
+    /// Storing the input would take the tenant beyond its storage quota
+    /// ([`crate::tenants::TenantLimits::storage_bytes`]).
+    #[error(
+        "this tenant's conversions keep {used} bytes stored; {wanted} more would exceed its quota of {quota} bytes (delete conversions to make room)"
+    )]
+    StorageQuota {
+        /// The tenant's quota.
+        quota: u64,
+        /// What its conversions hold now.
+        used: u64,
+        /// What the refused input would add.
+        wanted: u64,
     },
     /// The options are not a JSON object.
     #[error("invalid options: {0}")]
@@ -204,6 +218,10 @@ pub(crate) struct Inner {
     pub(crate) registry: ConverterRegistry,
     pub(crate) config: EngineConfig,
     running: Mutex<HashMap<ConversionId, Running>>,
+    /// Per-tenant limits; the workers enforce `max_running`.
+    pub(crate) limits: Arc<dyn crate::tenants::LimitSource>,
+    /// The running-limit bookkeeping of this engine's workers.
+    pub(crate) admission: admission::Admission,
     /// This engine's part of the scratch directory, claimed when the first job runs.
     scratch: tokio::sync::OnceCell<Option<scratch::ScratchRoot>>,
 }
@@ -218,9 +236,17 @@ pub struct EngineBuilder {
     registry: ConverterRegistry,
     config: EngineConfig,
     signer: Option<crate::intake::UploadSigner>,
+    limits: Option<Arc<dyn crate::tenants::LimitSource>>,
 }
 
 impl EngineBuilder {
+    /// Where per-tenant limits come from (none by default: no tenant is limited). The
+    /// workers enforce `max_running`; the HTTP service reads the others from the same source
+    /// through [`Engine::limits`].
+    pub fn limits(mut self, limits: Arc<dyn crate::tenants::LimitSource>) -> Self {
+        self.limits = Some(limits);
+        self
+    }
     /// The conversion store.
     pub fn store(mut self, store: Arc<dyn ConversionStore>) -> Self {
         self.store = Some(store);
@@ -295,13 +321,12 @@ impl EngineBuilder {
                 .blobs
                 .unwrap_or_else(|| Arc::new(MemoryBlobStore::new())),
         };
+        let mut inner = Inner::new(backends, self.registry, self.config, self.signer);
+        if let Some(limits) = self.limits {
+            inner.limits = limits;
+        }
         Ok(Engine {
-            inner: Arc::new(Inner::new(
-                backends,
-                self.registry,
-                self.config,
-                self.signer,
-            )),
+            inner: Arc::new(inner),
         })
     }
 }
@@ -489,6 +514,11 @@ impl Engine {
         Ok((artifact, read))
     }
 
+    /// Where this engine reads per-tenant limits.
+    pub fn limits(&self) -> &Arc<dyn crate::tenants::LimitSource> {
+        &self.inner.limits
+    }
+
     /// Conversions running in this process now.
     pub fn running_here(&self) -> usize {
         self.inner.running.lock().len()
@@ -525,6 +555,8 @@ impl Inner {
             registry,
             config,
             running: Mutex::new(HashMap::new()),
+            limits: Arc::new(crate::tenants::StaticLimits::default()),
+            admission: admission::Admission::default(),
             scratch: tokio::sync::OnceCell::new(),
         }
     }

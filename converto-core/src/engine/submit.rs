@@ -435,18 +435,18 @@ impl Engine {
         Ok(hasher.finalize().into())
     }
 
-    /// A converter serves `source` -> `target` and accepts `options`.
+    /// A converter (or a chain of them) serves `source` -> `target` and accepts `options`.
     fn check_route(
         &self,
         source: &Format,
         target: &Format,
         options: &serde_json::Value,
     ) -> Result<(), EngineError> {
-        let Some(converter) = self.inner.registry.find(source, target) else {
+        let Some(converter) = self.inner.registry.resolve(source, target) else {
             return Err(EngineError::UnsupportedRoute {
                 source_format: source.clone(),
                 target_format: target.clone(),
-                supported: self.inner.registry.routes(),
+                supported: self.inner.registry.reachable(),
             });
         };
         converter

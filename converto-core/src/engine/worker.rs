@@ -68,9 +68,11 @@ impl Engine {
                 permits.push(more);
             }
             let want = 1 + extra;
+            // Tenants at their running limit are skipped (see `admission`).
+            let options = inner.admission.reserve_options(inner).await;
             let reserved = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = inner.backends.queue.reserve(want, cfg.lease_duration, Duration::from_secs(5)) => r,
+                r = inner.backends.queue.reserve_with(want, cfg.lease_duration, Duration::from_secs(5), &options) => r,
             };
             let leases = match reserved {
                 Ok(l) => {
@@ -137,11 +139,21 @@ async fn run_job(inner: &Arc<Inner>, lease: Lease, hand_back: CancellationToken)
     let cfg = &inner.config;
     let queue = &inner.backends.queue;
 
+    // Held until the job ends: its share of its tenant's running limit.
+    let mut ticket = match inner.admission.admit(inner, &lease).await {
+        super::admission::Admit::Go(ticket) => ticket,
+        super::admission::Admit::HandedBack => return,
+    };
     let start = Transition::Start {
         attempt: lease.attempt,
     };
     let record = match inner.verdicts.transition(id, &start).await {
-        Ok(r) => r,
+        Ok(r) => {
+            if let Some(t) = ticket.as_mut() {
+                t.started();
+            }
+            r
+        }
         Err(StoreError::Conflict(c)) if c.status.is_terminal() => {
             // Cancelled or finished meanwhile: the queue entry is left over.
             ignore_lost(queue.ack(&lease).await);
@@ -256,10 +268,11 @@ async fn execute(
     let id = record.id;
     let attempt = lease.attempt;
     let cfg = &inner.config;
+    // A chained route comes back as one converter running its hops: the timeout, the
+    // cancellation and the progress below cover the whole chain.
     let Some(converter) = inner
         .registry
-        .find(&record.source_format, &record.target_format)
-        .cloned()
+        .resolve(&record.source_format, &record.target_format)
     else {
         return Outcome::Failed(
             ErrorInfo::new(

@@ -389,6 +389,45 @@ impl TenantEngine {
         ))
     }
 
+    /// What the tenant holds now: its queued and running conversions and the bytes they keep
+    /// stored (see [`crate::store::TenantUsage`]), from the store's index.
+    pub async fn usage(&self) -> Result<crate::store::TenantUsage, EngineError> {
+        Ok(self
+            .engine
+            .inner
+            .backends
+            .store
+            .tenant_usage(&self.tenant)
+            .await?)
+    }
+
+    /// Refuses ([`EngineError::StorageQuota`]) `more` bytes the tenant's conversions would
+    /// keep beyond its storage quota; a tenant without a quota is never refused (and costs no
+    /// store read). Callers that know a size before reading a body check it here first; the
+    /// engine checks again once the bytes are stored (uploads, staged files) and when a
+    /// conversion takes an upload over.
+    pub async fn check_storage(&self, more: u64) -> Result<(), EngineError> {
+        let quota = self
+            .engine
+            .inner
+            .limits
+            .limits(&self.tenant)
+            .await
+            .storage_bytes;
+        if quota == 0 {
+            return Ok(());
+        }
+        let used = self.usage().await?.stored_bytes;
+        if used.saturating_add(more) > quota {
+            return Err(EngineError::StorageQuota {
+                quota,
+                used,
+                wanted: more,
+            });
+        }
+        Ok(())
+    }
+
     /// Gives up a submission's input without submitting it: a staged file is removed (nothing
     /// else claims it); an upload is left alone (other conversions may use it, and the janitor
     /// removes it once unclaimed and expired).
@@ -472,6 +511,9 @@ impl TenantEngine {
         if declared_len.is_some_and(|n| n > limit) {
             return Err(EngineError::InputTooLarge { limit });
         }
+        if let Some(n) = declared_len {
+            self.check_storage(n).await?;
+        }
         let key = layout::upload(&self.tenant, upload_id);
         let blobs = &self.engine.inner.backends.blobs;
         match blobs.head(&key).await {
@@ -479,7 +521,16 @@ impl TenantEngine {
             Err(BlobError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        self.engine.store_limited(&key, limit, body).await
+        let size = self.engine.store_limited(&key, limit, body).await?;
+        // Without a declared length the size is known only now: over the quota, the upload
+        // goes again.
+        if let Err(e) = self.check_storage(size).await {
+            if let Err(gone) = blobs.delete(&key).await {
+                tracing::warn!(%upload_id, error = %gone, "could not remove an upload over the storage quota; the janitor will");
+            }
+            return Err(e);
+        }
+        Ok(size)
     }
 
     /// Stores a file received as part of a submission (a multipart form's file, say), up to
@@ -491,7 +542,12 @@ impl TenantEngine {
             .engine
             .store_limited(&key, self.engine.input_limit(), body)
             .await?;
-        Ok(Staged { key, size })
+        let staged = Staged { key, size };
+        if let Err(e) = self.check_storage(size).await {
+            let _ = self.engine.discard_staged(staged).await;
+            return Err(e);
+        }
+        Ok(staged)
     }
 
     /// Removes a staged file that will not be submitted.
@@ -519,6 +575,8 @@ impl TenantEngine {
         if meta.size > limit {
             return Err(EngineError::InputTooLarge { limit });
         }
+        // The conversion will count the upload's bytes as its input's.
+        self.check_storage(meta.size).await?;
         Ok(SubmitInput::Blob { key, file_name })
     }
 

@@ -5,9 +5,11 @@ mod keys;
 mod progress;
 mod queue;
 mod store;
+mod tenants;
 
 pub use blob::MemoryBlobStore;
 pub use keys::MemoryKeyStore;
 pub use progress::MemoryProgressBus;
 pub use queue::MemoryJobQueue;
 pub use store::MemoryConversionStore;
+pub use tenants::MemoryTenantStore;

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use crate::ConversionId;
 use crate::conversion::ErrorInfo;
 use crate::queue::{
-    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, after, new_lease_token,
+    JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, ReserveOptions, after, new_lease_token,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,12 +142,13 @@ impl State {
 
     /// Takes the next `max` deliveries in the fair order (see [`crate::queue`]) out of the ready
     /// sets, and advances the turn counts of the tenants served.
-    fn take_fair(&mut self, max: usize) -> Vec<ConversionId> {
+    fn take_fair(&mut self, max: usize, options: &ReserveOptions) -> Vec<ConversionId> {
         let turns = |t: &Arc<str>| self.turns.get(t).copied().unwrap_or(0);
-        let highest = self.ready.keys().map(turns).max().unwrap_or(0);
+        let allowed = || self.ready.iter().filter(|(t, _)| options.allows(t));
+        let highest = allowed().map(|(t, _)| turns(t)).max().unwrap_or(0);
         // Each tenant's first `max` jobs, each ranked by the turn it would be delivered in.
         let mut candidates: Vec<(u64, ReadyKey, &Arc<str>)> = Vec::new();
-        for (tenant, jobs) in &self.ready {
+        for (tenant, jobs) in allowed() {
             let first = turns(tenant).max(highest.saturating_sub(1));
             for (k, key) in (0u64..).zip(jobs.iter().take(max)) {
                 candidates.push((first + k, *key, tenant));
@@ -155,7 +156,7 @@ impl State {
         }
         candidates.sort_unstable_by_key(|&(turn, key, _)| (turn, key));
         candidates.truncate(max);
-        let count_turns = self.ready.len() > 1;
+        let count_turns = allowed().nth(1).is_some();
         let picked: Vec<(u64, ReadyKey, Arc<str>)> = candidates
             .into_iter()
             .map(|(turn, key, tenant)| (turn, key, Arc::clone(tenant)))
@@ -202,13 +203,18 @@ impl MemoryJobQueue {
         Self::default()
     }
 
-    fn try_reserve(&self, max: usize, lease_for: Duration) -> (Vec<Lease>, Option<DateTime<Utc>>) {
+    fn try_reserve(
+        &self,
+        max: usize,
+        lease_for: Duration,
+        options: &ReserveOptions,
+    ) -> (Vec<Lease>, Option<DateTime<Utc>>) {
         let now = Utc::now();
         let expires_at = after(now, lease_for);
         let mut state = self.state.lock();
         state.promote(now);
         let mut out = Vec::new();
-        for id in state.take_fair(max) {
+        for id in state.take_fair(max, options) {
             let token = new_lease_token();
             let Some(e) = state.entries.get_mut(&id) else {
                 continue;
@@ -255,14 +261,16 @@ impl JobQueue for MemoryJobQueue {
         Ok(true)
     }
 
-    async fn reserve(
+    async fn reserve_with(
         &self,
         max: usize,
         lease_for: Duration,
         wait: Duration,
+        options: &ReserveOptions,
     ) -> Result<Vec<Lease>, QueueError> {
-        crate::queue::wait_for_jobs(&self.wake, wait, move || async move {
-            let (reserved, next_due) = self.try_reserve(max.max(1), lease_for);
+        let also = options.wake.as_deref();
+        crate::queue::wait_for_jobs(&self.wake, also, wait, move || async move {
+            let (reserved, next_due) = self.try_reserve(max.max(1), lease_for, options);
             Ok(Look {
                 reserved,
                 next_due_in: next_due.map(|due| (due - Utc::now()).to_std().unwrap_or_default()),
@@ -306,6 +314,25 @@ impl JobQueue for MemoryJobQueue {
             state.check_lease(lease, now)?;
             state.unindex(lease.id);
             state.place(lease.id, not_before, now);
+        }
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), QueueError> {
+        {
+            let mut state = self.state.lock();
+            state.check_lease(lease, Utc::now())?;
+            state.unindex(lease.id);
+            // Back in its old place (its priority, not-before and sequence number are kept),
+            // and the delivery is not counted.
+            if let Some(e) = state.entries.get_mut(&lease.id) {
+                e.deliveries = e.deliveries.saturating_sub(1);
+                e.state = EntryState::Ready;
+                let key = (Reverse(e.priority), e.not_before, e.seq, lease.id);
+                let tenant = Arc::clone(&e.tenant);
+                state.ready.entry(tenant).or_default().insert(key);
+            }
         }
         self.wake.notify_waiters();
         Ok(())

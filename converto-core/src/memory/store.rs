@@ -6,7 +6,7 @@ use parking_lot::Mutex;
 
 use crate::ConversionId;
 use crate::conversion::{Conversion, NewConversion, Status, Transition};
-use crate::store::{ConversionStore, Created, ListQuery, Page, StoreError};
+use crate::store::{ConversionStore, Created, ListQuery, Page, StoreError, TenantUsage};
 
 #[derive(Debug, Default)]
 struct State {
@@ -14,9 +14,33 @@ struct State {
     by_key: HashMap<(String, String), ConversionId>,
     /// Records by status, kept up to date so that counting does not walk every record.
     counts: BTreeMap<Status, u64>,
+    /// Each tenant's usage, kept up to date by every write (a tenant with no record has none).
+    usage: HashMap<String, TenantUsage>,
 }
 
 impl State {
+    /// Adds (`up`) or takes away the record's share of its tenant's usage.
+    fn account(&mut self, c: &Conversion, up: bool) {
+        let u = self.usage.entry(c.tenant.clone()).or_default();
+        let bytes = TenantUsage::bytes_of(c);
+        let step = |n: &mut u64, by: u64| {
+            *n = if up {
+                n.saturating_add(by)
+            } else {
+                n.saturating_sub(by)
+            }
+        };
+        step(&mut u.stored_bytes, bytes);
+        match c.status {
+            Status::Queued => step(&mut u.queued, 1),
+            Status::Running => step(&mut u.running, 1),
+            _ => {}
+        }
+        if *u == TenantUsage::default() && !up {
+            self.usage.remove(&c.tenant);
+        }
+    }
+
     fn count(&mut self, status: Status, up: bool) {
         let n = self.counts.entry(status).or_insert(0);
         if up {
@@ -66,6 +90,7 @@ impl ConversionStore for MemoryConversionStore {
                 .insert((record.tenant.clone(), key.clone()), record.id);
         }
         state.count(record.status, true);
+        state.account(&record, true);
         state.records.insert(record.id, record.clone());
         Ok(Created {
             conversion: record,
@@ -109,12 +134,13 @@ impl ConversionStore for MemoryConversionStore {
             .ok_or(StoreError::NotFound { id })?;
         let mut next = record.clone();
         transition.apply(&mut next, Utc::now())?;
-        let before = record.status;
-        *record = next.clone();
-        if before != next.status {
-            state.count(before, false);
+        let before = std::mem::replace(record, next.clone());
+        if before.status != next.status {
+            state.count(before.status, false);
             state.count(next.status, true);
         }
+        state.account(&before, false);
+        state.account(&next, true);
         Ok(next)
     }
 
@@ -128,10 +154,21 @@ impl ConversionStore for MemoryConversionStore {
             state.by_key.remove(&(record.tenant.clone(), key.clone()));
         }
         state.count(record.status, false);
+        state.account(&record, false);
         Ok(record)
     }
 
     async fn count_by_status(&self) -> Result<BTreeMap<Status, u64>, StoreError> {
         Ok(self.state.lock().counts.clone())
+    }
+
+    async fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .usage
+            .get(tenant)
+            .copied()
+            .unwrap_or_default())
     }
 }

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod progress;
 pub mod queue;
 pub mod store;
+pub mod tenants;
 
 mod scripted;
 

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use super::within;
 use crate::ConversionId;
 use crate::conversion::ErrorInfo;
-use crate::queue::{JobQueue, JobSpec, QueueError, after};
+use crate::queue::{JobQueue, JobSpec, QueueError, ReserveOptions, after};
 
 const LEASE: Duration = Duration::from_secs(30);
 const NOW: Duration = Duration::ZERO;
@@ -26,6 +26,8 @@ pub async fn run_queue_suite(make: impl AsyncFn() -> Arc<dyn JobQueue>) {
     retry_dead_letter_remove_stats(make().await.as_ref()).await;
     concurrent_reservers_never_share_a_job(make().await).await;
     tenants_take_turns(make().await.as_ref()).await;
+    skipped_tenants_do_not_block_others(make().await.as_ref()).await;
+    release_gives_the_delivery_back(make().await.as_ref()).await;
 }
 
 /// Enqueue is idempotent per id; reserve leases it once; ack removes it.
@@ -407,4 +409,89 @@ pub async fn tenants_take_turns(q: &dyn JobQueue) {
         (3..=5).contains(&from_b),
         "a batch of eight over two busy tenants took {from_b} from B"
     );
+}
+
+/// With tenant A skipped (at its running limit), B's job is delivered although A's jobs are
+/// older and of higher priority; A's jobs stay queued, uncounted, and come first once A is no
+/// longer skipped. A reserve that sees only skipped jobs waits; its wake-up ends the wait.
+pub async fn skipped_tenants_do_not_block_others(q: &dyn JobQueue) {
+    let mut a_jobs = Vec::new();
+    for _ in 0..3 {
+        let spec = JobSpec::now(ConversionId::new(), 9).for_tenant("tenant-a");
+        a_jobs.push(spec.id);
+        assert!(q.enqueue(spec).await.expect("enqueue"));
+    }
+    let b = JobSpec::now(ConversionId::new(), 0).for_tenant("tenant-b");
+    assert!(q.enqueue(b.clone()).await.expect("enqueue"));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let skip_a = ReserveOptions {
+        skip_tenants: ["tenant-a".to_owned()].into(),
+        wake: Some(Arc::clone(&wake)),
+    };
+    let got = q
+        .reserve_with(5, LEASE, NOW, &skip_a)
+        .await
+        .expect("reserve");
+    assert_eq!(
+        got.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![b.id],
+        "with A skipped, only B's job is delivered"
+    );
+    assert!(
+        q.reserve_with(5, LEASE, NOW, &skip_a)
+            .await
+            .expect("reserve")
+            .is_empty(),
+        "a skipped tenant's jobs were delivered"
+    );
+    // Waiting with only skipped jobs queued: the wake-up ends the wait (the permit is stored
+    // when nobody waits yet, so this does not depend on timing).
+    wake.notify_one();
+    let waited = within(
+        20,
+        "a reserve woken by its options' wake-up",
+        q.reserve_with(5, LEASE, Duration::from_secs(120), &skip_a),
+    )
+    .await
+    .expect("reserve");
+    assert!(waited.is_empty(), "a skipped tenant's job was delivered");
+    let stats = q.stats().await.expect("stats");
+    assert_eq!((stats.ready, stats.leased), (3, 1));
+    // A no longer skipped: its highest-priority, oldest job first, on its first attempt.
+    let next = q.reserve(1, LEASE, NOW).await.expect("reserve");
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].id, a_jobs[0]);
+    assert_eq!(next[0].attempt, 1, "skipping counted a delivery");
+}
+
+/// A released delivery is not counted: the job is deliverable at once, in its old place
+/// (before jobs enqueued after it), and its next delivery has the same attempt number. A
+/// released lease is no longer held.
+pub async fn release_gives_the_delivery_back(q: &dyn JobQueue) {
+    let first = JobSpec::now(ConversionId::new(), 0);
+    let second = JobSpec::now(ConversionId::new(), 0);
+    q.enqueue(first.clone()).await.expect("enqueue");
+    q.enqueue(second.clone()).await.expect("enqueue");
+    let lease = q.reserve(1, LEASE, NOW).await.expect("reserve");
+    assert_eq!(lease.len(), 1);
+    assert_eq!((lease[0].id, lease[0].attempt), (first.id, 1));
+    q.release(&lease[0]).await.expect("release");
+    assert!(matches!(
+        q.release(&lease[0]).await,
+        Err(QueueError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        q.ack(&lease[0]).await,
+        Err(QueueError::LeaseLost { .. })
+    ));
+    let again = q.reserve(1, LEASE, NOW).await.expect("reserve");
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id, again[0].attempt),
+        (first.id, 1),
+        "a released job keeps its place and its attempt number"
+    );
+    q.ack(&again[0]).await.expect("ack");
+    let last = q.reserve(1, LEASE, NOW).await.expect("reserve");
+    assert_eq!((last[0].id, last[0].attempt), (second.id, 1));
 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use crate::conversion::{Artifact, ErrorInfo, NewConversion, Status, Transition};
-use crate::store::{ConversionStore, ListQuery, StoreError};
+use crate::store::{ConversionStore, ListQuery, StoreError, TenantUsage};
 use crate::{ConversionId, Format};
 
 fn f(s: &str) -> Format {
@@ -42,6 +42,7 @@ pub async fn run_store_suite(make: impl AsyncFn() -> Arc<dyn ConversionStore>) {
     concurrent_transitions_have_one_winner(make().await).await;
     list_filters_and_pages(make().await.as_ref()).await;
     delete_and_count(make().await.as_ref()).await;
+    tenant_usage_follows_records(make().await.as_ref()).await;
 }
 
 /// A created record reads back field for field; unknown ids are `NotFound`.
@@ -526,4 +527,112 @@ pub async fn delete_and_count(store: &dyn ConversionStore) {
         store.create(reuse).await.expect("create").created,
         "a deleted record's key is free again"
     );
+}
+
+/// A tenant's usage counts its queued and running records and the bytes its records hold
+/// (inputs of every record, plus artifacts), follows transitions and deletes, and never
+/// includes another tenant's records.
+pub async fn tenant_usage_follows_records(store: &dyn ConversionStore) {
+    let acme = tenant();
+    let globex = tenant();
+    let usage = async |t: &str| store.tenant_usage(t).await.expect("usage");
+    assert_eq!(
+        usage(&acme).await,
+        TenantUsage::default(),
+        "a tenant with no record"
+    );
+    let mut ids = Vec::new();
+    for size in [100, 200, 300] {
+        let mut new = sample(&acme);
+        new.input_size = size;
+        ids.push(store.create(new).await.expect("create").conversion.id);
+    }
+    // Another tenant's records never count.
+    let mut other = sample(&globex);
+    other.input_size = 5000;
+    let other = store.create(other).await.expect("create").conversion;
+    assert_eq!(
+        usage(&acme).await,
+        TenantUsage {
+            queued: 3,
+            running: 0,
+            stored_bytes: 600
+        }
+    );
+    store
+        .transition(ids[0], &Transition::Start { attempt: 1 })
+        .await
+        .expect("start");
+    store
+        .transition(ids[1], &Transition::Start { attempt: 1 })
+        .await
+        .expect("start");
+    assert_eq!(
+        usage(&acme).await,
+        TenantUsage {
+            queued: 1,
+            running: 2,
+            stored_bytes: 600
+        }
+    );
+    let artifact = |name: &str, size| Artifact {
+        name: name.into(),
+        format: f("obj"),
+        size,
+        checksum: "sha256:00".into(),
+        blob_key: format!("k/{name}"),
+    };
+    store
+        .transition(
+            ids[0],
+            &Transition::Succeed {
+                attempt: 1,
+                artifacts: vec![artifact("a.obj", 40), artifact("b.obj", 2)],
+            },
+        )
+        .await
+        .expect("succeed");
+    store
+        .transition(
+            ids[1],
+            &Transition::Requeue {
+                attempt: 1,
+                error: None,
+            },
+        )
+        .await
+        .expect("requeue");
+    assert_eq!(
+        usage(&acme).await,
+        TenantUsage {
+            queued: 2,
+            running: 0,
+            stored_bytes: 642
+        },
+        "a finished record keeps its input and adds its artifacts"
+    );
+    store
+        .transition(ids[2], &Transition::Cancel)
+        .await
+        .expect("cancel");
+    store.delete(ids[0]).await.expect("delete");
+    assert_eq!(
+        usage(&acme).await,
+        TenantUsage {
+            queued: 1,
+            running: 0,
+            stored_bytes: 500
+        },
+        "a deleted record frees its bytes; a cancelled one still holds its input"
+    );
+    assert_eq!(
+        usage(&globex).await,
+        TenantUsage {
+            queued: 1,
+            running: 0,
+            stored_bytes: 5000
+        }
+    );
+    store.delete(other.id).await.expect("delete");
+    assert_eq!(usage(&globex).await, TenantUsage::default());
 }

@@ -311,8 +311,15 @@ pub(crate) async fn create(
         .and_then(|v| v.parse::<u64>().ok())
     {
         // Multipart framing adds a little; anything beyond that is over the limit for sure.
-        if len > limit.saturating_add(64 * 1024) {
+        if len > limit.saturating_add(MULTIPART_FRAMING) {
             return Err(ApiError::TooLarge { limit });
+        }
+        // Refused before reading a byte when even the file alone cannot fit the tenant's
+        // storage quota; the engine checks the exact size once the file is stored.
+        if content_type.starts_with("multipart/form-data") {
+            engine
+                .check_storage(len.saturating_sub(MULTIPART_FRAMING))
+                .await?;
         }
     }
     let submission = if content_type.starts_with("multipart/form-data") {
@@ -339,7 +346,7 @@ pub(crate) async fn create(
         idempotency_key: key,
         ..submission
     };
-    let limits = state.quotas.limits.of(&principal.tenant);
+    let limits = state.quotas.limits.limits(&principal.tenant).await;
     if submission.priority > limits.max_priority {
         discard_input(&engine, submission.input).await;
         return Err(ApiError::Forbidden {
@@ -350,7 +357,7 @@ pub(crate) async fn create(
             ),
         });
     }
-    if limits.max_queued > 0 && queued(&engine, limits.max_queued).await? >= limits.max_queued {
+    if limits.max_queued > 0 && engine.usage().await?.queued >= limits.max_queued {
         discard_input(&engine, submission.input).await;
         return Err(ApiError::TooManyQueued {
             limit: limits.max_queued,
@@ -369,6 +376,10 @@ pub(crate) async fn create(
         HeaderValue::from_str(&view.links.this).map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
 }
+
+/// What multipart framing (boundaries, part headers, the small fields) may add to a file's
+/// size in a submission's `Content-Length`.
+const MULTIPART_FRAMING: u64 = 64 * 1024;
 
 /// Form fields accepted in one submission (six are defined; repeats are tolerated a little).
 const MAX_FORM_FIELDS: usize = 32;
@@ -426,11 +437,11 @@ async fn from_multipart(
                     if let Some(t) = &target {
                         let s = source.clone().or_else(|| file_name.as_deref().and_then(Format::from_file_name));
                         if let Some(s) = s
-                            && state.engine.registry().find(&s, t).is_none() {
+                            && state.engine.registry().resolve(&s, t).is_none() {
                                 return Err(ApiError::UnsupportedRoute {
                                     source_format: s,
                                     target_format: t.clone(),
-                                    supported: state.engine.registry().routes(),
+                                    supported: state.engine.registry().reachable(),
                                 });
                             }
                     }
@@ -785,6 +796,7 @@ fn mime_for(format: &str) -> &'static str {
         "ply" => "application/ply",
         "step" => "model/step",
         "iges" => "model/iges",
+        "glb" => "model/gltf-binary",
         "png" => "image/png",
         "jpeg" => "image/jpeg",
         "webp" => "image/webp",
@@ -835,24 +847,6 @@ fn content_disposition(name: &str) -> HeaderValue {
 async fn discard_input(engine: &TenantEngine, input: SubmitInput) {
     if let Err(e) = engine.discard_input(input).await {
         tracing::warn!(error = %e, "could not remove a refused submission's file; the janitor will");
-    }
-}
-
-/// How many of the tenant's conversions wait in the queue, counted up to `cap`.
-async fn queued(engine: &TenantEngine, cap: u64) -> Result<u64, ApiError> {
-    let mut query = ListQuery {
-        statuses: vec![Status::Queued],
-        limit: 1000,
-        ..ListQuery::default()
-    };
-    let mut n = 0u64;
-    loop {
-        let page = engine.list(&query).await?;
-        n += page.items.len() as u64;
-        match page.next_cursor {
-            Some(c) if n < cap => query.cursor = Some(c),
-            _ => return Ok(n),
-        }
     }
 }
 
@@ -975,7 +969,10 @@ pub(crate) async fn artifact(
     );
     h.insert(header::ETAG, etag_value);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let single = record.artifacts.len() == 1;
+    // The one artifact in the target format (a mesh conversion's `output.obj` beside its
+    // `preview.png`) is saved under the input's name; side artifacts keep theirs.
+    let primary = |a: &converto_core::Artifact| a.format == record.target_format;
+    let single = primary(artifact) && record.artifacts.iter().filter(|a| primary(a)).count() == 1;
     h.insert(
         header::CONTENT_DISPOSITION,
         content_disposition(&download_name(

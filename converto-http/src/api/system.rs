@@ -17,7 +17,8 @@ use crate::error::{Problem, RouteView};
 /// The routes the registered converters serve.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FormatsView {
-    /// Every (source, target) pair and its converter.
+    /// Every (source, target) pair that can be converted, directly or chained, and its
+    /// converter.
     pub routes: Vec<RouteView>,
     /// Formats accepted as input.
     pub sources: Vec<String>,
@@ -28,7 +29,9 @@ pub struct FormatsView {
 /// List supported conversions.
 #[utoipa::path(get, path = "/v1/formats", tag = "formats", responses((status = 200, body = FormatsView), (status = 503, description = "Too many connections at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn formats(State(state): State<AppState>) -> Json<FormatsView> {
-    let routes = state.engine.registry().routes();
+    let registry = state.engine.registry();
+    // Chained pairs too, each with the formats it passes through.
+    let routes = registry.reachable();
     let mut sources: Vec<String> = routes.iter().map(|r| r.source.to_string()).collect();
     let mut targets: Vec<String> = routes.iter().map(|r| r.target.to_string()).collect();
     sources.sort();
@@ -36,7 +39,15 @@ pub(crate) async fn formats(State(state): State<AppState>) -> Json<FormatsView> 
     targets.sort();
     targets.dedup();
     Json(FormatsView {
-        routes: routes.iter().map(RouteView::from).collect(),
+        routes: routes
+            .iter()
+            .map(|r| RouteView {
+                options_schema: registry
+                    .resolve(&r.source, &r.target)
+                    .and_then(|c| c.options_schema(&r.source, &r.target)),
+                ..RouteView::from(r)
+            })
+            .collect(),
         sources,
         targets,
     })
@@ -64,6 +75,11 @@ pub struct Readiness {
     pub status: String,
     /// `ok` or the error, per backend.
     pub checks: BTreeMap<String, String>,
+    /// How the converter families were set up at start-up, e.g. `"cad": "STEP and IGES routes
+    /// off"` (the reason is in the log and `converto formats`). Informational: does not affect
+    /// `status`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub converters: BTreeMap<String, String>,
 }
 
 /// `ok`, `unavailable` or `timed out after 2s`. A backend's error can name hosts, paths and
@@ -95,6 +111,19 @@ fn redact_urls(text: &str) -> String {
         .join(" ")
 }
 
+/// What `/readyz` shows of the registry's notes: only the summary before the first `:`
+/// ("STEP and IGES routes off"), as `/readyz` is often public and the rest names paths; the
+/// whole note is in the start-up log and `converto formats`.
+fn public_notes(notes: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    notes
+        .iter()
+        .map(|(topic, note)| {
+            let summary = note.split(':').next().unwrap_or_default().replace('/', " ");
+            (topic.clone(), summary.trim().to_owned())
+        })
+        .collect()
+}
+
 /// Readiness: every backend answers.
 #[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, body = Readiness),
     (status = 503, description = "A backend does not answer (the readiness report), or too many connections at once (a problem, see Retry-After)",
@@ -117,6 +146,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<R
         Json(Readiness {
             status: if ok { "ready" } else { "not_ready" }.into(),
             checks,
+            converters: public_notes(state.engine.registry().notes()),
         }),
     )
 }

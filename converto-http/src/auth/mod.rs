@@ -293,6 +293,10 @@ impl Authenticator {
     fn needs(&self, method: &Method, path: &str) -> Option<Scope> {
         match path {
             "/healthz" | "/readyz" => None,
+            // The web UI's page and scripts hold no data; the calls they make carry the key.
+            _ if crate::ui::is_ui_path(path) && matches!(*method, Method::GET | Method::HEAD) => {
+                None
+            }
             "/openapi.json" if self.public_openapi => None,
             "/metrics" if self.public_metrics => None,
             "/metrics" => Some(Scope::Admin),

@@ -1,12 +1,24 @@
--- ARGV[3]: lease length (µs); ARGV[4..]: one fresh token per job wanted.
+-- ARGV[3]: lease length (µs); ARGV[4]: how many tenants to skip, k; ARGV[5 .. 4 + k]: those
+-- tenants (their jobs stay where they are); ARGV[5 + k ..]: one fresh token per job wanted.
 -- Returns {now, lease expiry, µs until the next delayed job or lease comes due (-1: none),
 -- {{id, deliveries, priority, token}, ...}}, the jobs in the fair order of
 -- `converto_core::queue`: tenants take turns; within a tenant, by ready member.
 local now = now_us()
 promote(now)
 local expires = now + tonumber(ARGV[3])
-local want = #ARGV - 3
-local active = redis.call('SMEMBERS', tenants)
+local skipped = tonumber(ARGV[4])
+local tokens_at = 4 + skipped
+local want = #ARGV - tokens_at
+local skip = {}
+for i = 5, tokens_at do
+  skip[ARGV[i]] = true
+end
+local active = {}
+for _, tenant in ipairs(redis.call('SMEMBERS', tenants)) do
+  if not skip[tenant] then
+    active[#active + 1] = tenant
+  end
+end
 local counts = {}
 local highest = 0
 for i, tenant in ipairs(active) do
@@ -45,7 +57,7 @@ for i = 1, math.min(want, #candidates) do
   local job = redis.call('HMGET', key, 'prio', 'dlv')
   -- A member whose hash is gone (deleted behind our back) is dropped, not delivered.
   if job[1] then
-    local token = ARGV[3 + #out + 1]
+    local token = ARGV[tokens_at + #out + 1]
     local deliveries = tonumber(job[2]) + 1
     redis.call('HSET', key, 'state', 'l', 'tok', token, 'exp', expires, 'dlv', deliveries)
     scored[#scored + 1] = expires
