@@ -438,6 +438,30 @@ async fn bad_options_and_bad_files_are_refused_clearly() {
     assert_eq!(error.code, "no_output", "{error:?}");
     assert!(error.message.contains("error"), "{error:?}");
     assert!(done.artifacts.is_empty());
+
+    // A deflection far below the part's size would ask for an unbounded mesh: refused by the
+    // route with the smallest it accepts, before any tessellation.
+    let screw = samples()
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "screw.step"))
+        .expect("occt-misc's screw.step");
+    let submitted = engine
+        .submit(
+            Submission::new(
+                Format::new("stl").expect("f"),
+                SubmitInput::bytes(
+                    std::fs::read(&screw).expect("read"),
+                    Some("screw.step".into()),
+                ),
+            )
+            .options(json!({"linear_deflection": 0.000001})),
+        )
+        .await
+        .expect("submit");
+    let done = engine.wait(submitted.conversion.id).await.expect("wait");
+    assert_eq!(done.status, Status::Failed);
+    let error = done.error.expect("error");
+    assert!(error.message.contains("too fine"), "{error:?}");
     workers.shutdown().await.expect("shutdown");
 }
 
