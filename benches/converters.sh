@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Times converto's STL -> OBJ against `assimp export` on the same generated binary STL, in one
-# run, and prints the ratio. Downloads nothing: needs the Rust toolchain and `assimp`
-# (Debian package assimp-utils).
+# Times converto's STL -> OBJ against `assimp export` on the same generated STL, binary and
+# ASCII, in one run, and prints each ratio and converto's peak memory. Downloads nothing: needs
+# the Rust toolchain and `assimp` (Debian package assimp-utils).
 #
-#   benches/converters.sh                 # 1,000,000 triangles, best of 3 runs each
-#   TRIANGLES=200000 RUNS=5 benches/converters.sh
+#   benches/converters.sh                 # binary: 1,000,000 triangles; ASCII: 260,000 (~70 MB)
+#   TRIANGLES=200000 ASCII_TRIANGLES=100000 RUNS=5 benches/converters.sh
+#   MESH_BIN=/tmp/old/mesh_convert MESH_ONLY=1 benches/converters.sh   # another build; no image part
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 triangles=${TRIANGLES:-1000000}
+ascii_triangles=${ASCII_TRIANGLES:-260000}
 runs=${RUNS:-3}
 
 if ! command -v assimp >/dev/null; then
@@ -16,15 +18,15 @@ if ! command -v assimp >/dev/null; then
   exit 1
 fi
 
-cargo build --release --quiet --features mesh --example mesh_convert
-ours=target/release/examples/mesh_convert
+ours=${MESH_BIN:-}
+if [ -z "$ours" ]; then
+  cargo build --release --quiet --features mesh --example mesh_convert
+  ours=target/release/examples/mesh_convert
+fi
+echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg) (others on this machine skew the figures)"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-
-"$ours" generate "$work/in.stl" "$triangles"
-size=$(stat -c %s "$work/in.stl")
-echo "input: binary STL, $(( (size - 84) / 50 )) triangles, $size bytes"
 
 # Prints the best wall time in seconds of $runs runs of the command.
 best_of() {
@@ -39,14 +41,38 @@ best_of() {
   awk -v ns="$best" 'BEGIN { printf "%.3f", ns / 1e9 }'
 }
 
-# Without the preview: assimp renders none.
-t_ours=$(best_of "$ours" "$work/in.stl" "$work/ours.obj" '{"preview": false}')
-t_assimp=$(best_of assimp export "$work/in.stl" "$work/assimp.obj")
+# Peak resident memory (MiB) and CPU seconds (user + system) of one run of the command (GNU
+# time), or "?" without it. On a loaded machine CPU time varies less than wall time.
+peak_and_cpu() {
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f '%M %U %S' -o "$work/rss" "$@" >/dev/null 2>&1 \
+      && awk '{ printf "%.0f MiB, cpu %.2fs", $1 / 1024, $2 + $3 }' "$work/rss"
+  else
+    printf '?'
+  fi
+}
 
 faces() { assimp info "$1" -r 2>/dev/null | awk '/^Faces:/ { print $2 }'; }
-echo "converto: ${t_ours}s  -> $(faces "$work/ours.obj") faces (assimp info -r), $(stat -c %s "$work/ours.obj") bytes"
-echo "assimp:   ${t_assimp}s  -> $(faces "$work/assimp.obj") faces (assimp info -r), $(stat -c %s "$work/assimp.obj") bytes"
-awk -v a="$t_assimp" -v o="$t_ours" 'BEGIN { printf "ratio: converto is %.1fx faster than assimp export (best of '"$runs"' runs each)\n", a / o }'
+
+# STL -> OBJ by both, on the file $1 (described as $2). Without the preview: assimp renders none.
+mesh_bench() {
+  local input=$1 what=$2 t_ours t_assimp
+  echo "== STL -> OBJ, $what: $(stat -c %s "$input") bytes"
+  t_ours=$(best_of "$ours" "$input" "$work/ours.obj" '{"preview": false}')
+  t_assimp=$(best_of assimp export "$input" "$work/assimp.obj")
+  echo "converto: ${t_ours}s, peak $(peak_and_cpu "$ours" "$input" "$work/ours.obj" '{"preview": false}') -> $(faces "$work/ours.obj") faces (assimp info -r), $(stat -c %s "$work/ours.obj") bytes"
+  echo "assimp:   ${t_assimp}s, peak $(peak_and_cpu assimp export "$input" "$work/assimp.obj") -> $(faces "$work/assimp.obj") faces (assimp info -r), $(stat -c %s "$work/assimp.obj") bytes"
+  awk -v a="$t_assimp" -v o="$t_ours" -v w="$what" 'BEGIN { printf "ratio (%s): converto is %.1fx faster than assimp export (goal: 6x; best of '"$runs"' runs each)\n", w, a / o }'
+  rm -f "$work/ours.obj" "$work/assimp.obj"
+}
+
+"$ours" generate "$work/in.stl" "$triangles"
+mesh_bench "$work/in.stl" "binary STL, $(( ($(stat -c %s "$work/in.stl") - 84) / 50 )) triangles"
+rm -f "$work/in.stl"
+"$ours" generate "$work/in-ascii.stl" "$ascii_triangles" ascii
+mesh_bench "$work/in-ascii.stl" "ASCII STL, $(grep -c '^ *facet' "$work/in-ascii.stl") triangles"
+rm -f "$work/in-ascii.stl"
+[ -n "${MESH_ONLY:-}" ] && exit 0
 
 # ---------------------------------------------------------------------------------------------
 # Image: a 24-megapixel JPEG (6000x4000, a synthetic photo) to 240p and 720p JPEGs at quality 85:

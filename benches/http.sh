@@ -6,6 +6,7 @@
 #
 #   benches/http.sh                  # 30 s of GETs, a 1 GiB upload
 #   DURATION=10s UPLOAD_MIB=256 benches/http.sh
+#   CONVERTO_BIN=/tmp/old/converto benches/http.sh   # an already built binary (e.g. before/after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +18,12 @@ for tool in wrk curl; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install $tool)" >&2; exit 1; }
 done
 
-cargo build --release --quiet -p converto-http
-bin=target/release/converto
+bin=${CONVERTO_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --quiet -p converto-http
+  bin=target/release/converto
+fi
+echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg) (others on this machine skew the figures)"
 work=$(mktemp -d)
 server=
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }

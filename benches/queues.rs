@@ -19,10 +19,14 @@
 //!   one job: how `converto worker` reserves);
 //! - `reserve64_ack_each`: `reserve(64)`, then 64 single `ack`s;
 //! - `reserve64_ack_many`: `reserve(64)`, then one `ack_many`;
+//! - `reserve500_ack_many`: `reserve(500)`, then one `ack_many` (prefetch and batched
+//!   completion, as graphile-worker's `localQueue` of 500 with batched completion);
 //! - `raw_claim1_complete`, `raw_claim1_complete_x8`, `raw_claim64_complete`: the same loops as
 //!   bare `SKIP LOCKED` SQL on a minimal table, over the queue's pool: the ceiling;
 //! - `*_after_100k`: the one-at-a-time and batched loops again after 100,000 jobs were completed
-//!   (deleted) with autovacuum off, so their dead tuples are all still there.
+//!   (deleted) with autovacuum off: the raw table keeps every dead tuple, the queue only vacuums
+//!   its tables itself (every 10,000 completions, see `PostgresJobQueue`);
+//! - `*_after_1m`: the same after 1,000,000 (with `CONVERTO_BENCH_QUEUE_1M=1`: it takes minutes).
 //!
 //! Redis (feature `redis`; `CONVERTO_BENCH_REDIS_URL`, else `CONVERTO_TEST_REDIS_URL`, else
 //! `redis://127.0.0.1:6379`; a fresh key prefix) and RabbitMQ (feature `rabbitmq`;
@@ -193,9 +197,13 @@ mod postgres_queue {
         }
 
         async fn drain_batched(&self, ack_many: bool) -> usize {
+            self.drain_batches(64, ack_many).await
+        }
+
+        async fn drain_batches(&self, batch: usize, ack_many: bool) -> usize {
             let mut done = 0;
             loop {
-                let leases = self.reserve(64).await;
+                let leases = self.reserve(batch).await;
                 if leases.is_empty() {
                     return done;
                 }
@@ -383,6 +391,15 @@ mod postgres_queue {
                 group,
                 &rt,
                 &b,
+                &format!("reserve500_ack_many{suffix}"),
+                BATCHED * 4,
+                false,
+                |b| b.drain_batches(500, true).boxed(),
+            );
+            drain_bench(
+                group,
+                &rt,
+                &b,
                 &format!("raw_claim1_complete{suffix}"),
                 ONE_BY_ONE,
                 true,
@@ -400,8 +417,9 @@ mod postgres_queue {
         };
         loops(&mut group, "");
 
-        // 100,000 completed jobs, their dead tuples left in place (autovacuum off): the reserve
-        // index must keep reserves from wading through them.
+        // 100,000 completed jobs with autovacuum off: their dead tuples stay unless the queue
+        // cleans up after itself (its maintenance vacuum), and the raw table keeps all of its.
+        // With CONVERTO_BENCH_QUEUE_1M=1, 900,000 more, and the loops again.
         rt.block_on(async {
             for sql in [
                 "ALTER TABLE jobs SET (autovacuum_enabled = false)",
@@ -409,13 +427,23 @@ mod postgres_queue {
             ] {
                 sqlx::query(sql).execute(b.pg.pool()).await.expect("alter");
             }
-            b.fill(100_000).await;
-            b.fill_raw(100_000).await;
-            let drained = b.drain_batched(true).await;
-            assert_eq!(drained, 100_000);
-            assert_eq!(b.drain_raw(64).await, 100_000);
         });
+        let complete = |n: usize| {
+            rt.block_on(async {
+                for _ in 0..n / 100_000 {
+                    b.fill(100_000).await;
+                    b.fill_raw(100_000).await;
+                    assert_eq!(b.drain_batched(true).await, 100_000);
+                    assert_eq!(b.drain_raw(64).await, 100_000);
+                }
+            })
+        };
+        complete(100_000);
         loops(&mut group, "_after_100k");
+        if std::env::var("CONVERTO_BENCH_QUEUE_1M").is_ok_and(|v| v == "1") {
+            complete(900_000);
+            loops(&mut group, "_after_1m");
+        }
         group.finish();
         rt.block_on(b.cleanup());
     }
@@ -429,13 +457,14 @@ mod postgres_queue {
                 "postgres enqueue                   {r:>9.0} jobs/s"
             ));
         }
-        for suffix in ["", "_after_100k"] {
+        for suffix in ["", "_after_100k", "_after_1m"] {
             for (name, ceiling) in [
                 ("reserve1_ack", "raw_claim1_complete"),
                 ("reserve1_ack_x8", "raw_claim1_complete_x8"),
                 ("raw_claim1_complete_x8", "raw_claim1_complete_x8"),
                 ("reserve64_ack_each", "raw_claim64_complete"),
                 ("reserve64_ack_many", "raw_claim64_complete"),
+                ("reserve500_ack_many", "raw_claim64_complete"),
                 ("raw_claim1_complete", "raw_claim1_complete"),
                 ("raw_claim64_complete", "raw_claim64_complete"),
             ] {
@@ -448,12 +477,14 @@ mod postgres_queue {
                 }
             }
         }
-        for name in ["reserve1_ack", "reserve64_ack_many"] {
-            if let (Some(fresh), Some(aged)) = (rate(name), rate(&format!("{name}_after_100k"))) {
-                lines.push(format!(
-                    "postgres {name}: after 100k completed jobs {:.0}% of the fresh rate",
-                    100.0 * aged / fresh
-                ));
+        for name in ["reserve1_ack", "reserve1_ack_x8", "reserve64_ack_many"] {
+            for (suffix, what) in [("_after_100k", "100k"), ("_after_1m", "1m")] {
+                if let (Some(fresh), Some(aged)) = (rate(name), rate(&format!("{name}{suffix}"))) {
+                    lines.push(format!(
+                        "postgres {name}: after {what} completed jobs {:.0}% of the fresh rate",
+                        100.0 * aged / fresh
+                    ));
+                }
             }
         }
         lines

@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --features mesh --example mesh_convert -- in.stl out.obj [ascii|binary|OPTIONS_JSON]
 //! cargo run --release --features mesh --example mesh_convert -- generate big.stl 1000000
+//! cargo run --release --features mesh --example mesh_convert -- generate big-ascii.stl 260000 ascii
 //! ```
 //!
 //! `benches/converters.sh` uses it to time converto against `assimp export`.
@@ -18,8 +19,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
-        [verb, out, triangles] if verb == "generate" => {
-            let bytes = bumpy_grid_stl(triangles.parse()?);
+        [verb, out, triangles, rest @ ..] if verb == "generate" => {
+            let binary = bumpy_grid_stl(triangles.parse()?);
+            let bytes = match rest {
+                [] => binary,
+                [encoding] if encoding == "ascii" => ascii_stl(&binary),
+                _ => return Err("generate OUT.stl TRIANGLES [ascii]".into()),
+            };
             std::fs::write(out, bytes)?;
             Ok(())
         }
@@ -75,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         _ => Err(
-            "usage: mesh_convert IN OUT [ascii|binary|OPTIONS_JSON] | mesh_convert generate OUT.stl TRIANGLES"
+            "usage: mesh_convert IN OUT [ascii|binary|OPTIONS_JSON] | mesh_convert generate OUT.stl TRIANGLES [ascii]"
                 .into(),
         ),
     }
@@ -122,6 +128,50 @@ fn bumpy_grid_stl(triangles: usize) -> Vec<u8> {
             }
         }
     }
+    out
+}
+
+/// The binary STL `binary` (as [`bumpy_grid_stl`] makes it) as ASCII STL, numbers written the
+/// way C's `%e` writes them (`-1.234568e-01`), as many CAD exporters do.
+#[cfg(feature = "mesh")]
+fn ascii_stl(binary: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(binary.len() * 6);
+    let e = |v: f32| {
+        // Rust's `{:e}` writes `e-1`; C's `%e` writes `e-01`.
+        let s = format!("{v:.6e}");
+        match s.split_once('e') {
+            Some((m, x)) => {
+                let (sign, digits) = x.strip_prefix('-').map_or(("+", x), |d| ("-", d));
+                format!("{m}e{sign}{digits:0>2}")
+            }
+            None => s,
+        }
+    };
+    let _ = writeln!(out, "solid bumpy_grid");
+    for record in binary.get(84..).unwrap_or_default().chunks_exact(50) {
+        let f = |at: usize| {
+            record
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0.0, f32::from_le_bytes)
+        };
+        let _ = writeln!(out, "  facet normal {} {} {}", e(f(0)), e(f(4)), e(f(8)));
+        let _ = writeln!(out, "    outer loop");
+        for corner in 0..3 {
+            let at = 12 + corner * 12;
+            let _ = writeln!(
+                out,
+                "      vertex {} {} {}",
+                e(f(at)),
+                e(f(at + 4)),
+                e(f(at + 8))
+            );
+        }
+        let _ = writeln!(out, "    endloop");
+        let _ = writeln!(out, "  endfacet");
+    }
+    let _ = writeln!(out, "endsolid bumpy_grid");
     out
 }
 

@@ -12,6 +12,7 @@
 //! | `process` | a converter that runs any external program |
 //! | `mesh` | built-in STL/OBJ/PLY converter |
 //! | `image` | built-in image converter (JPEG, PNG, WebP, GIF, BMP, TIFF) |
+//! | `webhooks` | the webhook HTTP client (reqwest on rustls; private addresses refused after DNS) |
 
 /// Reads a yes/no setting: `true`, `1`, `yes`, `on` or `false`, `0`, `no`, `off`, in any case
 /// and with surrounding blanks; anything else is `None`.
@@ -42,3 +43,5 @@ pub mod redis;
 pub mod s3;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "webhooks")]
+pub mod webhooks;

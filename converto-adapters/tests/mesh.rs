@@ -138,6 +138,45 @@ fn ascii_stl_is_read() {
     assert_eq!(mesh.triangles, vec![[0, 1, 2]]);
 }
 
+/// Number forms of ASCII STL files in the wild: signs, exponents of every spelling, a missing
+/// integer or fraction part, CRLF line ends, tabs; read the same however the file's lines fall
+/// across the reader's buffer (small buffers put many lines across two fills).
+#[test]
+fn ascii_stl_numbers_and_line_ends_in_every_form() {
+    let facet = "\x20facet normal 0 0 1\r\n  outer loop\r\n   vertex +1.5e+00 -2E-1 .5\r\n\tvertex 1. -.5 3e0\r\n   vertex   0.000000e+00\t1.000000E+01 -0\r\n  endloop\r\n endfacet\r\n";
+    let text = format!("solid forms\r\n{}endsolid forms", facet.repeat(10));
+    let text = text.as_bytes();
+    let whole = read_bytes(text, MeshFormat::Stl).unwrap();
+    assert_eq!(
+        whole.positions,
+        vec![[1.5, -0.2, 0.5], [1.0, -0.5, 3.0], [0.0, 10.0, -0.0]]
+    );
+    assert_eq!(whole.triangles, vec![[0, 1, 2]; 10]);
+    // From 16 bytes on, the start of the buffer shows `solid`, which tells ASCII from binary.
+    for capacity in [16, 61, 97, 1000] {
+        let reader = std::io::BufReader::with_capacity(capacity, text);
+        let mesh = converto_adapters::mesh::read_stl(reader, text.len() as u64).unwrap();
+        assert_eq!(mesh, whole, "buffer of {capacity} bytes");
+    }
+    // Not numbers, or not finite as 32-bit floats: refused, naming the line.
+    for (bad, says) in [
+        (&b"nan"[..], "coordinate nan is not finite"),
+        (b"-inf", "coordinate -inf is not finite"),
+        (b"infinity", "coordinate infinity is not finite"),
+        (b"1e39", "coordinate 1e39 is not finite"),
+        (b"1e", "is not a number"),
+        (b".", "is not a number"),
+        (b"0x10", "is not a number"),
+        (b"1,5", "is not a number"),
+    ] {
+        let mut text = b"solid x\nfacet normal 0 0 1\nouter loop\nvertex ".to_vec();
+        text.extend_from_slice(bad);
+        text.extend_from_slice(b" 0 0\nvertex 1 0 0\nvertex 0 1 0\nendloop\nendfacet\nendsolid\n");
+        invalid(read_bytes(&text, MeshFormat::Stl), "line 4:");
+        invalid(read_bytes(&text, MeshFormat::Stl), says);
+    }
+}
+
 #[test]
 fn hostile_stl_fails_with_a_reason() {
     // A huge declared count: refused before any allocation.

@@ -364,7 +364,12 @@ async fn migrations_live_only_in_their_schema() {
             "job_tenants",
             "jobs",
             "progress",
-            "tenant_limits"
+            "tenant_limits",
+            "webhook_attempts",
+            "webhook_endpoints",
+            "webhook_messages",
+            "webhook_subscriptions",
+            "webhook_tenant_secrets"
         ]
     );
     assert_eq!(

@@ -381,3 +381,78 @@ async fn tenant_usage_reads_an_index() {
         "tenant usage does not read the covering index: {plan}"
     );
 }
+
+/// `get` on a file database reads on the caller's thread, beside the pool, and must still see
+/// every committed write at once, by this backend or another one sharing the file (another
+/// process, as far as SQLite can tell): after each create and transition, both backends read
+/// back exactly the record the write returned, and the pool's own decoder (`list`) agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_every_committed_write_of_either_backend() {
+    use converto_core::conversion::{Artifact, ErrorInfo};
+    let dirs = Dirs::default();
+    let dir = dirs.fresh();
+    let a = connect(&dir).await;
+    let b = connect(&dir).await;
+    let failed = ErrorInfo {
+        code: "timeout".into(),
+        message: "took too long".into(),
+    };
+    for round in 0..20u32 {
+        let (writer, other) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let created = writer
+            .store()
+            .create(testkit::store::sample("readers"))
+            .await
+            .expect("create")
+            .conversion;
+        let id = created.id;
+        let mut written = vec![created];
+        for step in [
+            Transition::Start { attempt: 1 },
+            Transition::Requeue {
+                attempt: 1,
+                error: Some(failed.clone()),
+            },
+            Transition::Start { attempt: 2 },
+            Transition::Succeed {
+                attempt: 2,
+                artifacts: vec![Artifact {
+                    name: "output.obj".into(),
+                    format: converto_core::Format::new("obj").expect("format"),
+                    size: 42,
+                    checksum: "sha256:00".into(),
+                    blob_key: format!("conversions/{id}/output.obj"),
+                }],
+            },
+        ] {
+            // Alternate the writer within a conversion too.
+            let by = if written.len() % 2 == 0 {
+                other
+            } else {
+                writer
+            };
+            written.push(by.store().transition(id, &step).await.expect("transition"));
+            let last = written.last().expect("written");
+            for reader in [&a, &b] {
+                assert_eq!(&reader.store().get(id).await.expect("get"), last);
+            }
+        }
+        let listed = a
+            .store()
+            .list(&ListQuery {
+                tenant: Some("readers".into()),
+                limit: 1,
+                ..ListQuery::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(listed.items.first(), written.last(), "both decoders agree");
+        assert!(
+            matches!(
+                b.store().get(ConversionId::new()).await,
+                Err(converto_core::store::StoreError::NotFound { .. })
+            ),
+            "an unknown id is not found"
+        );
+    }
+}

@@ -164,6 +164,12 @@ pub struct Conversion {
     pub input_key: String,
     /// The uploaded file's name, sanitised, if there was one.
     pub input_name: Option<String>,
+    /// Free text about the conversion, searched with the file name (see [`crate::search`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Lowercase tags, sorted and distinct, including the description's `#hashtags`.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// The input's size in bytes.
     pub input_size: u64,
     /// Submit-time idempotency key.
@@ -348,6 +354,10 @@ pub struct NewConversion {
     pub input_key: String,
     /// The input's file name.
     pub input_name: Option<String>,
+    /// Free text, already checked (see [`crate::search::metadata`]).
+    pub description: Option<String>,
+    /// Tags, already normalised (see [`crate::search::metadata`]).
+    pub tags: Vec<String>,
     /// The input's size.
     pub input_size: u64,
     /// Idempotency key, unique per tenant.
@@ -372,6 +382,8 @@ impl NewConversion {
             artifacts: Vec::new(),
             input_key: self.input_key,
             input_name: self.input_name,
+            description: self.description,
+            tags: self.tags,
             input_size: self.input_size,
             idempotency_key: self.idempotency_key,
             created_at: now,
@@ -427,6 +439,8 @@ mod tests {
             priority: 0,
             input_key: "k".into(),
             input_name: None,
+            description: None,
+            tags: Vec::new(),
             input_size: 1,
             idempotency_key: None,
         }

@@ -15,10 +15,12 @@ pub mod progress;
 pub mod queue;
 pub mod registry;
 pub mod retry;
+pub mod search;
 pub mod store;
 pub mod tenants;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod webhook;
 
 pub use blob::{BlobError, BlobRead};
 pub use blob::{BlobStore, BlobStoreExt, ByteStream};
@@ -26,7 +28,7 @@ pub use conversion::{Artifact, Conversion, ErrorInfo, Progress, Status, Transiti
 pub use converter::{ConvertContext, ConvertError, ConvertRequest, Converter, Output, Route};
 pub use engine::{
     Backends, BuildError, Engine, EngineBuilder, EngineConfig, EngineError, FnConverter,
-    Submission, SubmitInput, Submitted, WorkerHandle, converter_fn,
+    Submission, SubmitInput, SubmitWebhook, Submitted, WorkerHandle, converter_fn,
 };
 pub use error::{BackendError, ErrorKind};
 pub use intake::TenantEngine;

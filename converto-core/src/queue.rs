@@ -217,6 +217,27 @@ pub trait JobQueue: Send + Sync + Debug + 'static {
     /// The job is done: removes it. [`QueueError::LeaseLost`] if the lease is not held.
     async fn ack(&self, lease: &Lease) -> Result<(), QueueError>;
 
+    /// [`JobQueue::ack`] for many leases at once; returns the ids whose lease was no longer
+    /// held (those jobs were left alone). Backends that can ack a batch in one round trip
+    /// override this; the default acks one lease after another.
+    async fn ack_many(&self, leases: &[Lease]) -> Result<Vec<ConversionId>, QueueError> {
+        let mut lost = Vec::new();
+        for lease in leases {
+            match self.ack(lease).await {
+                Ok(()) => {}
+                Err(QueueError::LeaseLost { id }) => lost.push(id),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Whether [`JobQueue::ack_many`] acks a batch in fewer round trips than one per lease, so
+    /// that gathering acks into batches pays (the engine batches only then).
+    fn batches_acks(&self) -> bool {
+        false
+    }
+
     /// Puts the job back, deliverable at `not_before`.
     async fn retry(&self, lease: &Lease, not_before: DateTime<Utc>) -> Result<(), QueueError>;
 

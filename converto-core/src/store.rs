@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::conversion::{Conversion, NewConversion, Status, Transition, TransitionConflict};
 use crate::error::BackendError;
+use crate::search::{Cursor, Sort};
 use crate::{ConversionId, Format};
 
 /// A `dyn ConversionStore`.
@@ -91,7 +92,9 @@ impl TenantUsage {
     }
 }
 
-/// Filters and pagination for [`ConversionStore::list`]. Results are newest first.
+/// Filters, order and pagination for [`ConversionStore::list`]: every filter given must hold
+/// (AND); within `statuses` and within `tags` any one is enough (OR). Results are newest created
+/// first unless `sort` says otherwise.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListQuery {
     /// Only this tenant's.
@@ -102,20 +105,29 @@ pub struct ListQuery {
     pub source_format: Option<Format>,
     /// Only this target format.
     pub target_format: Option<Format>,
-    /// Only those carrying this label key with this value.
-    pub label: Option<(String, String)>,
+    /// Only those carrying every one of these labels (key with value).
+    pub labels: Vec<(String, String)>,
+    /// Only those carrying at least one of these tags (lowercase, as stored); empty means all.
+    pub tags: Vec<String>,
     /// Created at or after.
     pub created_after: Option<DateTime<Utc>>,
     /// Created before.
     pub created_before: Option<DateTime<Utc>>,
+    /// Finished at or after (records not finished never match).
+    pub finished_after: Option<DateTime<Utc>>,
+    /// Finished before (records not finished never match).
+    pub finished_before: Option<DateTime<Utc>>,
     /// Last changed before (used by the sweeper).
     pub updated_before: Option<DateTime<Utc>>,
-    /// Case-insensitive substring of the input file name.
+    /// Full text over the input file name and the description: every word must start a word's
+    /// stem there (see [`crate::search`]). A text without words filters nothing.
     pub text: Option<String>,
+    /// The order; sorting by finish time leaves out records that have not finished.
+    pub sort: Sort,
     /// At most this many (1 to 1000; 0 means 50).
     pub limit: usize,
-    /// Continue after this id (the previous page's `next_cursor`).
-    pub cursor: Option<ConversionId>,
+    /// Continue after this record (the previous page's `next_cursor`, with the same `sort`).
+    pub cursor: Option<Cursor>,
 }
 
 impl ListQuery {
@@ -127,9 +139,44 @@ impl ListQuery {
         }
     }
 
-    /// Whether a record passes every filter (cursor included). Backends that filter in memory
-    /// use this; SQL backends translate the same rules.
+    /// The query with its tags normalised (lowercase, distinct) and its limits checked: the
+    /// full text's length and words, the number of tags. The engine lists with this.
+    pub fn checked(&self) -> Result<ListQuery, crate::search::QueryError> {
+        use crate::search::{MAX_TAG_FILTERS, QueryError, normalize_tag, parse_query};
+        if let Some(text) = &self.text {
+            parse_query(text)?;
+        }
+        if self.tags.len() > MAX_TAG_FILTERS {
+            return Err(QueryError::TooManyTags);
+        }
+        let mut tags = self
+            .tags
+            .iter()
+            .map(|t| normalize_tag(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        tags.sort_unstable();
+        tags.dedup();
+        Ok(ListQuery {
+            tags,
+            ..self.clone()
+        })
+    }
+
+    /// The words of the full-text filter (empty: no text filter).
+    pub fn text_terms(&self) -> Vec<String> {
+        self.text
+            .as_deref()
+            .map(crate::search::query_terms)
+            .unwrap_or_default()
+    }
+
+    /// Whether a record passes every filter (cursor and the finished-sort rule included).
+    /// Backends that filter in memory use this; SQL backends translate the same rules.
     pub fn matches(&self, c: &Conversion) -> bool {
+        let finished = |t: DateTime<Utc>, after: bool| {
+            c.finished_at
+                .is_some_and(|f| if after { f >= t } else { f < t })
+        };
         self.tenant.as_ref().is_none_or(|t| &c.tenant == t)
             && (self.statuses.is_empty() || self.statuses.contains(&c.status))
             && self
@@ -140,38 +187,41 @@ impl ListQuery {
                 .target_format
                 .as_ref()
                 .is_none_or(|f| &c.target_format == f)
-            && self
-                .label
-                .as_ref()
-                .is_none_or(|(k, v)| c.labels.get(k) == Some(v))
+            && self.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v))
+            && (self.tags.is_empty() || self.tags.iter().any(|t| c.tags.contains(t)))
             && self.created_after.is_none_or(|t| c.created_at >= t)
             && self.created_before.is_none_or(|t| c.created_at < t)
+            && self.finished_after.is_none_or(|t| finished(t, true))
+            && self.finished_before.is_none_or(|t| finished(t, false))
             && self.updated_before.is_none_or(|t| c.updated_at < t)
-            && self.text.as_ref().is_none_or(|text| {
-                c.input_name
-                    .as_ref()
-                    .is_some_and(|n| n.to_lowercase().contains(&text.to_lowercase()))
-            })
-            && self.cursor.is_none_or(|cur| c.id < cur)
+            && crate::search::text_matches(
+                &self.text_terms(),
+                c.input_name.as_deref(),
+                c.description.as_deref(),
+            )
+            && match self.sort.key(c) {
+                None => false,
+                Some(key) => self.cursor.is_none_or(|cur| cur.precedes(key, self.sort)),
+            }
     }
 }
 
 /// One page of [`ConversionStore::list`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
-    /// The records, newest first.
+    /// The records, in the query's order.
     pub items: Vec<Conversion>,
     /// Pass as `cursor` for the next page; `None` on the last page.
-    pub next_cursor: Option<ConversionId>,
+    pub next_cursor: Option<Cursor>,
 }
 
 impl Page {
-    /// A page from records read newest first with one more than `limit` asked for: the extra
+    /// A page from records read in `sort` order with one more than `limit` asked for: the extra
     /// one only tells that a next page exists, and the cursor is the last record kept.
-    pub fn from_overfetch(mut items: Vec<Conversion>, limit: usize) -> Self {
+    pub fn from_overfetch(mut items: Vec<Conversion>, limit: usize, sort: Sort) -> Self {
         let next_cursor = if items.len() > limit {
             items.truncate(limit);
-            items.last().map(|c| c.id)
+            items.last().and_then(|c| Cursor::after(c, sort))
         } else {
             None
         };
@@ -219,7 +269,8 @@ pub trait ConversionStore: Send + Sync + Debug + 'static {
     /// One record.
     async fn get(&self, id: ConversionId) -> Result<Conversion, StoreError>;
 
-    /// Records matching the query, newest first.
+    /// Records matching the query, in its order (newest created first by default), one page
+    /// at a time; every backend serves the filters, orders and cursors from indexes.
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
 
     /// Applies a guarded transition atomically and returns the new record.

@@ -430,6 +430,9 @@ pub struct FileConfig {
     /// The image converter's settings: the adapter's `ImageConfig` shape.
     #[serde(default)]
     image: toml::Table,
+    /// Webhook delivery: see [`crate::runtime::WebhookSettings`].
+    #[serde(default)]
+    webhooks: toml::Table,
 }
 
 /// A secret: its `Debug` never shows the value.
@@ -548,6 +551,8 @@ pub struct Settings {
     pub limits: crate::quota::Limits,
     /// The file's `[image]` table (the image converter's `ImageConfig` fields).
     pub image: toml::Table,
+    /// The file's `[webhooks]` table ([`crate::runtime::WebhookSettings`]).
+    pub webhooks: toml::Table,
     /// Who may call the API.
     pub auth: crate::auth::AuthSettings,
 }
@@ -738,6 +743,7 @@ impl Settings {
                 file.tenants,
             )?,
             image: file.image,
+            webhooks: file.webhooks,
             auth,
             data_dir,
         })

@@ -159,13 +159,14 @@ pub fn prometheus() -> PrometheusHandle {
         (name = "uploads", description = "Upload first, convert later"),
         (name = "formats", description = "What can be converted"),
         (name = "system", description = "Health, readiness, metrics"),
+        (name = "webhooks", description = "Signed POSTs when conversions finish"),
     )
 )]
 struct ApiDoc;
 
 /// The API router and its OpenAPI description, generated from the handlers.
 pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
-    use api::{conversions, system, upload};
+    use api::{conversions, system, upload, webhooks};
     let uploads = OpenApiRouter::new()
         .routes(routes!(conversions::create))
         .routes(routes!(upload::put))
@@ -178,6 +179,11 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(conversions::events))
         .routes(routes!(conversions::artifact))
         .routes(routes!(upload::create))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::delete))
+        .routes(routes!(webhooks::rotate))
+        .routes(routes!(webhooks::rotate_signing_secret))
+        .routes(routes!(webhooks::deliveries))
         .routes(routes!(system::formats))
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use converto_core::blob::BlobStore;
 use converto_core::memory::{
@@ -10,6 +11,7 @@ use converto_core::memory::{
 use converto_core::progress::ProgressBus;
 use converto_core::queue::JobQueue;
 use converto_core::store::ConversionStore;
+use converto_core::webhook::{WebhookStore, Webhooks};
 use converto_core::{Backends, ConverterRegistry, Engine, EngineConfig};
 
 use crate::config::Settings;
@@ -585,6 +587,129 @@ pub fn engine_config(s: &Settings) -> EngineConfig {
     c
 }
 
+/// The `[webhooks]` table of the configuration file.
+///
+/// ```toml
+/// [webhooks]
+/// enabled = true                # default
+/// allow = ["10.1.0.0/16"]       # private networks webhooks may reach (default: none)
+/// timeout_secs = 15             # per request, connection to last byte
+/// max_response_bytes = 65536    # read from an answer, then discarded
+/// backoff_base_secs = 5         # the first retry's delay, doubling to 1 h, for 25 h
+/// ```
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Webhooks on (submit accepts `webhook_url`, `/v1/webhooks` answers, deliveries run
+    /// beside the workers).
+    pub enabled: bool,
+    /// CIDRs of non-public networks webhooks may reach.
+    pub allow: Vec<String>,
+    /// The bound on one request.
+    pub timeout_secs: f64,
+    /// How much of an answer is read.
+    pub max_response_bytes: usize,
+    /// The first retry's delay.
+    pub backoff_base_secs: f64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        let client = converto_adapters::webhooks::WebhookClientConfig::default();
+        Self {
+            enabled: true,
+            allow: client.allow,
+            timeout_secs: client.timeout.as_secs_f64(),
+            max_response_bytes: client.max_response_bytes,
+            backoff_base_secs: converto_core::webhook::WebhookConfig::default()
+                .backoff_base
+                .as_secs_f64(),
+        }
+    }
+}
+
+fn secs(field: &str, v: f64) -> Result<Duration, StartError> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|e| StartError::Settings(format!("[webhooks] {field}: {e}").into()))
+}
+
+/// The webhook service, kept where the store is: its tables in the store's database, and its
+/// delivery queue a second queue of the same kind beside it (a `<file>.webhooks` SQLite file,
+/// or the `<schema>_wh` PostgreSQL schema, see [`webhook_schema`]), never the conversions' queue. With the
+/// `memory` store both are in memory.
+pub async fn webhooks(s: &Settings) -> Result<Option<Arc<Webhooks>>, StartError> {
+    let ws: WebhookSettings = s
+        .webhooks
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| StartError::Settings(Box::new(e)))?;
+    if !ws.enabled {
+        return Ok(None);
+    }
+    let client = converto_adapters::webhooks::WebhookClientConfig {
+        allow: ws.allow.clone(),
+        timeout: secs("timeout_secs", ws.timeout_secs)?,
+        max_response_bytes: ws.max_response_bytes,
+    };
+    let transport = converto_adapters::webhooks::HttpWebhookTransport::new(&client)
+        .map_err(|e| StartError::Settings(Box::new(e)))?;
+    let config = converto_core::webhook::WebhookConfig {
+        backoff_base: secs("backoff_base_secs", ws.backoff_base_secs)?,
+        lease: client
+            .timeout
+            .saturating_mul(2)
+            .max(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let (store, queue): (Arc<dyn WebhookStore>, Arc<dyn JobQueue>) = match s.store.as_str() {
+        "memory" => (
+            Arc::new(converto_core::webhook::MemoryWebhookStore::new()),
+            Arc::new(converto_core::memory::MemoryJobQueue::new()),
+        ),
+        #[cfg(feature = "sqlite")]
+        u if sqlite_path(u).is_some() => {
+            let mut opened = Opened::default();
+            let store = opened.sqlite(u, "webhook store").await?.webhooks();
+            let queue: Arc<dyn JobQueue> = match sqlite_path(u) {
+                Some(p) if !p.contains(":memory:") && !p.starts_with("memory") => {
+                    let q = format!("sqlite://{}.webhooks", p.split('?').next().unwrap_or(p));
+                    opened.sqlite(&q, "webhook queue").await?.queue()
+                }
+                _ => Arc::new(converto_core::memory::MemoryJobQueue::new()),
+            };
+            (store, queue)
+        }
+        #[cfg(feature = "postgres")]
+        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            let store = Opened::default()
+                .postgres(u, "webhook store")
+                .await?
+                .webhooks();
+            let config = converto_adapters::postgres::PostgresConfig::from_env_with_url(u)
+                .map_err(|e| backend_err("webhook queue", u, e))?;
+            let schema = webhook_schema(&config.schema);
+            let b = converto_adapters::postgres::PostgresBackend::connect(config.schema(schema))
+                .await
+                .map_err(|e| backend_err("webhook queue", u, e))?;
+            (store, b.queue())
+        }
+        u => {
+            return Err(StartError::Unsupported {
+                what: "store",
+                url: redact(u),
+                supported: supported("store"),
+            });
+        }
+    };
+    let render: converto_core::webhook::Renderer = Arc::new(|c| {
+        serde_json::to_value(crate::api::views::ConversionView::from(c))
+            .unwrap_or(serde_json::Value::Null)
+    });
+    Ok(Some(Arc::new(
+        Webhooks::new(store, queue, Arc::new(transport), config).with_renderer(render),
+    )))
+}
+
 /// Builds the engine.
 pub async fn engine(s: &Settings) -> Result<Engine, StartError> {
     let backends = open_backends(s).await?;
@@ -594,6 +719,9 @@ pub async fn engine(s: &Settings) -> Result<Engine, StartError> {
         .registry(registry)
         .config(engine_config(s))
         .limits(limits(s).await?);
+    if let Some(w) = webhooks(s).await? {
+        builder = builder.webhooks(w);
+    }
     // Without a configured secret, the engine keeps a generated one in the blob store.
     if let Some(secret) = &s.upload_secret {
         let signer = converto_core::intake::UploadSigner::new(secret.expose().as_bytes())
@@ -623,5 +751,41 @@ mod tests {
         assert_eq!(redact("redis://:p%40ss@h:6379/0"), "redis://:***@h:6379/0");
         assert_eq!(redact("s3://bucket/a@b"), "s3://bucket/a@b");
         assert_eq!(redact("/var/lib/converto"), "/var/lib/converto");
+    }
+}
+
+/// The PostgreSQL schema of the webhook delivery queue beside the store's `schema`: `<schema>_wh`,
+/// or, when that would pass the 50 characters a schema may have, the first 38 characters, an
+/// underscore, 8 hex digits of the schema's SHA-256 and `_wh` (so two long names that share
+/// their first 38 characters still get different queues).
+#[cfg(feature = "postgres")]
+fn webhook_schema(schema: &str) -> String {
+    const MAX: usize = 50;
+    if schema.len() + 3 <= MAX {
+        return format!("{schema}_wh");
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(schema.as_bytes());
+    // Schema names are ASCII (checked by the config), so byte 38 is a character boundary.
+    let head = schema.get(..38).unwrap_or(schema);
+    format!("{head}_{}_wh", hex::encode(&digest[..4]))
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod webhook_schema_tests {
+    use super::webhook_schema;
+
+    #[test]
+    fn every_store_schema_gets_a_valid_distinct_queue_schema() {
+        assert_eq!(webhook_schema("converto"), "converto_wh");
+        let long_a = format!("{}a", "s".repeat(49));
+        let long_b = format!("{}b", "s".repeat(49));
+        let (a, b) = (webhook_schema(&long_a), webhook_schema(&long_b));
+        assert_eq!(a.len(), 50);
+        assert_ne!(a, b);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+        );
     }
 }

@@ -730,6 +730,86 @@ async fn list_filters_and_pages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_by_tags_text_and_order() {
+    let api = api();
+    let mut ids = Vec::new();
+    for (file, description, tags) in [
+        ("gear.txt", "Rendering a #Gear", "Red, photo"),
+        ("bracket.txt", "", "blue"),
+        ("plate.txt", "renders fine", "red"),
+    ] {
+        let resp = api
+            .submit(&[
+                ("target_format", None, b"upper"),
+                ("description", None, description.as_bytes()),
+                ("tags", None, tags.as_bytes()),
+                ("file", Some(file), b"abc"),
+            ])
+            .await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let view = json_of(resp).await;
+        ids.push(view["id"].as_str().expect("id").to_owned());
+    }
+    let first = json_of(api.get(&format!("/v1/conversions/{}", ids[0])).await).await;
+    assert_eq!(first["tags"], json!(["gear", "photo", "red"]));
+    assert_eq!(first["description"], "Rendering a #Gear");
+    let count = async |query: &str| {
+        let page = json_of(api.get(&format!("/v1/conversions?{query}")).await).await;
+        page["items"].as_array().map(Vec::len).unwrap_or(usize::MAX)
+    };
+    assert_eq!(count("tag=red").await, 2);
+    assert_eq!(count("tag=RED&tag=blue").await, 3);
+    assert_eq!(count("q=rendered").await, 2);
+    assert_eq!(count("q=rend&tag=gear").await, 1);
+    assert_eq!(count("q=brack").await, 1);
+    assert_eq!(count("q=%22%27%20OR%201%3D1%20--%20*").await, 0);
+    // Oldest first, one a page, each once.
+    let mut seen = Vec::new();
+    let mut uri = "/v1/conversions?sort=created&limit=1".to_owned();
+    for _ in 0..5 {
+        let page = json_of(api.get(&uri).await).await;
+        seen.extend(
+            page["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|c| c["id"].as_str().expect("id").to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => uri = format!("/v1/conversions?sort=created&limit=1&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    for bad in [
+        "tag=no%20spaces",
+        "sort=size",
+        "cursor=12_x",
+        "status=queued&status=failed",
+        &format!("q={}", "a".repeat(257)),
+    ] {
+        let resp = api.get(&format!("/v1/conversions?{bad}")).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let resp = api
+        .submit(&[
+            ("target_format", None, b"upper"),
+            ("tags", None, b"not/a/tag"),
+            ("file", Some("x.txt"), b"abc"),
+        ])
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = api
+        .submit(&[
+            ("target_format", None, b"upper"),
+            ("description", None, "x".repeat(4001).as_bytes()),
+            ("file", Some("x.txt"), b"abc"),
+        ])
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_endpoints() {
     let api = api();
     let formats = json_of(api.get("/v1/formats").await).await;

@@ -619,13 +619,19 @@ async fn postgres_passwords_never_reach_logs_or_readyz() {
     };
     let stdout = server.child.stdout.take().expect("stdout");
     let mut stderr = server.child.stderr.take().expect("stderr");
+    // Drained as it comes: debug logs fill a pipe's buffer long before the server is up, and a
+    // server blocked on writing its log never says it listens.
+    let logged = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
         .expect("listening line");
     let Some(base) = line.trim().strip_prefix("converto listening on ") else {
         server.kill9();
-        let mut err = String::new();
-        let _ = stderr.read_to_string(&mut err);
+        let err = logged.join().expect("stderr reader");
         assert!(!err.contains(SECRET), "the password was printed: {err}");
         // The password was wrong for this server: the start-up error was the test.
         return;
@@ -642,7 +648,6 @@ async fn postgres_passwords_never_reach_logs_or_readyz() {
         "readyz shows paths or URLs: {readyz}"
     );
     server.kill9();
-    let mut err = String::new();
-    stderr.read_to_string(&mut err).expect("stderr");
+    let err = logged.join().expect("stderr reader");
     assert!(!err.contains(SECRET), "the password was logged: {err}");
 }

@@ -686,6 +686,8 @@ async function openDetail(id) {
   fact('Attempts', String(c.attempts));
   const labels = Object.entries(c.labels || {}).map(([k, v]) => `${k}=${v}`).join(', ');
   fact('Labels', labels);
+  fact('Description', c.description || '');
+  fact('Tags', (c.tags || []).map((t) => `#${t}`).join(' '));
   if (c.options && Object.keys(c.options).length) fact('Options', JSON.stringify(c.options));
   fact('Id', c.id);
   const parts = [facts];

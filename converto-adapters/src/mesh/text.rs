@@ -19,12 +19,18 @@ pub(crate) fn skip_utf8_bom<R: BufRead>(reader: &mut R) -> std::io::Result<u64> 
 }
 
 /// Reads lines as bytes (names and comments need not be UTF-8), without terminators.
+///
+/// A line that lies whole in the underlying reader's buffer (nearly all of them, with the
+/// 256 KiB buffer [`read_mesh`](super::read_mesh) uses) is handed out in place, without a copy;
+/// it is consumed on the next call. Only a line crossing the buffer's end is copied together.
 pub(crate) struct LineReader<R> {
     inner: R,
     buf: Vec<u8>,
+    /// Bytes of `inner`'s buffer taken by the line last returned in place, not yet consumed.
+    pending: usize,
     /// 1-based number of the last line returned.
     pub(crate) line: u64,
-    /// Bytes consumed so far.
+    /// Bytes consumed so far (including the last line returned).
     pub(crate) consumed: u64,
     format: MeshFormat,
     /// The longest line accepted: a longer one fails instead of being buffered.
@@ -36,6 +42,7 @@ impl<R: BufRead> LineReader<R> {
         Self {
             inner,
             buf: Vec::with_capacity(256),
+            pending: 0,
             line: 0,
             consumed: 0,
             format,
@@ -45,29 +52,57 @@ impl<R: BufRead> LineReader<R> {
 
     /// The next line and its 1-based number, or `None` at the end.
     pub(crate) fn next_line(&mut self) -> Result<Option<(u64, &[u8])>, MeshError> {
-        self.buf.clear();
-        let n = (&mut self.inner)
-            .take(self.max_line as u64 + 1)
-            .read_until(b'\n', &mut self.buf)?;
-        if n == 0 {
-            return Ok(None);
+        self.inner.consume(std::mem::take(&mut self.pending));
+        // Where the line ends, when it ends (with its `\n`, within the length limit) inside
+        // what is buffered already.
+        let in_place = {
+            let available = self.inner.fill_buf()?;
+            if available.is_empty() {
+                return Ok(None);
+            }
+            let window = available
+                .get(..available.len().min(self.max_line.saturating_add(1)))
+                .unwrap_or(available);
+            memchr::memchr(b'\n', window)
+        };
+        let (format, line) = (self.format, self.line + 1);
+        let text = match in_place {
+            Some(end) => {
+                self.pending = end + 1;
+                self.consumed += end as u64 + 1;
+                self.line = line;
+                let available = self.inner.fill_buf()?;
+                available.get(..end).unwrap_or_default()
+            }
+            None => {
+                self.buf.clear();
+                let n = (&mut self.inner)
+                    .take(self.max_line as u64 + 1)
+                    .read_until(b'\n', &mut self.buf)?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                self.line = line;
+                self.consumed += n as u64;
+                if self.buf.last() == Some(&b'\n') {
+                    self.buf.pop();
+                } else if self.buf.len() > self.max_line {
+                    return Err(self.error(Reason::LineTooLong {
+                        limit: self.max_line,
+                    }));
+                }
+                &self.buf[..]
+            }
+        };
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if memchr::memchr(0, text).is_some() {
+            return Err(MeshError::malformed(
+                format,
+                Location::Line(line),
+                Reason::NotText,
+            ));
         }
-        self.line += 1;
-        self.consumed += n as u64;
-        if self.buf.last() == Some(&b'\n') {
-            self.buf.pop();
-        } else if self.buf.len() > self.max_line {
-            return Err(self.error(Reason::LineTooLong {
-                limit: self.max_line,
-            }));
-        }
-        if self.buf.last() == Some(&b'\r') {
-            self.buf.pop();
-        }
-        if self.buf.contains(&0) {
-            return Err(self.error(Reason::NotText));
-        }
-        Ok(Some((self.line, &self.buf)))
+        Ok(Some((line, text)))
     }
 
     /// An error at the current line.
@@ -76,20 +111,43 @@ impl<R: BufRead> LineReader<R> {
     }
 
     /// The reader, positioned after the last line returned.
-    pub(crate) fn into_inner(self) -> R {
+    pub(crate) fn into_inner(mut self) -> R {
+        self.inner.consume(self.pending);
         self.inner
     }
 }
 
 /// Whitespace-separated tokens of a line.
-pub(crate) fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(u8::is_ascii_whitespace)
-        .filter(|t| !t.is_empty())
+pub(crate) fn tokens(line: &[u8]) -> Tokens<'_> {
+    Tokens { rest: line }
 }
 
-/// Parses a whole token as a float.
+/// The iterator of [`tokens`]: skips a run of whitespace, then takes the run up to the next
+/// (no empty tokens to step over, as splitting at every whitespace byte would give).
+pub(crate) struct Tokens<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let start = self.rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        let rest = self.rest.get(start..).unwrap_or_default();
+        let end = rest
+            .iter()
+            .position(u8::is_ascii_whitespace)
+            .unwrap_or(rest.len());
+        let (token, tail) = rest.split_at(end);
+        self.rest = tail;
+        Some(token)
+    }
+}
+
+/// Parses a whole token as a float: the forms `str::parse` takes (signs, `1.`, `.5`, exponents,
+/// `inf`, `nan`), to the same correctly rounded value, straight from the bytes.
 pub(crate) fn parse_f64(token: &[u8]) -> Option<f64> {
-    std::str::from_utf8(token).ok()?.parse().ok()
+    fast_float2::parse(token).ok()
 }
 
 /// Parses a whole token as an integer.
@@ -150,4 +208,89 @@ fn parse_prefix(token: &[u8]) -> Option<f64> {
         }
     }
     parse_f64(token.get(..end)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_skip_any_whitespace() {
+        fn all(line: &[u8]) -> Vec<&[u8]> {
+            tokens(line).collect()
+        }
+        assert_eq!(all(b""), Vec::<&[u8]>::new());
+        assert_eq!(all(b" \t \x0c"), Vec::<&[u8]>::new());
+        assert_eq!(all(b"vertex 1 2 3"), [&b"vertex"[..], b"1", b"2", b"3"]);
+        assert_eq!(
+            all(b"\t vertex\t\t-1  2e3 \x0c.5 "),
+            [&b"vertex"[..], b"-1", b"2e3", b".5"]
+        );
+    }
+
+    /// The fast parser takes exactly the tokens `str::parse` took, to exactly the same value.
+    #[test]
+    fn parse_f64_agrees_with_str_parse() {
+        let std = |t: &str| t.parse::<f64>().ok();
+        let mut tokens: Vec<String> = [
+            "0",
+            "-0",
+            "+0",
+            "1",
+            "+1.5e+00",
+            "-2E-1",
+            ".5",
+            "-.5",
+            "1.",
+            "3e0",
+            "1e39",
+            "1e-46",
+            "4.9406564584124654e-324",
+            "1.7976931348623157e308",
+            "1e309",
+            "inf",
+            "-inf",
+            "Infinity",
+            "nan",
+            "NaN",
+            "",
+            ".",
+            "-",
+            "+",
+            "e5",
+            "1e",
+            "1e+",
+            "0x10",
+            "1,5",
+            "1_0",
+            " 1",
+            "1 ",
+            "..5",
+            "1.2.3",
+            "--1",
+            "+-1",
+            "9007199254740993",
+            "0.1000000000000000055511151231257827",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        // Values written every way a writer might: shortest, fixed, C's `%e`.
+        let mut x = 0.123_456_789_f64;
+        for i in 0..2000 {
+            x = (x * 7.3 + f64::from(i)).sin() * 10f64.powi(i % 40 - 20);
+            tokens.push(format!("{x}"));
+            tokens.push(format!("{x:.6}"));
+            tokens.push(format!("{x:.6e}"));
+            tokens.push(format!("{:E}", x as f32));
+        }
+        for t in &tokens {
+            let (ours, theirs) = (parse_f64(t.as_bytes()), std(t));
+            assert!(
+                ours.map(f64::to_bits) == theirs.map(f64::to_bits)
+                    || ours.is_some_and(f64::is_nan) && theirs.is_some_and(f64::is_nan),
+                "{t:?}: {ours:?} != {theirs:?}"
+            );
+        }
+    }
 }

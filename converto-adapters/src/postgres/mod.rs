@@ -31,6 +31,7 @@ mod progress;
 mod queue;
 mod store;
 mod tenants;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,7 @@ pub use queue::PostgresJobQueue;
 pub use sqlx;
 pub use store::PostgresConversionStore;
 pub use tenants::PostgresTenantStore;
+pub use webhooks::PostgresWebhookStore;
 
 /// The name the backends give in errors.
 const BACKEND: &str = "postgres";
@@ -389,6 +391,11 @@ impl PostgresBackend {
     /// The per-tenant limit overrides kept in this database (`converto tenants set`).
     pub fn tenants(&self) -> Arc<PostgresTenantStore> {
         Arc::new(PostgresTenantStore::new(self.shared.clone()))
+    }
+
+    /// The webhook endpoints, secrets, messages and attempts kept in this database.
+    pub fn webhooks(&self) -> Arc<PostgresWebhookStore> {
+        Arc::new(PostgresWebhookStore::new(self.shared.clone()))
     }
 
     /// The engine's backends: these three and the given blob store.

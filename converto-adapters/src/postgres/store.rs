@@ -10,7 +10,7 @@ use converto_core::conversion::{
 use converto_core::store::{
     ConversionStore, Created, ListQuery, Page, StoreError, transition_by_cas,
 };
-use converto_core::{ConversionId, Format};
+use converto_core::{ConversionId, Format, search};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
@@ -23,15 +23,16 @@ macro_rules! columns {
     () => {
         "id, tenant, source_format, target_format, options, labels, priority, status, progress, \
          attempts, error, artifacts, input_key, input_name, input_size, idempotency_key, \
-         created_at, started_at, finished_at, updated_at, version"
+         created_at, started_at, finished_at, updated_at, version, description, tags"
     };
 }
 
 const INSERT: &str = concat!(
     "INSERT INTO conversions (",
     columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21) ON CONFLICT (tenant, idempotency_key) DO NOTHING"
+    ", search) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+     $17, $18, $19, $20, $21, $22, $23, to_tsvector('converto_search'::regconfig, $24)) \
+     ON CONFLICT (tenant, idempotency_key) DO NOTHING"
 );
 const GET: &str = concat!("SELECT ", columns!(), " FROM conversions WHERE id = $1");
 const GET_BY_KEY: &str = concat!(
@@ -133,7 +134,163 @@ fn decode(row: &PgRow) -> Result<Conversion, StoreError> {
         finished_at: get(row, "finished_at")?,
         updated_at: get(row, "updated_at")?,
         version: u64_col(row, "version")?,
+        description: get(row, "description")?,
+        tags: get(row, "tags")?,
     })
+}
+
+/// The `tsquery` for full-text terms: each a quoted prefix, all required. Terms are runs of
+/// letters and digits only (`search::query_terms`), so nothing in them is tsquery syntax.
+fn ts_query(terms: &[String]) -> String {
+    terms
+        .iter()
+        .map(|t| format!("'{t}':*"))
+        .collect::<Vec<_>>()
+        .join(" & ")
+}
+
+/// The statement [`ConversionStore::list`] runs, after `prefix` (e.g. `EXPLAIN `).
+///
+/// Every filter narrows an indexed walk: the tenant's rows in sort order
+/// (`conversions_tenant_created`, `_tenant_finished`, `_tenant_status_created`), tags through
+/// the GIN index on `tags`, full text through the GIN index on `search`; one row more than the
+/// page tells whether another page follows.
+/// How many rows of the list order a search looks at first, then how many the second time,
+/// before it lets the tag and text indexes drive the query (see [`list_query`]).
+const SEARCH_WINDOWS: [i64; 2] = [256, 4096];
+
+/// Whether `query` filters by tags, full text or labels: the filters [`list_query`] checks row
+/// by row within a window first.
+fn searches(query: &ListQuery) -> bool {
+    !query.tags.is_empty() || !query.labels.is_empty() || !query.text_terms().is_empty()
+}
+
+/// The statement [`ConversionStore::list`] runs, after `prefix` (e.g. `EXPLAIN `).
+///
+/// A search (tags, full text or labels) runs in up to three steps, because no one plan is fast
+/// for both broad and rare matches. With `window`, the statement takes only the first `window`
+/// rows of the list order that pass the plain filters (tenant, status, formats, ranges,
+/// cursor), walking a b-tree index in order, and checks the tags, text and labels on those:
+/// when a quarter of the records match, a page is found among a few dozen rows instead of by
+/// reading and sorting every match from the GIN indexes. If that fills the page (one row more
+/// than the limit), those are exactly the first rows of the whole order (any earlier match
+/// would lie inside the window). Otherwise the matches are rare and the statement without
+/// `window` lets the GIN indexes find them, then sorts the few it found.
+fn list_query(query: &ListQuery, prefix: &str, window: Option<i64>) -> QueryBuilder<Postgres> {
+    let limit = query.effective_limit();
+    let sort = query.sort;
+    let key = if sort.by_finished() {
+        "finished_at"
+    } else {
+        "created_at"
+    };
+    let (cmp, dir) = if sort.descending() {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    let mut qb: QueryBuilder<Postgres> =
+        QueryBuilder::new(format!("{prefix}SELECT {} FROM ", columns!()));
+    if window.is_some() {
+        qb.push("(SELECT * FROM conversions WHERE TRUE");
+    } else {
+        qb.push("conversions WHERE TRUE");
+    }
+    if let Some(tenant) = &query.tenant {
+        qb.push(" AND tenant = ").push_bind(tenant.clone());
+    }
+    if !query.statuses.is_empty() {
+        let statuses: Vec<String> = query
+            .statuses
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        qb.push(" AND status = ANY(").push_bind(statuses).push(")");
+    }
+    if let Some(f) = &query.source_format {
+        qb.push(" AND source_format = ")
+            .push_bind(f.as_str().to_owned());
+    }
+    if let Some(f) = &query.target_format {
+        qb.push(" AND target_format = ")
+            .push_bind(f.as_str().to_owned());
+    }
+    if let Some(t) = query.created_after {
+        qb.push(" AND created_at >= ").push_bind(t);
+    }
+    if let Some(t) = query.created_before {
+        qb.push(" AND created_at < ").push_bind(t);
+    }
+    if let Some(t) = query.finished_after {
+        qb.push(" AND finished_at >= ").push_bind(t);
+    }
+    if let Some(t) = query.finished_before {
+        qb.push(" AND finished_at < ").push_bind(t);
+    }
+    if let Some(t) = query.updated_before {
+        qb.push(" AND updated_at < ").push_bind(t);
+    }
+    if sort.by_finished() {
+        qb.push(" AND finished_at IS NOT NULL");
+    }
+    if let Some(cursor) = query.cursor {
+        qb.push(format!(" AND ({key}, id) {cmp} ("))
+            .push_bind(cursor.at)
+            .push(", ")
+            .push_bind(*cursor.id.as_uuid())
+            .push(")");
+    }
+    if let Some(window) = window {
+        qb.push(format!(" ORDER BY {key} {dir}, id {dir} LIMIT "))
+            .push_bind(window)
+            .push(") AS conversions WHERE TRUE");
+    }
+    if !query.labels.is_empty() {
+        // Containment of all of them at once uses the GIN index on labels.
+        let labels: BTreeMap<String, String> = query.labels.iter().cloned().collect();
+        if labels.len() == query.labels.len() {
+            qb.push(" AND labels @> ").push_bind(Json(labels));
+        } else {
+            // The same key asked for with two values: nothing can match.
+            qb.push(" AND FALSE");
+        }
+    }
+    if !query.tags.is_empty() {
+        qb.push(" AND tags && ")
+            .push_bind(query.tags.clone())
+            .push("::text[]");
+    }
+    let terms = query.text_terms();
+    if !terms.is_empty() {
+        qb.push(" AND search @@ to_tsquery('converto_search'::regconfig, ")
+            .push_bind(ts_query(&terms))
+            .push(")");
+    }
+    // One extra row says whether there is a next page.
+    qb.push(format!(" ORDER BY {key} {dir}, id {dir} LIMIT "))
+        .push_bind(i64::try_from(limit + 1).unwrap_or(i64::MAX));
+    qb
+}
+
+impl PostgresConversionStore {
+    /// `EXPLAIN` of the statement [`ConversionStore::list`] runs for `query`: the plan's lines.
+    /// For tests that check every search is served from an index.
+    #[doc(hidden)]
+    pub async fn explain_list(&self, query: &ListQuery) -> Result<Vec<String>, StoreError> {
+        let mut plan = Vec::new();
+        let windows = searches(query).then_some(SEARCH_WINDOWS[0]);
+        for window in windows.into_iter().map(Some).chain([None]) {
+            let rows = list_query(query, "EXPLAIN ", window)
+                .build()
+                .fetch_all(&self.shared.pool)
+                .await
+                .map_err(sql)?;
+            for row in &rows {
+                plan.push(get::<String>(row, "QUERY PLAN")?);
+            }
+        }
+        Ok(plan)
+    }
 }
 
 #[async_trait]
@@ -167,6 +324,12 @@ impl ConversionStore for PostgresConversionStore {
                 .bind(record.finished_at)
                 .bind(record.updated_at)
                 .bind(version)
+                .bind(&record.description)
+                .bind(&record.tags)
+                .bind(search::index_text(
+                    record.input_name.as_deref(),
+                    record.description.as_deref(),
+                ))
                 .execute(&self.shared.pool)
                 .await;
             match inserted {
@@ -211,59 +374,29 @@ impl ConversionStore for PostgresConversionStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let limit = query.effective_limit();
-        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM conversions WHERE TRUE"
-        ));
-        if let Some(tenant) = &query.tenant {
-            qb.push(" AND tenant = ").push_bind(tenant.clone());
+        let windows: &[i64] = if searches(query) {
+            &SEARCH_WINDOWS
+        } else {
+            &[]
+        };
+        for &window in windows {
+            let rows = list_query(query, "", Some(window))
+                .build()
+                .fetch_all(&self.shared.pool)
+                .await
+                .map_err(sql)?;
+            if rows.len() > limit {
+                let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+                return Ok(Page::from_overfetch(items, limit, query.sort));
+            }
         }
-        if !query.statuses.is_empty() {
-            let statuses: Vec<String> = query
-                .statuses
-                .iter()
-                .map(|s| s.as_str().to_owned())
-                .collect();
-            qb.push(" AND status = ANY(").push_bind(statuses).push(")");
-        }
-        if let Some(f) = &query.source_format {
-            qb.push(" AND source_format = ")
-                .push_bind(f.as_str().to_owned());
-        }
-        if let Some(f) = &query.target_format {
-            qb.push(" AND target_format = ")
-                .push_bind(f.as_str().to_owned());
-        }
-        if let Some((key, value)) = &query.label {
-            // Containment uses the GIN index on labels.
-            qb.push(" AND labels @> ")
-                .push_bind(Json(BTreeMap::from([(key.clone(), value.clone())])));
-        }
-        if let Some(t) = query.created_after {
-            qb.push(" AND created_at >= ").push_bind(t);
-        }
-        if let Some(t) = query.created_before {
-            qb.push(" AND created_at < ").push_bind(t);
-        }
-        if let Some(t) = query.updated_before {
-            qb.push(" AND updated_at < ").push_bind(t);
-        }
-        if let Some(text) = &query.text {
-            // strpos, not LIKE: the user's text needs no escaping of % and _.
-            qb.push(" AND strpos(lower(input_name), lower(")
-                .push_bind(text.clone())
-                .push(")) > 0");
-        }
-        if let Some(cursor) = query.cursor {
-            qb.push(" AND id < ").push_bind(*cursor.as_uuid());
-        }
-        // One extra row says whether there is a next page.
-        qb.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::try_from(limit + 1).unwrap_or(i64::MAX));
-        let rows = qb.build().fetch_all(&self.shared.pool).await.map_err(sql)?;
+        let rows = list_query(query, "", None)
+            .build()
+            .fetch_all(&self.shared.pool)
+            .await
+            .map_err(sql)?;
         let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        Ok(Page::from_overfetch(items, limit))
+        Ok(Page::from_overfetch(items, limit, query.sort))
     }
 
     async fn transition(

@@ -327,6 +327,15 @@ impl JobQueue for RedisJobQueue {
         }
     }
 
+    async fn ack_many(&self, leases: &[Lease]) -> Result<Vec<ConversionId>, QueueError> {
+        // The inherent method: one round trip for the whole batch.
+        Self::ack_many(self, leases).await
+    }
+
+    fn batches_acks(&self) -> bool {
+        true
+    }
+
     async fn retry(&self, lease: &Lease, not_before: DateTime<Utc>) -> Result<(), QueueError> {
         let done: i64 = self
             .run(&self.scripts.retry, |inv| {

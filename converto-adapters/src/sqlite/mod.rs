@@ -4,7 +4,10 @@
 //! with a busy timeout and foreign keys on, runs the embedded migrations (their bookkeeping lives
 //! in the `converto_migrations` table, and converto's tables are prefixed `converto_`, so the
 //! file can be shared with an application's own tables), and hands out a
-//! [`SqliteConversionStore`] and a [`SqliteJobQueue`] sharing one connection pool.
+//! [`SqliteConversionStore`] and a [`SqliteJobQueue`] sharing one connection pool. For a file
+//! database the store also keeps a few plain connections that answer `get` on the caller's
+//! thread, without the pool's thread hop, and fall back to the pool whenever they cannot answer
+//! at once (`read.rs`: no cache, every read sees every committed write).
 //!
 //! Several processes (or several backends in one process) may share a file: records are changed
 //! with compare-and-set on their version, and jobs are reserved inside `BEGIN IMMEDIATE`
@@ -14,8 +17,10 @@
 
 mod keys;
 mod queue;
+mod read;
 mod store;
 mod tenants;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -31,6 +36,7 @@ pub use keys::SqliteKeyStore;
 pub use queue::SqliteJobQueue;
 pub use store::SqliteConversionStore;
 pub use tenants::SqliteTenantStore;
+pub use webhooks::SqliteWebhookStore;
 
 const BACKEND: &str = "sqlite";
 /// How long a statement waits for another connection's write lock before failing as busy.
@@ -293,12 +299,22 @@ impl SqliteBackend {
         } else {
             tokio::fs::canonicalize(&filename).await.ok()
         };
-        let backend = SqliteBackend {
+        let reader_path = database.clone();
+        let mut backend = SqliteBackend {
             store: Arc::new(SqliteConversionStore::new(pool.clone())),
             queue: Arc::new(SqliteJobQueue::new(pool.clone(), database)),
             pool,
         };
         backend.migrate().await?;
+        // Opened after the migrations, so their statements are prepared against the schema.
+        if let Some(path) = reader_path {
+            let reader = tokio::task::spawn_blocking(move || read::PointReader::open(&path))
+                .await
+                .ok()
+                .flatten();
+            backend.store =
+                Arc::new(SqliteConversionStore::new(backend.pool.clone()).with_reader(reader));
+        }
         Ok(backend)
     }
 
@@ -342,6 +358,11 @@ impl SqliteBackend {
     /// The per-tenant limit overrides kept in this database (`converto tenants set`).
     pub fn tenants(&self) -> Arc<SqliteTenantStore> {
         Arc::new(SqliteTenantStore::new(self.pool.clone()))
+    }
+
+    /// The webhook endpoints, secrets, messages and attempts kept in this database.
+    pub fn webhooks(&self) -> Arc<SqliteWebhookStore> {
+        Arc::new(SqliteWebhookStore::new(self.pool.clone()))
     }
 
     /// The connection pool, for an application that keeps its own tables in the same file.

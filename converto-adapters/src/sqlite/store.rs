@@ -1,9 +1,9 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use futures::TryStreamExt;
 use sqlx::error::ErrorKind;
 use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row};
@@ -12,14 +12,14 @@ use converto_core::conversion::{Conversion, NewConversion, Status, Transition};
 use converto_core::store::{
     ConversionStore, Created, ListQuery, Page, StoreError, TenantUsage, transition_by_cas,
 };
-use converto_core::{ConversionId, Format};
+use converto_core::{ConversionId, Format, search};
 
 use super::{SqliteError, from_nanos, query_error, to_nanos};
 
 /// Every column of a record, in the order `decode` reads them by name.
-const COLUMNS: &str = "id, tenant, source_format, target_format, options, labels, priority, \
+pub(super) const COLUMNS: &str = "id, tenant, source_format, target_format, options, labels, priority, \
     status, progress, attempts, error, artifacts, input_key, input_name, input_size, \
-    idempotency_key, created_at, started_at, finished_at, updated_at, version";
+    idempotency_key, created_at, started_at, finished_at, updated_at, version, description, tags";
 
 /// How many times a transition re-reads and retries after losing a compare-and-set.
 const CAS_TRIES: u32 = 64;
@@ -108,6 +108,8 @@ fn decode(row: &SqliteRow) -> Result<Conversion, StoreError> {
         finished_at: time_opt("finished_at")?,
         updated_at: from_nanos(column(row, "updated_at")?),
         version: unsigned(row, "version")?,
+        description: column(row, "description")?,
+        tags: from_json(row, "tags")?,
     })
 }
 
@@ -120,11 +122,19 @@ fn decode(row: &SqliteRow) -> Result<Conversion, StoreError> {
 #[derive(Debug, Clone)]
 pub struct SqliteConversionStore {
     pool: SqlitePool,
+    /// Status reads without the pool's thread hop (file databases only; see `read.rs`).
+    pub(super) reader: Option<Arc<super::read::PointReader>>,
 }
 
 impl SqliteConversionStore {
     pub(super) fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+        Self { pool, reader: None }
+    }
+
+    /// The same store, answering [`ConversionStore::get`] through `reader` when it can.
+    pub(super) fn with_reader(mut self, reader: Option<super::read::PointReader>) -> Self {
+        self.reader = reader.map(Arc::new);
+        self
     }
 
     async fn find(&self, id: ConversionId) -> Result<Option<Conversion>, StoreError> {
@@ -152,8 +162,8 @@ impl SqliteConversionStore {
 
     async fn insert(&self, c: &Conversion) -> Result<Result<(), sqlx::Error>, StoreError> {
         let query = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO converto_conversions ({COLUMNS}, stored_bytes) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO converto_conversions ({COLUMNS}, stored_bytes, search_text) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )))
         .bind(c.id.to_string())
         .bind(&c.tenant)
@@ -181,7 +191,13 @@ impl SqliteConversionStore {
         .bind(c.finished_at.map(to_nanos))
         .bind(to_nanos(c.updated_at))
         .bind(int("version", c.version)?)
-        .bind(int("stored_bytes", TenantUsage::bytes_of(c))?);
+        .bind(&c.description)
+        .bind(json("tags", &c.tags)?)
+        .bind(int("stored_bytes", TenantUsage::bytes_of(c))?)
+        .bind(search::index_text(
+            c.input_name.as_deref(),
+            c.description.as_deref(),
+        ));
         Ok(query.execute(&self.pool).await.map(|_| ()))
     }
 
@@ -213,6 +229,190 @@ impl SqliteConversionStore {
         .await
         .map_err(query_error("transition"))?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+/// Whether `query` filters by tags, full text or labels: the filters [`list_query`] checks
+/// row by row within a window first.
+fn searches(query: &ListQuery) -> bool {
+    !query.tags.is_empty() || !query.labels.is_empty() || !query.text_terms().is_empty()
+}
+
+/// The FTS5 query for full-text terms: each a quoted prefix, all required. Terms are runs of
+/// letters and digits only (`search::query_terms`), so nothing in them is FTS5 syntax.
+fn fts_query(terms: &[String]) -> String {
+    terms
+        .iter()
+        .map(|t| format!("\"{t}\"*"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// How many rows of the list order a search looks at first, then how many the second time,
+/// before it lets its tag and text matches drive the query (see [`list_query`]).
+pub(crate) const SEARCH_WINDOWS: [usize; 2] = [256, 4096];
+
+/// The statement [`ConversionStore::list`] runs, after `prefix` (e.g. `EXPLAIN QUERY PLAN `).
+///
+/// Every filter narrows an indexed walk: the tenant's rows in sort order
+/// (`converto_conversions_tenant_created`, `_tenant_finished`, `_tenant_status_created`), tags
+/// through `converto_conversion_tags`, full text through the FTS5 table; one row more than the
+/// page tells whether another page follows.
+///
+/// A search (tags, full text or labels) runs in up to three steps, because no one plan is fast
+/// for both broad and rare matches. With `window`, the statement walks only the first `window`
+/// rows of the list order that pass the plain filters (tenant, status, formats, ranges, cursor),
+/// and checks each against the tags, text and labels with an index probe: when a quarter of the
+/// records match, a page is found after a few dozen rows instead of after reading and sorting
+/// every match. If that fills the page (one row more than the limit), those are exactly the
+/// first rows of the whole order (any earlier match would lie inside the window). Otherwise
+/// the matches are rare, and the statement without `window` lets the tag index and the FTS
+/// table find them, then sorts the few it found.
+fn list_query(
+    query: &ListQuery,
+    prefix: &str,
+    window: Option<usize>,
+) -> Result<QueryBuilder<Sqlite>, StoreError> {
+    let limit = query.effective_limit();
+    let sort = query.sort;
+    let key = if sort.by_finished() {
+        "finished_at"
+    } else {
+        "created_at"
+    };
+    let (cmp, dir) = if sort.descending() {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    let mut sql = QueryBuilder::<Sqlite>::new(format!(
+        "{prefix}SELECT {COLUMNS} FROM converto_conversions WHERE "
+    ));
+    if window.is_some() {
+        sql.push("rowid IN (SELECT rowid FROM converto_conversions WHERE 1 = 1");
+    } else {
+        sql.push("1 = 1");
+    }
+    if let Some(tenant) = &query.tenant {
+        sql.push(" AND tenant = ").push_bind(tenant.clone());
+    }
+    if !query.statuses.is_empty() {
+        sql.push(" AND status IN (");
+        let mut list = sql.separated(", ");
+        for status in &query.statuses {
+            list.push_bind(status.as_str());
+        }
+        sql.push(")");
+    }
+    if let Some(format) = &query.source_format {
+        sql.push(" AND source_format = ")
+            .push_bind(format.as_str().to_owned());
+    }
+    if let Some(format) = &query.target_format {
+        sql.push(" AND target_format = ")
+            .push_bind(format.as_str().to_owned());
+    }
+    if let Some(t) = query.created_after {
+        sql.push(" AND created_at >= ").push_bind(to_nanos(t));
+    }
+    if let Some(t) = query.created_before {
+        sql.push(" AND created_at < ").push_bind(to_nanos(t));
+    }
+    if let Some(t) = query.finished_after {
+        sql.push(" AND finished_at >= ").push_bind(to_nanos(t));
+    }
+    if let Some(t) = query.finished_before {
+        sql.push(" AND finished_at < ").push_bind(to_nanos(t));
+    }
+    if let Some(t) = query.updated_before {
+        sql.push(" AND updated_at < ").push_bind(to_nanos(t));
+    }
+    if sort.by_finished() {
+        sql.push(" AND finished_at IS NOT NULL");
+    }
+    if let Some(cursor) = query.cursor {
+        sql.push(format!(" AND ({key}, id) {cmp} ("))
+            .push_bind(to_nanos(cursor.at))
+            .push(", ")
+            .push_bind(cursor.id.to_string())
+            .push(")");
+    }
+    if let Some(window) = window {
+        sql.push(format!(" ORDER BY {key} {dir}, id {dir} LIMIT "))
+            .push_bind(int("window", window)?)
+            .push(")");
+    }
+    for (key, value) in &query.labels {
+        sql.push(" AND EXISTS (SELECT 1 FROM json_each(labels) WHERE json_each.key = ")
+            .push_bind(key.clone())
+            .push(" AND json_each.value = ")
+            .push_bind(value.clone())
+            .push(")");
+    }
+    if !query.tags.is_empty() {
+        if window.is_some() {
+            // A probe of the tag table's primary key for each row walked.
+            sql.push(" AND EXISTS (SELECT 1 FROM converto_conversion_tags AS t WHERE t.tag IN (");
+        } else {
+            sql.push(" AND id IN (SELECT id FROM converto_conversion_tags WHERE tag IN (");
+        }
+        let mut list = sql.separated(", ");
+        for tag in &query.tags {
+            list.push_bind(tag.clone());
+        }
+        sql.push(")");
+        if window.is_some() {
+            sql.push(
+                " AND t.tenant = converto_conversions.tenant AND t.id = converto_conversions.id",
+            );
+        } else if let Some(tenant) = &query.tenant {
+            sql.push(" AND tenant = ").push_bind(tenant.clone());
+        }
+        sql.push(")");
+    }
+    let terms = query.text_terms();
+    if !terms.is_empty() {
+        if window.is_some() {
+            // FTS5 answers `MATCH` with a rowid constraint by seeking in each term's doclist.
+            sql.push(
+                " AND EXISTS (SELECT 1 FROM converto_conversions_fts \
+                 WHERE converto_conversions_fts MATCH ",
+            )
+            .push_bind(fts_query(&terms))
+            .push(" AND converto_conversions_fts.rowid = converto_conversions.rowid)");
+        } else {
+            sql.push(
+                " AND rowid IN (SELECT rowid FROM converto_conversions_fts \
+                 WHERE converto_conversions_fts MATCH ",
+            )
+            .push_bind(fts_query(&terms))
+            .push(")");
+        }
+    }
+    sql.push(format!(" ORDER BY {key} {dir}, id {dir} LIMIT "))
+        .push_bind(int("limit", limit + 1)?);
+    Ok(sql)
+}
+
+impl SqliteConversionStore {
+    /// `EXPLAIN QUERY PLAN` of the statement [`ConversionStore::list`] runs for `query`: the
+    /// plan's lines (`detail` column). For tests that check every search is served from an
+    /// index.
+    #[doc(hidden)]
+    pub async fn explain_list(&self, query: &ListQuery) -> Result<Vec<String>, StoreError> {
+        let mut plan = Vec::new();
+        let windows = searches(query).then_some(SEARCH_WINDOWS[0]);
+        for window in windows.into_iter().map(Some).chain([None]) {
+            let rows = list_query(query, "EXPLAIN QUERY PLAN ", window)?
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("explain"))?;
+            for row in &rows {
+                plan.push(column::<String>(row, "detail")?);
+            }
+        }
+        Ok(plan)
     }
 }
 
@@ -250,76 +450,41 @@ impl ConversionStore for SqliteConversionStore {
     }
 
     async fn get(&self, id: ConversionId) -> Result<Conversion, StoreError> {
+        // A closed pool answers with its error, whatever the reader could still read.
+        if let Some(reader) = &self.reader
+            && !self.pool.is_closed()
+            && let Some(found) = reader.get(id)
+        {
+            return found.ok_or(StoreError::NotFound { id });
+        }
         self.find(id).await?.ok_or(StoreError::NotFound { id })
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let limit = query.effective_limit();
-        let mut sql = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLUMNS} FROM converto_conversions WHERE 1 = 1"
-        ));
-        if let Some(tenant) = &query.tenant {
-            sql.push(" AND tenant = ").push_bind(tenant.clone());
-        }
-        if !query.statuses.is_empty() {
-            sql.push(" AND status IN (");
-            let mut list = sql.separated(", ");
-            for status in &query.statuses {
-                list.push_bind(status.as_str());
-            }
-            sql.push(")");
-        }
-        if let Some(format) = &query.source_format {
-            sql.push(" AND source_format = ")
-                .push_bind(format.as_str().to_owned());
-        }
-        if let Some(format) = &query.target_format {
-            sql.push(" AND target_format = ")
-                .push_bind(format.as_str().to_owned());
-        }
-        if let Some((key, value)) = &query.label {
-            sql.push(" AND EXISTS (SELECT 1 FROM json_each(labels) WHERE json_each.key = ")
-                .push_bind(key.clone())
-                .push(" AND json_each.value = ")
-                .push_bind(value.clone())
-                .push(")");
-        }
-        if let Some(t) = query.created_after {
-            sql.push(" AND created_at >= ").push_bind(to_nanos(t));
-        }
-        if let Some(t) = query.created_before {
-            sql.push(" AND created_at < ").push_bind(to_nanos(t));
-        }
-        if let Some(t) = query.updated_before {
-            sql.push(" AND updated_at < ").push_bind(to_nanos(t));
-        }
-        if query.text.is_some() {
-            sql.push(" AND input_name IS NOT NULL");
-        }
-        if let Some(cursor) = query.cursor {
-            sql.push(" AND id < ").push_bind(cursor.to_string());
-        }
-        sql.push(" ORDER BY id DESC");
-        // The text filter is Unicode case-insensitive, which SQLite's LOWER is not: it is checked
-        // below on the streamed rows, so the page cannot be cut short in SQL.
-        if query.text.is_none() {
-            sql.push(" LIMIT ").push_bind(int("limit", limit + 1)?);
-        }
-        let mut items = Vec::new();
-        {
-            let mut rows = sql.build().fetch(&self.pool);
-            while let Some(row) = rows.try_next().await.map_err(query_error("list"))? {
-                let c = decode(&row)?;
-                // The same rules the memory store uses, so SQL and memory agree to the letter.
-                if query.matches(&c) {
-                    items.push(c);
-                    if items.len() > limit {
-                        break;
-                    }
-                }
+        let windows: &[usize] = if searches(query) {
+            &SEARCH_WINDOWS
+        } else {
+            &[]
+        };
+        for &window in windows {
+            let rows = list_query(query, "", Some(window))?
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("list"))?;
+            if rows.len() > limit {
+                let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+                return Ok(Page::from_overfetch(items, limit, query.sort));
             }
         }
-        Ok(Page::from_overfetch(items, limit))
+        let rows = list_query(query, "", None)?
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("list"))?;
+        let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_overfetch(items, limit, query.sort))
     }
 
     async fn transition(

@@ -9,6 +9,23 @@ pub struct EngineConfig {
     pub concurrency: usize,
     /// Jobs reserved per queue round trip (at most the free slots).
     pub reserve_batch: usize,
+    /// Jobs reserved ahead of free slots (at most `concurrency`: one per slot), held here,
+    /// still leased to this worker, until a slot frees up: a slot that frees up takes one at
+    /// once instead of a queue round trip, and reserves come in batches even when slots free
+    /// up one at a time. A prefetched job waits at most `heartbeat_interval` (a third of the
+    /// lease by default); then it is handed back to the queue (uncounted, in its old place)
+    /// for any worker, so its lease never runs out while held. If the worker dies, its
+    /// prefetched jobs come back when their leases expire, like its running ones; on shutdown
+    /// they are handed back at once. 0 turns prefetching off.
+    pub prefetch: usize,
+    /// Acks of finished jobs sent to the queue as one batch, at most (one `ack_many` round
+    /// trip instead of one per job), on queues that ack batches in one round trip
+    /// (`JobQueue::batches_acks`: PostgreSQL, Redis). 1 acks each job alone.
+    pub ack_batch: usize,
+    /// How long the first ack of a batch waits for others before the batch goes (sooner when
+    /// it is full). A finished job publishes its terminal status once its ack is in, so this
+    /// is the most a status is delayed by batching.
+    pub ack_delay: Duration,
     /// How long a reservation lasts without a heartbeat; a worker that dies loses its jobs to
     /// another after this long.
     pub lease_duration: Duration,
@@ -57,6 +74,9 @@ impl Default for EngineConfig {
                 .unwrap_or(2)
                 .max(2),
             reserve_batch: 32,
+            prefetch: 16,
+            ack_batch: 128,
+            ack_delay: Duration::from_millis(2),
             lease_duration: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             job_timeout: Duration::from_secs(15 * 60),
@@ -87,6 +107,18 @@ impl EngineConfig {
     /// Sets `reserve_batch`.
     pub fn reserve_batch(mut self, n: usize) -> Self {
         self.reserve_batch = n.max(1);
+        self
+    }
+    /// Sets `prefetch`.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n;
+        self
+    }
+    /// Sets `ack_batch` and `ack_delay` (batched acknowledgements; `ack_batch(1, ..)` turns
+    /// them off).
+    pub fn ack_batch(mut self, n: usize, delay: Duration) -> Self {
+        self.ack_batch = n.max(1);
+        self.ack_delay = delay;
         self
     }
     /// Sets the lease and a heartbeat of a third of it.

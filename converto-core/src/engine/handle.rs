@@ -62,7 +62,22 @@ impl Engine {
         let (engine, token) = (self.clone(), stop.clone());
         WorkerHandle {
             stop,
-            task: tokio::spawn(async move { engine.run_workers(token).await }),
+            task: tokio::spawn(async move {
+                // Webhook deliveries run beside the workers, from their own queue, in the same
+                // task (so `abort` stops both), until the workers stop.
+                let webhooks = engine.inner.webhooks.clone();
+                let workers = async {
+                    let result = engine.run_workers(token.clone()).await;
+                    token.cancel();
+                    result
+                };
+                let deliveries = async {
+                    if let Some(w) = webhooks {
+                        w.run(token.clone()).await;
+                    }
+                };
+                tokio::join!(workers, deliveries).0
+            }),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The scheduling engine: submits, runs and watches conversions over any set of backends.
 
+mod acks;
 mod admission;
 mod config;
 mod function;
@@ -22,7 +23,7 @@ pub use crate::intake::layout::claimed_input;
 pub use config::EngineConfig;
 pub use function::{FnConverter, converter_fn};
 pub use handle::WorkerHandle;
-pub use submit::{Submission, SubmitInput, Submitted};
+pub use submit::{Submission, SubmitInput, SubmitWebhook, Submitted};
 
 use crate::blob::{BlobError, BlobRead, BlobStore};
 use crate::conversion::{Artifact, Conversion, Status, Transition, TransitionConflict};
@@ -135,6 +136,9 @@ pub enum EngineError {
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The webhook store or delivery queue failed.
+    #[error(transparent)]
+    Webhook(crate::webhook::WebhookError),
 }
 
 impl EngineError {
@@ -145,6 +149,7 @@ impl EngineError {
             EngineError::Queue(e) => e.is_temporary(),
             EngineError::Blob(e) => e.is_temporary(),
             EngineError::Bus(e) => e.is_temporary(),
+            EngineError::Webhook(e) => e.is_temporary(),
             _ => false,
         }
     }
@@ -224,6 +229,10 @@ pub(crate) struct Inner {
     pub(crate) admission: admission::Admission,
     /// This engine's part of the scratch directory, claimed when the first job runs.
     scratch: tokio::sync::OnceCell<Option<scratch::ScratchRoot>>,
+    /// The open batch of the workers' acks (see [`acks`]).
+    pub(crate) acks: acks::AckBatcher,
+    /// Where statuses are announced, if webhooks are on.
+    pub(crate) webhooks: Option<Arc<crate::webhook::Webhooks>>,
 }
 
 /// Builds an [`Engine`].
@@ -237,9 +246,17 @@ pub struct EngineBuilder {
     config: EngineConfig,
     signer: Option<crate::intake::UploadSigner>,
     limits: Option<Arc<dyn crate::tenants::LimitSource>>,
+    webhooks: Option<Arc<crate::webhook::Webhooks>>,
 }
 
 impl EngineBuilder {
+    /// Announces statuses to webhooks (see [`crate::webhook`]): the workers and `cancel`
+    /// enqueue deliveries before they let go of a finished conversion's job, and submit
+    /// accepts [`Submission::webhook`]. Run the deliveries with [`crate::webhook::Webhooks::run`].
+    pub fn webhooks(mut self, webhooks: Arc<crate::webhook::Webhooks>) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
     /// Where per-tenant limits come from (none by default: no tenant is limited). The
     /// workers enforce `max_running`; the HTTP service reads the others from the same source
     /// through [`Engine::limits`].
@@ -325,6 +342,7 @@ impl EngineBuilder {
         if let Some(limits) = self.limits {
             inner.limits = limits;
         }
+        inner.webhooks = self.webhooks;
         Ok(Engine {
             inner: Arc::new(inner),
         })
@@ -381,7 +399,10 @@ impl Engine {
 
     /// Conversions matching the query, newest first.
     pub async fn list(&self, query: &ListQuery) -> Result<Page, EngineError> {
-        Ok(self.inner.backends.store.list(query).await?)
+        let query = query
+            .checked()
+            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        Ok(self.inner.backends.store.list(&query).await?)
     }
 
     /// Cancels a queued or running conversion; a running converter is told at once (in this
@@ -395,7 +416,11 @@ impl Engine {
             .transition(id, &Transition::Cancel)
             .await?;
         self.inner.cancel_local(id);
-        self.inner.backends.queue.remove(id).await?;
+        // The job goes only once the webhooks are queued: if announcing fails (or the process
+        // dies here), a worker reserves the job, finds it cancelled and announces it then.
+        if self.inner.announce(&record).await {
+            self.inner.backends.queue.remove(id).await?;
+        }
         self.inner.publish(Event::status_of(&record)).await;
         let _ = self.inner.backends.bus.forget(id).await;
         Ok(record)
@@ -437,6 +462,10 @@ impl Engine {
             }
         }
         let _ = self.inner.backends.bus.forget(id).await;
+        if let Some(w) = &self.inner.webhooks {
+            // Its subscription and attempts; messages already queued are still delivered.
+            let _ = w.store().forget_conversion(id).await;
+        }
         Ok(record)
     }
 
@@ -519,6 +548,11 @@ impl Engine {
         &self.inner.limits
     }
 
+    /// The webhook service, if the engine has one.
+    pub fn webhooks(&self) -> Option<&Arc<crate::webhook::Webhooks>> {
+        self.inner.webhooks.as_ref()
+    }
+
     /// Conversions running in this process now.
     pub fn running_here(&self) -> usize {
         self.inner.running.lock().len()
@@ -558,6 +592,8 @@ impl Inner {
             limits: Arc::new(crate::tenants::StaticLimits::default()),
             admission: admission::Admission::default(),
             scratch: tokio::sync::OnceCell::new(),
+            acks: acks::AckBatcher::default(),
+            webhooks: None,
         }
     }
 
@@ -609,6 +645,37 @@ impl Inner {
         let mut running = self.running.lock();
         if running.get(&id).is_some_and(|r| r.attempt == attempt) {
             running.remove(&id);
+        }
+    }
+
+    /// Announces the record's status to its webhooks, if the engine has any; true when done
+    /// (or nothing to do), so the caller may let go of the conversion's job. A failure is
+    /// logged: the caller keeps the job, whose next delivery announces again.
+    pub(crate) async fn announce(&self, record: &Conversion) -> bool {
+        let Some(webhooks) = &self.webhooks else {
+            return true;
+        };
+        match webhooks.announce(record).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(id = %record.id, error = %e, "webhooks not queued; the job stays until they are");
+                false
+            }
+        }
+    }
+
+    /// [`Inner::announce`] of the stored record (for a job whose conversion ended earlier).
+    pub(crate) async fn announce_stored(&self, id: ConversionId) -> bool {
+        if self.webhooks.is_none() {
+            return true;
+        }
+        match self.backends.store.get(id).await {
+            Ok(record) => self.announce(&record).await,
+            Err(StoreError::NotFound { .. }) => true,
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "webhooks not queued; the job stays until they are");
+                false
+            }
         }
     }
 

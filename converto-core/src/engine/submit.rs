@@ -96,14 +96,30 @@ pub struct Submission {
     pub options: serde_json::Value,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Free text, searched with the file name; its `#hashtags` become tags.
+    pub description: Option<String>,
+    /// Tags, lowercased on submit (see [`crate::search`] for the rules and limits).
+    pub tags: Vec<String>,
     /// Higher runs first.
     pub priority: i32,
     /// Do not start before this time.
     pub not_before: Option<DateTime<Utc>>,
     /// Submitting twice with the same key (per tenant) creates one conversion.
     pub idempotency_key: Option<String>,
+    /// A per-conversion webhook (needs [`crate::engine::EngineBuilder::webhooks`]).
+    pub webhook: Option<SubmitWebhook>,
     /// The input.
     pub input: SubmitInput,
+}
+
+/// A per-conversion webhook: the record is POSTed to `url` on every terminal status (and on
+/// start with `on_start`), signed with the tenant's signing secret (see [`crate::webhook`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitWebhook {
+    /// An http or https URL.
+    pub url: String,
+    /// Whether attempt starts are sent too.
+    pub on_start: bool,
 }
 
 impl Submission {
@@ -115,9 +131,12 @@ impl Submission {
             target_format,
             options: serde_json::Value::Null,
             labels: BTreeMap::new(),
+            description: None,
+            tags: Vec::new(),
             priority: 0,
             not_before: None,
             idempotency_key: None,
+            webhook: None,
             input,
         }
     }
@@ -152,6 +171,16 @@ impl Submission {
         self.labels.insert(k.into(), v.into());
         self
     }
+    /// Sets the description.
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = Some(text.into());
+        self
+    }
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
 }
 
 /// The result of [`Engine::submit`].
@@ -170,6 +199,8 @@ struct ReplayFields {
     target_format: Format,
     options: serde_json::Value,
     labels: BTreeMap<String, String>,
+    description: Option<String>,
+    tags: Vec<String>,
     priority: i32,
     input_key: String,
 }
@@ -181,6 +212,8 @@ impl ReplayFields {
             target_format: new.target_format.clone(),
             options: new.options.clone(),
             labels: new.labels.clone(),
+            description: new.description.clone(),
+            tags: new.tags.clone(),
             priority: new.priority,
             input_key: new.input_key.clone(),
         }
@@ -203,6 +236,10 @@ impl ReplayFields {
             Some("labels")
         } else if self.priority != stored.priority {
             Some("priority")
+        } else if self.description != stored.description {
+            Some("description")
+        } else if self.tags != stored.tags {
+            Some("tags")
         } else {
             None
         }
@@ -249,7 +286,7 @@ impl Engine {
     /// [`Engine::submit`]; sets `recorded` once a new record exists.
     async fn submit_recorded(
         &self,
-        sub: Submission,
+        mut sub: Submission,
         recorded: &mut bool,
     ) -> Result<Submitted, EngineError> {
         if !(sub.options.is_object() || sub.options.is_null()) {
@@ -267,11 +304,33 @@ impl Engine {
         if let Some(source) = &sub.source_format {
             self.check_route(source, &sub.target_format, &sub.options)?;
         }
+        let (description, tags) =
+            crate::search::metadata(sub.description.take(), std::mem::take(&mut sub.tags))
+                .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         let id = ConversionId::new();
         let tenant = sub
             .tenant
             .clone()
             .unwrap_or_else(|| crate::DEFAULT_TENANT.into());
+        if let Some(w) = &sub.webhook {
+            // Written before the record, so no record exists without its webhook (an orphan
+            // subscription, left by a failed submit or a replay, is never announced).
+            let webhooks = self.inner.webhooks.as_ref().ok_or_else(|| {
+                EngineError::InvalidRequest("webhooks are not enabled on this engine".into())
+            })?;
+            let sub = crate::webhook::Subscription {
+                conversion: id,
+                tenant: tenant.clone(),
+                url: w.url.clone(),
+                on_start: w.on_start,
+            };
+            webhooks.subscribe(&sub).await.map_err(|e| match e {
+                crate::webhook::WebhookError::InvalidUrl(m) => {
+                    EngineError::InvalidRequest(format!("webhook_url: {m}"))
+                }
+                other => EngineError::Webhook(other),
+            })?;
+        }
         let blobs = &self.inner.backends.blobs;
         let by_content = !matches!(sub.input, SubmitInput::Blob { .. });
         let (input_key, input_name, size, source, uploaded) = match sub.input {
@@ -356,6 +415,8 @@ impl Engine {
             priority: sub.priority,
             input_key: input_key.clone(),
             input_name,
+            description,
+            tags,
             input_size: size,
             idempotency_key: sub.idempotency_key,
         };

@@ -49,15 +49,42 @@ impl Engine {
             ))
         });
         let mut failures = 0u32;
+        // Leases reserved beyond the free slots (`EngineConfig::prefetch`), in delivery order.
+        let mut prefetched = std::collections::VecDeque::<Prefetched>::new();
         loop {
             while jobs.try_join_next().is_some() {}
+            // A prefetched job waits at most a heartbeat interval for a slot, then goes back
+            // to the queue (uncounted) for any worker: its lease never runs out while held.
+            let hold_until = prefetched
+                .front()
+                .map(|p| tokio::time::Instant::from_std(p.at + cfg.heartbeat_interval));
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = sleep_until(hold_until) => {
+                    let now = Instant::now();
+                    while prefetched.front().is_some_and(|p| now >= p.at + cfg.heartbeat_interval) {
+                        if let Some(held) = prefetched.pop_front() {
+                            ignore_lost(inner.backends.queue.release(&held.lease).await);
+                        }
+                    }
+                    continue;
+                }
                 p = Arc::clone(&slots).acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
                 },
             };
+            if let Some(held) = prefetched.pop_front() {
+                let inner = Arc::clone(inner);
+                let hand_back = hand_back.clone();
+                jobs.spawn(async move {
+                    if let Some(lease) = held.refreshed(&inner).await {
+                        run_job(&inner, lease, hand_back).await;
+                    }
+                    drop(first);
+                });
+                continue;
+            }
             let extra = slots
                 .available_permits()
                 .min(cfg.reserve_batch.saturating_sub(1));
@@ -67,7 +94,8 @@ impl Engine {
             {
                 permits.push(more);
             }
-            let want = 1 + extra;
+            // At most one job ahead per slot.
+            let want = 1 + extra + cfg.prefetch.min(cfg.concurrency);
             // Tenants at their running limit are skipped (see `admission`).
             let options = inner.admission.reserve_options(inner).await;
             let reserved = tokio::select! {
@@ -103,7 +131,10 @@ impl Engine {
                     singles.push(p);
                 }
             }
-            for (lease, permit) in leases.into_iter().zip(singles) {
+            let mut leases = leases.into_iter();
+            // Permits first: `zip` takes from its first iterator before it learns that the
+            // second is done, and a lease taken so would be lost.
+            for (permit, lease) in singles.into_iter().zip(leases.by_ref()) {
                 let inner = Arc::clone(inner);
                 let hand_back = hand_back.clone();
                 jobs.spawn(async move {
@@ -111,6 +142,12 @@ impl Engine {
                     drop(permit);
                 });
             }
+            let now = Instant::now();
+            prefetched.extend(leases.map(|lease| Prefetched { lease, at: now }));
+        }
+        // Prefetched jobs never started: handed back at once, in their old places.
+        for held in prefetched {
+            ignore_lost(inner.backends.queue.release(&held.lease).await);
         }
         sweeper_stop.cancel();
         // Drain: give running jobs their grace, then hand the rest back.
@@ -129,6 +166,47 @@ impl Engine {
             let _ = task.await;
         }
         Ok(())
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A lease reserved ahead of a free slot ([`EngineConfig::prefetch`](super::EngineConfig)).
+struct Prefetched {
+    lease: Lease,
+    /// When it was reserved.
+    at: Instant,
+}
+
+impl Prefetched {
+    /// The lease, ready to run: one that waited longer than a heartbeat interval is extended
+    /// first, as it would have been had it been running (if it was lost meanwhile, `None`:
+    /// another worker has the job, or will).
+    async fn refreshed(self, inner: &Inner) -> Option<Lease> {
+        let cfg = &inner.config;
+        if self.at.elapsed() < cfg.heartbeat_interval {
+            return Some(self.lease);
+        }
+        match inner
+            .backends
+            .queue
+            .heartbeat(&self.lease, cfg.lease_duration)
+            .await
+        {
+            Ok(lease) => Some(lease),
+            Err(QueueError::LeaseLost { .. }) => None,
+            Err(e) => {
+                // Run it: its own heartbeats will tell whether the lease holds.
+                tracing::warn!(id = %self.lease.id, error = %e, "could not extend a prefetched lease");
+                Some(self.lease)
+            }
+        }
     }
 }
 
@@ -152,11 +230,15 @@ async fn run_job(inner: &Arc<Inner>, lease: Lease, hand_back: CancellationToken)
             if let Some(t) = ticket.as_mut() {
                 t.started();
             }
+            inner.announce(&r).await;
             r
         }
         Err(StoreError::Conflict(c)) if c.status.is_terminal() => {
-            // Cancelled or finished meanwhile: the queue entry is left over.
-            ignore_lost(queue.ack(&lease).await);
+            // Cancelled or finished meanwhile: the queue entry is left over, and the webhooks
+            // of that status may not be queued yet (the process died in between).
+            if inner.announce_stored(id).await {
+                ignore_lost(queue.ack(&lease).await);
+            }
             return;
         }
         Err(StoreError::NotFound { .. }) => {
@@ -518,7 +600,9 @@ async fn finish_succeeded(inner: &Arc<Inner>, lease: &Lease, artifacts: Vec<Arti
     // the two apart): deleting the artifacts below cannot delete a recorded result.
     match lease_transition(inner, lease, &t).await {
         Ok(record) => {
-            ignore_lost(inner.backends.queue.ack(lease).await);
+            if inner.announce(&record).await {
+                ignore_lost(batched_ack(inner, lease).await);
+            }
             metrics::counter!("converto_conversions_finished_total", "status" => "succeeded")
                 .increment(1);
             inner.publish(Event::status_of(&record)).await;
@@ -662,11 +746,13 @@ async fn finish_failed(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, dead
     match lease_transition(inner, lease, &t).await {
         Ok(record) => {
             let q = &inner.backends.queue;
-            ignore_lost(if dead_letter {
-                q.dead_letter(lease, &error).await
-            } else {
-                q.ack(lease).await
-            });
+            if inner.announce(&record).await {
+                ignore_lost(if dead_letter {
+                    q.dead_letter(lease, &error).await
+                } else {
+                    batched_ack(inner, lease).await
+                });
+            }
             metrics::counter!("converto_conversions_finished_total", "status" => "failed")
                 .increment(1);
             inner.publish(Event::status_of(&record)).await;
@@ -705,6 +791,14 @@ async fn lease_transition(
         }
         other => other,
     }
+}
+
+/// Acks a finished job, in a batch with others finishing about now (see [`super::acks`]).
+async fn batched_ack(inner: &Arc<Inner>, lease: &Lease) -> Result<(), QueueError> {
+    inner
+        .acks
+        .ack(inner.backends.queue.as_ref(), &inner.config, lease)
+        .await
 }
 
 fn ignore_lost(r: Result<(), QueueError>) {

@@ -109,17 +109,25 @@ impl ConversionStore for MemoryConversionStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let limit = query.effective_limit();
+        let sort = query.sort;
         let state = self.state.lock();
-        let items: Vec<Conversion> = match query.cursor {
-            Some(cur) => state.records.range(..cur).rev(),
-            None => state.records.range(..).rev(),
+        // `matches` leaves out records without a key in this order, so every kept one has one.
+        let mut items: Vec<(_, &Conversion)> = state
+            .records
+            .values()
+            .filter(|c| query.matches(c))
+            .filter_map(|c| sort.key(c).map(|k| (k, c)))
+            .collect();
+        items.sort_unstable_by_key(|(key, _)| *key);
+        if sort.descending() {
+            items.reverse();
         }
-        .map(|(_, c)| c)
-        .filter(|c| query.matches(c))
-        .take(limit + 1)
-        .cloned()
-        .collect();
-        Ok(Page::from_overfetch(items, limit))
+        let items = items
+            .into_iter()
+            .take(limit + 1)
+            .map(|(_, c)| c.clone())
+            .collect();
+        Ok(Page::from_overfetch(items, limit, sort))
     }
 
     async fn transition(

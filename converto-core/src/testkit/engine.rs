@@ -170,6 +170,7 @@ pub async fn run_engine_suite(make: impl AsyncFn() -> Backends) {
     delete_removes_everything(&make().await).await;
     shared_inputs_stay_until_their_last_conversion_goes(&make().await).await;
     bad_submissions_leave_nothing(&make().await).await;
+    prefetched_jobs_of_a_dead_worker_come_back(&make().await).await;
 }
 
 /// A conversion runs, reports rising progress, and stores a checksummed artifact.
@@ -484,6 +485,44 @@ pub async fn worker_dies_mid_job(b: &Backends) {
     survivor.stop().await;
 }
 
+/// A job a worker reserved ahead of its free slots (prefetched) is leased to it: when the
+/// worker dies, it comes back after its lease expires, as a new delivery, and another worker
+/// runs it.
+pub async fn prefetched_jobs_of_a_dead_worker_come_back(b: &Backends) {
+    // One slot, one job ahead; no heartbeats, so nothing but the crash ends the hold.
+    let mut dying_cfg = fast_config()
+        .concurrency(1)
+        .prefetch(1)
+        .lease_duration(Duration::from_millis(600));
+    dying_cfg.heartbeat_interval = Duration::from_secs(3600);
+    let (a, conv_a) = engine_with(b, dying_cfg);
+    let (bb, _) = engine_with(b, fast_config());
+    // Queued before the workers start, so their first reserve takes both: the first runs
+    // (and hangs), the second waits in the prefetch buffer.
+    let hanging = submit(&a, "upper", json!({"mode": "hang", "hang_attempts": 1})).await;
+    let waiting = submit(&a, "upper", json!({})).await;
+    let dying = Workers::start(&a);
+    // Running is announced just before the converter is called: wait for the call.
+    within(30, "the first job's converter to start", async {
+        while conv_a.calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    dying.kill().await;
+    assert_eq!(conv_a.calls(), 1, "the dead worker started one job");
+    let survivor = Workers::start(&bb);
+    let (_, done) = follow(&bb, waiting.id).await;
+    assert_eq!(
+        (done.status, done.attempts),
+        (Status::Succeeded, 2),
+        "the prefetched job was delivered to the dead worker, then again after its lease expired"
+    );
+    let (_, done) = follow(&bb, hanging.id).await;
+    assert_eq!(done.status, Status::Succeeded, "{done:?}");
+    survivor.stop().await;
+}
+
 /// A worker that lost its lease but keeps running cannot finish the job: the new attempt's
 /// result stands and the stale artifacts are removed.
 pub async fn stale_worker_is_fenced(b: &Backends) {
@@ -712,6 +751,8 @@ pub async fn sweeper_recovers_lost_queue_entries(b: &Backends) {
             priority: 0,
             input_key: key,
             input_name: Some("orphan.txt".into()),
+            description: None,
+            tags: Vec::new(),
             input_size: 6,
             idempotency_key: None,
         })

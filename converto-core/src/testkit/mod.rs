@@ -14,6 +14,7 @@ pub mod progress;
 pub mod queue;
 pub mod store;
 pub mod tenants;
+pub mod webhooks;
 
 mod scripted;
 

@@ -24,6 +24,8 @@ pub fn sample(tenant: &str) -> NewConversion {
         priority: 3,
         input_key: format!("conversions/{id}/input"),
         input_name: Some("Part ünïcode.stl".into()),
+        description: Some("A sample part, #Printed in ünïcode".into()),
+        tags: vec!["printed".into(), "sample".into()],
         input_size: 1234,
         idempotency_key: None,
     }
@@ -43,6 +45,8 @@ pub async fn run_store_suite(make: impl AsyncFn() -> Arc<dyn ConversionStore>) {
     list_filters_and_pages(make().await.as_ref()).await;
     delete_and_count(make().await.as_ref()).await;
     tenant_usage_follows_records(make().await.as_ref()).await;
+    search_filters(make().await.as_ref()).await;
+    search_sorts_and_pages(make().await.as_ref()).await;
 }
 
 /// A created record reads back field for field; unknown ids are `NotFound`.
@@ -58,6 +62,8 @@ pub async fn create_get_round_trip(store: &dyn ConversionStore) {
     assert_eq!(got.options, new.options);
     assert_eq!(got.labels, new.labels);
     assert_eq!(got.input_name, new.input_name);
+    assert_eq!(got.description, new.description);
+    assert_eq!(got.tags, new.tags);
     assert!(matches!(
         store.get(ConversionId::new()).await,
         Err(StoreError::NotFound { .. })
@@ -381,7 +387,7 @@ pub async fn list_filters_and_pages(store: &dyn ConversionStore) {
     );
     assert_eq!(
         by(ListQuery {
-            label: Some(("batch".into(), "five".into())),
+            labels: vec![("batch".into(), "five".into())],
             ..base.clone()
         })
         .await
@@ -390,7 +396,7 @@ pub async fn list_filters_and_pages(store: &dyn ConversionStore) {
     );
     assert_eq!(
         by(ListQuery {
-            label: Some(("batch".into(), "six".into())),
+            labels: vec![("batch".into(), "six".into())],
             ..base.clone()
         })
         .await
@@ -635,4 +641,389 @@ pub async fn tenant_usage_follows_records(store: &dyn ConversionStore) {
     );
     store.delete(other.id).await.expect("delete");
     assert_eq!(usage(&globex).await, TenantUsage::default());
+}
+
+/// A record for the search cases.
+fn findable(
+    tenant: &str,
+    name: Option<&str>,
+    description: Option<&str>,
+    tags: &[&str],
+    labels: &[(&str, &str)],
+) -> NewConversion {
+    let (description, tags) =
+        crate::search::metadata(description.map(Into::into), tags).expect("valid metadata");
+    NewConversion {
+        input_name: name.map(Into::into),
+        description,
+        tags,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..sample(tenant)
+    }
+}
+
+/// Tags are OR-ed, every other filter AND-ed; full text finds stems and word prefixes in the
+/// file name and description; hostile text is only text; tenants never see each other's.
+pub async fn search_filters(store: &dyn ConversionStore) {
+    let t = tenant();
+    let other = tenant();
+    let mut ids = Vec::new();
+    for new in [
+        findable(
+            &t,
+            Some("gear.stl"),
+            Some("Rendering of a gear housing"),
+            &["Red", "photo"],
+            &[("project", "apollo"), ("team", "a")],
+        ),
+        findable(
+            &t,
+            Some("Bracket-2.STL"),
+            Some("Converted bracket for the #lunar rover"),
+            &["blue"],
+            &[("project", "apollo"), ("team", "b")],
+        ),
+        findable(
+            &t,
+            Some("plate.obj"),
+            Some("renders fine"),
+            &["red"],
+            &[("project", "gemini"), ("team", "a")],
+        ),
+        findable(&t, None, None, &[], &[]),
+    ] {
+        ids.push(store.create(new).await.expect("create").conversion);
+    }
+    store
+        .create(findable(
+            &other,
+            Some("gear.stl"),
+            Some("Rendering of a gear"),
+            &["red"],
+            &[("project", "apollo")],
+        ))
+        .await
+        .expect("create");
+    let r0 = ids[0].clone();
+    let [a, b, c, d] = [ids[0].id, ids[1].id, ids[2].id, ids[3].id];
+    store
+        .transition(c, &Transition::Start { attempt: 1 })
+        .await
+        .expect("start");
+    let done = store
+        .transition(
+            c,
+            &Transition::Succeed {
+                attempt: 1,
+                artifacts: vec![],
+            },
+        )
+        .await
+        .expect("succeed");
+    let finished = done.finished_at.expect("finished");
+
+    let base = ListQuery {
+        tenant: Some(t.clone()),
+        limit: 100,
+        ..ListQuery::default()
+    };
+    let found = async |q: ListQuery| -> Vec<ConversionId> {
+        let mut ids: Vec<_> = store
+            .list(&q)
+            .await
+            .unwrap_or_else(|e| panic!("{q:?}: {e}"))
+            .items
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let set = |mut v: Vec<ConversionId>| {
+        v.sort();
+        v
+    };
+    let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let text = |s: &str| Some(s.to_string());
+    let label = |k: &str, v: &str| (k.to_string(), v.to_string());
+
+    let cases: Vec<(&str, ListQuery, Vec<ConversionId>)> = vec![
+        (
+            "one tag",
+            ListQuery {
+                tags: tags(&["red"]),
+                ..base.clone()
+            },
+            vec![a, c],
+        ),
+        (
+            "tags OR",
+            ListQuery {
+                tags: tags(&["red", "blue"]),
+                ..base.clone()
+            },
+            vec![a, b, c],
+        ),
+        (
+            "hashtag",
+            ListQuery {
+                tags: tags(&["lunar"]),
+                ..base.clone()
+            },
+            vec![b],
+        ),
+        (
+            "unknown tag",
+            ListQuery {
+                tags: tags(&["green"]),
+                ..base.clone()
+            },
+            vec![],
+        ),
+        (
+            "tag AND status",
+            ListQuery {
+                tags: tags(&["red"]),
+                statuses: vec![Status::Succeeded],
+                ..base.clone()
+            },
+            vec![c],
+        ),
+        (
+            "tags AND label",
+            ListQuery {
+                tags: tags(&["red", "blue"]),
+                labels: vec![label("project", "apollo")],
+                ..base.clone()
+            },
+            vec![a, b],
+        ),
+        (
+            "labels all match",
+            ListQuery {
+                labels: vec![label("project", "apollo"), label("team", "a")],
+                ..base.clone()
+            },
+            vec![a],
+        ),
+        (
+            "label AND tag, none",
+            ListQuery {
+                tags: tags(&["blue"]),
+                labels: vec![label("team", "a")],
+                ..base.clone()
+            },
+            vec![],
+        ),
+        (
+            "stem",
+            ListQuery {
+                text: text("rendered"),
+                ..base.clone()
+            },
+            vec![a, c],
+        ),
+        (
+            "stem of verb",
+            ListQuery {
+                text: text("converting"),
+                ..base.clone()
+            },
+            vec![b],
+        ),
+        (
+            "prefix",
+            ListQuery {
+                text: text("rend"),
+                ..base.clone()
+            },
+            vec![a, c],
+        ),
+        (
+            "file name prefix",
+            ListQuery {
+                text: text("BRACK"),
+                ..base.clone()
+            },
+            vec![b],
+        ),
+        (
+            "file name word",
+            ListQuery {
+                text: text("stl"),
+                ..base.clone()
+            },
+            vec![a, b],
+        ),
+        (
+            "words AND",
+            ListQuery {
+                text: text("gear rendering"),
+                ..base.clone()
+            },
+            vec![a],
+        ),
+        (
+            "not a word start",
+            ListQuery {
+                text: text("ear"),
+                ..base.clone()
+            },
+            vec![],
+        ),
+        (
+            "text AND tag AND status",
+            ListQuery {
+                text: text("render"),
+                tags: tags(&["red"]),
+                statuses: vec![Status::Queued],
+                ..base.clone()
+            },
+            vec![a],
+        ),
+        (
+            "hostile text",
+            ListQuery {
+                text: text("\"' OR 1=1 -- *:& | ! ( ) \\ NEAR( {x} ^ AND NOT"),
+                ..base.clone()
+            },
+            vec![],
+        ),
+        (
+            "no words",
+            ListQuery {
+                text: text(" !!! \"*"),
+                ..base.clone()
+            },
+            vec![a, b, c, d],
+        ),
+        (
+            "finished from",
+            ListQuery {
+                finished_after: Some(finished),
+                ..base.clone()
+            },
+            vec![c],
+        ),
+        (
+            "finished before",
+            ListQuery {
+                finished_before: Some(finished),
+                ..base.clone()
+            },
+            vec![],
+        ),
+        (
+            "finished range AND tag",
+            ListQuery {
+                finished_before: Some(finished + chrono::Duration::seconds(1)),
+                tags: tags(&["red"]),
+                ..base.clone()
+            },
+            vec![c],
+        ),
+        (
+            "created range AND tag",
+            ListQuery {
+                created_after: Some(r0.created_at),
+                created_before: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+                tags: tags(&["red"]),
+                ..base.clone()
+            },
+            vec![a, c],
+        ),
+        (
+            "created before the first",
+            ListQuery {
+                created_before: Some(r0.created_at),
+                ..base.clone()
+            },
+            vec![],
+        ),
+    ];
+    for (what, q, want) in cases {
+        assert_eq!(found(q.clone()).await, set(want), "{what}: {q:?}");
+    }
+    // Another tenant's records never show, whatever matches.
+    let theirs = ListQuery {
+        tenant: Some(other.clone()),
+        ..base.clone()
+    };
+    let mine = found(ListQuery {
+        tags: tags(&["red"]),
+        text: text("gear"),
+        ..base.clone()
+    })
+    .await;
+    assert_eq!(mine, vec![a], "tenant isolation");
+    let got = found(ListQuery {
+        tags: tags(&["red"]),
+        text: text("gear"),
+        ..theirs
+    })
+    .await;
+    assert_eq!(got.len(), 1, "tenant isolation");
+    assert!(!got.contains(&a));
+}
+
+/// Every order pages through its records once each, in order, with cursors that survive being
+/// printed and parsed; sorting by finish time leaves out unfinished records.
+pub async fn search_sorts_and_pages(store: &dyn ConversionStore) {
+    use crate::search::{Cursor, Sort};
+    let t = tenant();
+    let mut ids = Vec::new();
+    for i in 0..13 {
+        let tags: &[&str] = if i % 2 == 0 { &["even"] } else { &["odd"] };
+        let new = findable(&t, Some(&format!("part-{i}.stl")), None, tags, &[]);
+        ids.push(store.create(new).await.expect("create").conversion.id);
+    }
+    // Finish some, in an order unlike their creation order.
+    for i in [7, 2, 11, 0, 5, 8] {
+        store
+            .transition(ids[i], &Transition::Cancel)
+            .await
+            .expect("cancel");
+    }
+    let mut records = Vec::new();
+    for id in &ids {
+        records.push(store.get(*id).await.expect("get"));
+    }
+    for sort in Sort::ALL {
+        for (filter, limit) in [(vec![], 3), (vec!["even".to_string()], 2)] {
+            let mut want: Vec<_> = records
+                .iter()
+                .filter(|c| filter.is_empty() || c.tags.iter().any(|t| filter.contains(t)))
+                .filter_map(|c| sort.key(c))
+                .collect();
+            want.sort();
+            if sort.descending() {
+                want.reverse();
+            }
+            let want: Vec<ConversionId> = want.into_iter().map(|(_, id)| id).collect();
+            let mut q = ListQuery {
+                tenant: Some(t.clone()),
+                tags: filter.clone(),
+                sort,
+                limit,
+                ..ListQuery::default()
+            };
+            let mut seen = Vec::new();
+            for _ in 0..20 {
+                let page = store.list(&q).await.expect("list");
+                assert!(page.items.len() <= limit);
+                seen.extend(page.items.iter().map(|c| c.id));
+                match page.next_cursor {
+                    Some(cur) => {
+                        let printed: Cursor = cur.to_string().parse().expect("cursor parses");
+                        q.cursor = Some(printed);
+                    }
+                    None => break,
+                }
+            }
+            assert_eq!(seen, want, "sort {sort} with tags {filter:?}");
+        }
+    }
 }

@@ -31,6 +31,13 @@ pub(crate) struct SubmitForm {
     /// The file to convert.
     #[schema(value_type = String, format = Binary, min_length = 1)]
     file: Vec<u8>,
+    /// An http(s) URL the record is POSTed to on every terminal status, signed with the
+    /// tenant's signing secret (`POST /v1/webhook-secret/rotate`).
+    #[schema(nullable = false, max_length = 2048)]
+    webhook_url: Option<String>,
+    /// `true`: also POST to `webhook_url` when an attempt starts.
+    #[schema(nullable = false)]
+    webhook_on_start: Option<bool>,
     /// The wanted format, e.g. `obj`.
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$")]
     target_format: String,
@@ -46,6 +53,15 @@ pub(crate) struct SubmitForm {
     /// Priority (higher first), default 0.
     #[schema(nullable = false, minimum = -2147483648, maximum = 2147483647)]
     priority: Option<i32>,
+    /// Free text, searched with the file name (`q`); its `#hashtags` become tags. At most 4000
+    /// characters.
+    #[schema(nullable = false, max_length = 4000)]
+    description: Option<String>,
+    /// Tags, separated by commas or spaces (the field may repeat): ASCII letters, digits, `_`
+    /// and `-`, 1 to 64 characters each, stored lowercase; at most 32 with the description's
+    /// hashtags.
+    #[schema(nullable = false, pattern = "^[A-Za-z0-9_, -]*$", max_length = 64)]
+    tags: Option<String>,
 }
 
 /// The JSON form of `POST /v1/conversions`: convert a file uploaded through `/v1/uploads`.
@@ -63,6 +79,13 @@ pub struct SubmitJson {
     pub source_format: Option<String>,
     /// The original file name (used for format detection and download names).
     pub file_name: Option<String>,
+    /// An http(s) URL the record is POSTed to on every terminal status, signed with the
+    /// tenant's signing secret (`POST /v1/webhook-secret/rotate`).
+    #[schema(max_length = 2048)]
+    pub webhook_url: Option<String>,
+    /// `true`: also POST to `webhook_url` when an attempt starts.
+    #[serde(default)]
+    pub webhook_on_start: bool,
     /// Converter options.
     #[schema(value_type = Option<Object>)]
     pub options: Option<serde_json::Value>,
@@ -73,6 +96,14 @@ pub struct SubmitJson {
     #[schema(minimum = -2147483648, maximum = 2147483647)]
     #[serde(default, deserialize_with = "integral_priority")]
     pub priority: Option<i32>,
+    /// Free text, searched with the file name (`q`); its `#hashtags` become tags. At most 4000
+    /// characters.
+    #[schema(max_length = 4000)]
+    pub description: Option<String>,
+    /// Tags: ASCII letters, digits, `_` and `-`, 1 to 64 characters each, stored lowercase; at
+    /// most 32 with the description's hashtags.
+    #[schema(schema_with = tags_schema)]
+    pub tags: Option<Vec<String>>,
 }
 
 /// Reads a JSON request body of at most `limit` bytes: a larger one is refused with 413 as soon
@@ -126,7 +157,7 @@ fn parse_format(field: &str, value: &str) -> Result<Format, ApiError> {
     Format::new(value).map_err(|e| ApiError::bad_request("invalid-format", format!("{field}: {e}")))
 }
 
-fn parse_id(s: &str) -> Result<ConversionId, ApiError> {
+pub(crate) fn parse_id(s: &str) -> Result<ConversionId, ApiError> {
     s.parse().map_err(|e: converto_core::ParseIdError| {
         ApiError::bad_request("malformed-id", e.to_string())
     })
@@ -186,6 +217,22 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// The schema of submitted tags: what [`converto_core::search::normalize_tag`] accepts.
+fn tags_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(TAG_PATTERN)),
+        )
+        .max_items(Some(converto_core::search::MAX_TAGS))
+        .build()
+}
+
+/// A tag, as [`converto_core::search::normalize_tag`] accepts it.
+const TAG_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 
 /// The labels' schema: what [`check_labels`] accepts.
 fn labels_schema() -> utoipa::openapi::Object {
@@ -414,6 +461,10 @@ async fn from_multipart(
     let mut options = serde_json::Value::Null;
     let mut labels = BTreeMap::new();
     let mut priority = 0;
+    let mut webhook_url: Option<String> = None;
+    let mut webhook_on_start = false;
+    let mut description: Option<String> = None;
+    let mut tags: Vec<String> = Vec::new();
     let mut file: Option<(converto_core::intake::Staged, Option<String>)> = None;
     let field_limit = state.settings.max_field_bytes;
     let mut fields = 0usize;
@@ -462,6 +513,28 @@ async fn from_multipart(
                     }
                 }
                 "labels" => labels = parse_labels(&small_text(&mut field, field_limit).await?)?,
+                "description" => description = Some(small_text(&mut field, field_limit).await?),
+                "tags" => {
+                    let v = small_text(&mut field, field_limit).await?;
+                    tags.extend(v.split([',', ' ', '\t', '\n', '\r']).filter(|t| !t.is_empty()).map(str::to_owned));
+                    if tags.len() > converto_core::search::MAX_TAGS {
+                        return Err(ApiError::bad_request("invalid-tags", format!("at most {} tags", converto_core::search::MAX_TAGS)));
+                    }
+                }
+                "webhook_url" => {
+                    let v = small_text(&mut field, field_limit).await?;
+                    if !v.trim().is_empty() {
+                        webhook_url = Some(v.trim().to_owned());
+                    }
+                }
+                "webhook_on_start" => {
+                    let v = small_text(&mut field, field_limit).await?;
+                    webhook_on_start = match v.trim() {
+                        "true" | "1" => true,
+                        "false" | "0" | "" => false,
+                        _ => return Err(ApiError::bad_request("invalid-webhook-on-start", "webhook_on_start must be true or false")),
+                    };
+                }
                 "priority" => {
                     let v = small_text(&mut field, field_limit).await?;
                     priority = parse_priority(v.trim()).ok_or_else(|| {
@@ -471,7 +544,7 @@ async fn from_multipart(
                 other => {
                     return Err(ApiError::bad_request(
                         "unknown-field",
-                        format!("unknown form field {other:?}; expected file, target_format, source_format, options, labels, priority"),
+                        format!("unknown form field {other:?}; expected file, target_format, webhook_url, webhook_on_start, source_format, options, labels, priority, description, tags"),
                     ));
                 }
             }
@@ -495,6 +568,10 @@ async fn from_multipart(
         cleanup(&file).await;
         return Err(e);
     }
+    if let Err(e) = check_metadata(&description, &tags) {
+        cleanup(&file).await;
+        return Err(e);
+    }
     let Some(target) = target else {
         cleanup(&file).await;
         return Err(ApiError::bad_request(
@@ -513,10 +590,26 @@ async fn from_multipart(
     sub.options = options;
     sub.labels = labels;
     sub.priority = priority;
+    sub.webhook = webhook_url.map(|url| converto_core::SubmitWebhook {
+        url,
+        on_start: webhook_on_start,
+    });
+    sub.description = description;
+    sub.tags = tags;
     Ok(sub)
 }
 
+/// Refuses a description or tags the engine would refuse, with its reason (checked here too so
+/// that nothing is stored for a submission that cannot succeed).
+fn check_metadata(description: &Option<String>, tags: &[String]) -> Result<(), ApiError> {
+    converto_core::search::metadata(description.clone(), tags)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request("invalid-metadata", e.to_string()))
+}
+
 async fn from_json(engine: &TenantEngine, body: SubmitJson) -> Result<Submission, ApiError> {
+    let tags = body.tags.unwrap_or_default();
+    check_metadata(&body.description, &tags)?;
     let upload = uuid::Uuid::try_parse(&body.upload_id).map_err(|_| {
         ApiError::bad_request(
             "malformed-id",
@@ -546,12 +639,21 @@ async fn from_json(engine: &TenantEngine, body: SubmitJson) -> Result<Submission
     check_labels(&labels)?;
     sub.labels = labels;
     sub.priority = body.priority.unwrap_or(0);
+    sub.webhook = body.webhook_url.map(|url| converto_core::SubmitWebhook {
+        url,
+        on_start: body.webhook_on_start,
+    });
+    sub.description = body.description;
+    sub.tags = tags;
     Ok(sub)
 }
 
-/// Filters for `GET /v1/conversions`.
-#[derive(Debug, Deserialize, IntoParams)]
+/// Filters for `GET /v1/conversions`: every filter given must hold; `status` and `tag` match
+/// any of their values. (Documents the query; [`list`] reads it pair by pair, since `tag` and
+/// `label` repeat.)
+#[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documents the query for the OpenAPI spec
 pub(crate) struct ListParams {
     /// Comma-separated statuses, e.g. `queued,running`.
     #[param(
@@ -564,22 +666,40 @@ pub(crate) struct ListParams {
     /// Target format.
     #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,15}$")]
     target_format: Option<String>,
-    /// `key=value` (or `key:value`).
-    #[param(pattern = "[=:]")]
-    label: Option<String>,
+    /// `key=value` (or `key:value`); repeat for several, all of which must match.
+    #[param(value_type = Option<Vec<String>>, pattern = "[=:]", max_items = 64)]
+    label: Option<Vec<String>>,
+    /// A tag; repeat for several, any of which may match (`tag=a&tag=b`). Compared lowercase.
+    #[param(value_type = Option<Vec<String>>, pattern = "^[A-Za-z0-9_-]{1,64}$", max_items = 32)]
+    tag: Option<Vec<String>>,
     /// RFC 3339 time: created at or after.
     #[param(value_type = Option<String>, format = DateTime)]
     created_after: Option<String>,
     /// RFC 3339 time: created before.
     #[param(value_type = Option<String>, format = DateTime)]
     created_before: Option<String>,
-    /// Text in the input file name.
+    /// RFC 3339 time: finished at or after (unfinished conversions never match).
+    #[param(value_type = Option<String>, format = DateTime)]
+    finished_after: Option<String>,
+    /// RFC 3339 time: finished before (unfinished conversions never match).
+    #[param(value_type = Option<String>, format = DateTime)]
+    finished_before: Option<String>,
+    /// Full text over the input file name and the description, at most 256 characters. Every word must begin a word there, compared by English stem: `rend` and
+    /// `rendered` both find "Rendering"; `acket` does not find "bracket".
+    #[param(max_length = 256)]
     q: Option<String>,
+    /// The order: `-created` (newest first, the default), `created`, `-finished` (most
+    /// recently finished first) or `finished`. Sorting by finish time lists finished
+    /// conversions only.
+    #[param(pattern = "^-?(created|finished)$")]
+    sort: Option<String>,
     /// Page size, 1 to 1000 (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
-    /// `next_cursor` of the previous page.
-    #[param(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")]
+    /// `next_cursor` of the previous page, with the same filters and `sort`.
+    #[param(
+        pattern = "^(0|[1-9][0-9]{0,17})_[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+    )]
     cursor: Option<String>,
 }
 
@@ -611,72 +731,93 @@ fn parse_time(field: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
 pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Query(p): Query<ListParams>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<ListView>, ApiError> {
     let mut q = ListQuery::default();
-    if let Some(s) = p.status.as_deref().filter(|s| !s.is_empty()) {
-        for part in s.split(',') {
-            q.statuses.push(
-                part.parse::<Status>()
-                    .map_err(|e| ApiError::bad_request("invalid-status", e.to_string()))?,
-            );
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in pairs {
+        if !matches!(name.as_str(), "tag" | "label") && !seen.insert(name.clone()) {
+            return Err(ApiError::bad_request(
+                "duplicate-parameter",
+                format!(
+                    "{:?} may be given once",
+                    name.chars().take(32).collect::<String>()
+                ),
+            ));
+        }
+        let v = value.as_str();
+        match name.as_str() {
+            "status" => {
+                for part in v.split(',').filter(|_| !v.is_empty()) {
+                    q.statuses.push(
+                        part.parse::<Status>()
+                            .map_err(|e| ApiError::bad_request("invalid-status", e.to_string()))?,
+                    );
+                }
+            }
+            "source_format" => q.source_format = Some(parse_format_filter(&name, v)?),
+            "target_format" => q.target_format = Some(parse_format_filter(&name, v)?),
+            "label" => {
+                let (k, v) = v.split_once(['=', ':']).ok_or_else(|| {
+                    ApiError::bad_request("invalid-label", "label must be key=value")
+                })?;
+                q.labels.push((k.to_owned(), v.to_owned()));
+                if q.labels.len() > MAX_LABELS {
+                    return Err(ApiError::bad_request(
+                        "invalid-label",
+                        format!("at most {MAX_LABELS} label filters"),
+                    ));
+                }
+            }
+            "tag" => q.tags.push(value),
+            "created_after" => q.created_after = Some(parse_time(&name, v)?),
+            "created_before" => q.created_before = Some(parse_time(&name, v)?),
+            "finished_after" => q.finished_after = Some(parse_time(&name, v)?),
+            "finished_before" => q.finished_before = Some(parse_time(&name, v)?),
+            "q" => q.text = Some(value).filter(|s| !s.is_empty()),
+            "sort" => {
+                q.sort = v
+                    .parse()
+                    .map_err(|e: converto_core::search::ParseSortError| {
+                        ApiError::bad_request("invalid-sort", e.to_string())
+                    })?
+            }
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid-limit",
+                            format!("limit {v:?} must be a number from 1 to 1000"),
+                        )
+                    })?;
+            }
+            "cursor" => {
+                // Only the canonical form `next_cursor` gives (what the spec's pattern allows).
+                let cursor = v
+                    .parse::<converto_core::search::Cursor>()
+                    .ok()
+                    .filter(|c| c.to_string() == v && is_canonical_v7(&c.id, &c.id.to_string()))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid-cursor",
+                            format!(
+                                "cursor {:?} is not a next_cursor this API gave",
+                                v.chars().take(80).collect::<String>()
+                            ),
+                        )
+                    })?;
+                q.cursor = Some(cursor);
+            }
+            _ => {}
         }
     }
-    q.source_format = p
-        .source_format
-        .as_deref()
-        .map(|v| parse_format_filter("source_format", v))
-        .transpose()?;
-    q.target_format = p
-        .target_format
-        .as_deref()
-        .map(|v| parse_format_filter("target_format", v))
-        .transpose()?;
-    if let Some(l) = p.label.as_deref() {
-        let (k, v) = l
-            .split_once(['=', ':'])
-            .ok_or_else(|| ApiError::bad_request("invalid-label", "label must be key=value"))?;
-        q.label = Some((k.to_owned(), v.to_owned()));
-    }
-    q.created_after = p
-        .created_after
-        .as_deref()
-        .map(|v| parse_time("created_after", v))
-        .transpose()?;
-    q.created_before = p
-        .created_before
-        .as_deref()
-        .map(|v| parse_time("created_before", v))
-        .transpose()?;
-    q.text = p.q.filter(|s| !s.is_empty());
-    if let Some(l) = p.limit.as_deref() {
-        q.limit = l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid-limit",
-                    format!("limit {l:?} must be a number from 1 to 1000"),
-                )
-            })?;
-    }
-    q.cursor = p
-        .cursor
-        .as_deref()
-        .map(|c| {
-            // Only the canonical form `next_cursor` gives (what the spec's pattern allows).
-            parse_id(c)
-                .ok()
-                .filter(|id| is_canonical_v7(id, c))
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid-cursor",
-                        format!("cursor {c:?} is not a conversion id"),
-                    )
-                })
-        })
-        .transpose()?;
+    // Bounds and tag rules: the engine checks them, and its refusal is a 400.
+    let q = q
+        .checked()
+        .map_err(|e| ApiError::bad_request("invalid-search", e.to_string()))?;
     let page = state.engine.tenant(&principal.tenant).list(&q).await?;
     Ok(Json(ListView {
         items: page.items.iter().map(ConversionView::from).collect(),

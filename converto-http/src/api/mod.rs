@@ -4,3 +4,4 @@ pub mod conversions;
 pub mod system;
 pub mod upload;
 pub mod views;
+pub mod webhooks;

@@ -23,6 +23,10 @@ pub struct ConversionView {
     pub options: serde_json::Value,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Free text given on submit.
+    pub description: Option<String>,
+    /// Lowercase tags, sorted: those given and the description's `#hashtags`.
+    pub tags: Vec<String>,
     /// Higher runs first.
     pub priority: i32,
     /// Progress of the current attempt.
@@ -137,6 +141,8 @@ impl From<&Conversion> for ConversionView {
             target_format: c.target_format.to_string(),
             options: c.options.clone(),
             labels: c.labels.clone(),
+            description: c.description.clone(),
+            tags: c.tags.clone(),
             priority: c.priority,
             progress: c.progress.as_ref().map(|p| ProgressView {
                 percent: p.percent,
@@ -181,7 +187,7 @@ impl From<&Conversion> for ConversionView {
 /// A page of conversions.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ListView {
-    /// Newest first.
+    /// In the order asked for (newest first by default).
     pub items: Vec<ConversionView>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<String>,

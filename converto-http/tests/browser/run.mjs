@@ -355,8 +355,20 @@ await scenario('page-through-120', async (page) => {
   check(shown.length === 120, `listed ${shown.length}`);
   check(new Set(shown).size === 120, 'duplicates in the list');
   check(shown.every((id) => ids.includes(id)), 'a conversion outside the batch');
-  const sorted = [...shown].sort().reverse();
-  check(shown.join() === sorted.join(), 'not newest first');
+  // Newest first: by creation time, then id (the API's default order), which concurrent
+  // submits may make differ from the ids' own order.
+  const listed = await apiJson(BASE, '/v1/conversions?label=batch%3Dpaging&limit=1000');
+  const nanos = (t) => {
+    const m = t.match(/^(.*?)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$/);
+    return BigInt(Date.parse(m[1] + m[3])) * 1000000n + BigInt((m[2] || '').padEnd(9, '0'));
+  };
+  const newestFirst = listed.items.every((c, i, all) => {
+    if (i === 0) return true;
+    const [a, b] = [nanos(all[i - 1].created_at), nanos(c.created_at)];
+    return a > b || (a === b && all[i - 1].id > c.id);
+  });
+  check(newestFirst, 'the API does not list newest first');
+  check(shown.join() === listed.items.map((c) => c.id).join(), 'not in the API order (newest first)');
 });
 
 await scenario('sign-in-with-a-key', async (page, context) => {

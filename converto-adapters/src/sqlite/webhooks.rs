@@ -1,0 +1,325 @@
+//! [`SqliteWebhookStore`]: webhook endpoints, secrets, subscriptions, messages and attempts in
+//! the `converto_webhook_*` tables (migration `0006`).
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::Row;
+use sqlx::sqlite::SqlitePool;
+
+use converto_core::ConversionId;
+use converto_core::webhook::{
+    Attempt, Endpoint, Message, MessageState, Secrets, Subscription, WebhookError, WebhookStore,
+};
+
+use super::{BACKEND, query_error};
+
+/// Webhook state in a SQLite database (see
+/// [`SqliteBackend::webhooks`](super::SqliteBackend::webhooks)).
+#[derive(Debug, Clone)]
+pub struct SqliteWebhookStore {
+    pool: SqlitePool,
+}
+
+impl SqliteWebhookStore {
+    pub(super) fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> WebhookError {
+    move |e| WebhookError::Backend(query_error(operation)(e).into())
+}
+
+fn to_json(v: &impl Serialize) -> Result<String, WebhookError> {
+    serde_json::to_string(v).map_err(|e| WebhookError::backend(BACKEND, false, e))
+}
+
+fn from_json<T: DeserializeOwned>(s: &str) -> Result<T, WebhookError> {
+    serde_json::from_str(s).map_err(|e| WebhookError::backend(BACKEND, false, e))
+}
+
+fn bodies<T: DeserializeOwned>(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<T>, WebhookError> {
+    rows.iter()
+        .map(|r| {
+            let body: String = r.try_get("body").map_err(db("decode"))?;
+            from_json(&body)
+        })
+        .collect()
+}
+
+#[async_trait]
+impl WebhookStore for SqliteWebhookStore {
+    async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<(), WebhookError> {
+        sqlx::query("INSERT INTO converto_webhook_endpoints (id, tenant, body) VALUES (?, ?, ?)")
+            .bind(&endpoint.id)
+            .bind(&endpoint.tenant)
+            .bind(to_json(endpoint)?)
+            .execute(&self.pool)
+            .await
+            .map_err(db("create webhook endpoint"))?;
+        Ok(())
+    }
+
+    async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, WebhookError> {
+        let rows = sqlx::query(
+            "SELECT body FROM converto_webhook_endpoints WHERE tenant = ? ORDER BY id LIMIT 1000",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list webhook endpoints"))?;
+        bodies(&rows)
+    }
+
+    async fn endpoint(&self, tenant: &str, id: &str) -> Result<Option<Endpoint>, WebhookError> {
+        let rows =
+            sqlx::query("SELECT body FROM converto_webhook_endpoints WHERE tenant = ? AND id = ?")
+                .bind(tenant)
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("get webhook endpoint"))?;
+        Ok(bodies(&rows)?.pop())
+    }
+
+    async fn delete_endpoint(&self, tenant: &str, id: &str) -> Result<bool, WebhookError> {
+        let done =
+            sqlx::query("DELETE FROM converto_webhook_endpoints WHERE tenant = ? AND id = ?")
+                .bind(tenant)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(db("delete webhook endpoint"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_endpoint_secrets(
+        &self,
+        tenant: &str,
+        id: &str,
+        secrets: &Secrets,
+    ) -> Result<bool, WebhookError> {
+        let done = sqlx::query(
+            "UPDATE converto_webhook_endpoints SET body = json_set(body, '$.secrets', json(?)) \
+             WHERE tenant = ? AND id = ?",
+        )
+        .bind(to_json(secrets)?)
+        .bind(tenant)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("rotate webhook endpoint"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn disable_endpoint(
+        &self,
+        tenant: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<(), WebhookError> {
+        sqlx::query(
+            "UPDATE converto_webhook_endpoints \
+             SET body = json_set(body, '$.enabled', json('false'), '$.disabled_reason', ?) \
+             WHERE tenant = ? AND id = ?",
+        )
+        .bind(reason)
+        .bind(tenant)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("disable webhook endpoint"))?;
+        Ok(())
+    }
+
+    async fn tenant_secrets(&self, tenant: &str) -> Result<Option<Secrets>, WebhookError> {
+        let row =
+            sqlx::query("SELECT secrets FROM converto_webhook_tenant_secrets WHERE tenant = ?")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("get webhook signing secret"))?;
+        match row {
+            Some(r) => {
+                let s: String = r.try_get("secrets").map_err(db("decode"))?;
+                Ok(Some(from_json(&s)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn init_tenant_secrets(
+        &self,
+        tenant: &str,
+        secrets: &Secrets,
+    ) -> Result<Secrets, WebhookError> {
+        sqlx::query(
+            "INSERT INTO converto_webhook_tenant_secrets (tenant, secrets) VALUES (?, ?) \
+             ON CONFLICT (tenant) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(to_json(secrets)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("create webhook signing secret"))?;
+        self.tenant_secrets(tenant)
+            .await?
+            .ok_or_else(|| WebhookError::backend(BACKEND, true, "signing secret vanished"))
+    }
+
+    async fn set_tenant_secrets(
+        &self,
+        tenant: &str,
+        secrets: &Secrets,
+    ) -> Result<(), WebhookError> {
+        sqlx::query(
+            "INSERT INTO converto_webhook_tenant_secrets (tenant, secrets) VALUES (?, ?) \
+             ON CONFLICT (tenant) DO UPDATE SET secrets = excluded.secrets",
+        )
+        .bind(tenant)
+        .bind(to_json(secrets)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("rotate webhook signing secret"))?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, sub: &Subscription) -> Result<(), WebhookError> {
+        sqlx::query(
+            "INSERT INTO converto_webhook_subscriptions (conversion_id, body) VALUES (?, ?) \
+             ON CONFLICT (conversion_id) DO UPDATE SET body = excluded.body",
+        )
+        .bind(sub.conversion.to_string())
+        .bind(to_json(sub)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("subscribe webhook"))?;
+        Ok(())
+    }
+
+    async fn subscription(&self, id: ConversionId) -> Result<Option<Subscription>, WebhookError> {
+        let rows =
+            sqlx::query("SELECT body FROM converto_webhook_subscriptions WHERE conversion_id = ?")
+                .bind(id.to_string())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("get webhook subscription"))?;
+        Ok(bodies(&rows)?.pop())
+    }
+
+    async fn put_message(&self, message: &Message) -> Result<MessageState, WebhookError> {
+        sqlx::query(
+            "INSERT INTO converto_webhook_messages (id, conversion_id, state, body) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(message.id.to_string())
+        .bind(message.conversion.to_string())
+        .bind(message.state.as_str())
+        .bind(to_json(message)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("put webhook message"))?;
+        let state: String =
+            sqlx::query_scalar("SELECT state FROM converto_webhook_messages WHERE id = ?")
+                .bind(message.id.to_string())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("put webhook message"))?;
+        MessageState::parse(&state)
+            .ok_or_else(|| WebhookError::backend(BACKEND, false, "unknown message state"))
+    }
+
+    async fn message(&self, id: ConversionId) -> Result<Option<Message>, WebhookError> {
+        let row = sqlx::query("SELECT state, body FROM converto_webhook_messages WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("get webhook message"))?;
+        let Some(row) = row else { return Ok(None) };
+        let state: String = row.try_get("state").map_err(db("decode"))?;
+        let body: String = row.try_get("body").map_err(db("decode"))?;
+        let mut m: Message = from_json(&body)?;
+        m.state = MessageState::parse(&state)
+            .ok_or_else(|| WebhookError::backend(BACKEND, false, "unknown message state"))?;
+        Ok(Some(m))
+    }
+
+    async fn set_message_state(
+        &self,
+        id: ConversionId,
+        state: MessageState,
+    ) -> Result<(), WebhookError> {
+        sqlx::query("UPDATE converto_webhook_messages SET state = ? WHERE id = ?")
+            .bind(state.as_str())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db("set webhook message state"))?;
+        Ok(())
+    }
+
+    async fn record_attempt(&self, attempt: &Attempt, keep: usize) -> Result<(), WebhookError> {
+        let id = attempt.conversion.to_string();
+        let keep = i64::try_from(keep.max(1)).unwrap_or(i64::MAX);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("record webhook attempt"))?;
+        sqlx::query(
+            "INSERT INTO converto_webhook_attempts (conversion_id, tenant, body) VALUES (?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&attempt.tenant)
+        .bind(to_json(attempt)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("record webhook attempt"))?;
+        sqlx::query(
+            "DELETE FROM converto_webhook_attempts WHERE conversion_id = ?1 AND seq <= ( \
+               SELECT seq FROM converto_webhook_attempts WHERE conversion_id = ?1 \
+               ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+        )
+        .bind(&id)
+        .bind(keep)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("record webhook attempt"))?;
+        tx.commit().await.map_err(db("record webhook attempt"))?;
+        Ok(())
+    }
+
+    async fn attempts(
+        &self,
+        tenant: &str,
+        conversion: ConversionId,
+    ) -> Result<Vec<Attempt>, WebhookError> {
+        let rows = sqlx::query(
+            "SELECT body FROM converto_webhook_attempts WHERE conversion_id = ? AND tenant = ? \
+             ORDER BY seq",
+        )
+        .bind(conversion.to_string())
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list webhook attempts"))?;
+        bodies(&rows)
+    }
+
+    async fn forget_conversion(&self, id: ConversionId) -> Result<(), WebhookError> {
+        let id = id.to_string();
+        for sql in [
+            "DELETE FROM converto_webhook_subscriptions WHERE conversion_id = ?",
+            "DELETE FROM converto_webhook_attempts WHERE conversion_id = ?",
+            "DELETE FROM converto_webhook_messages WHERE conversion_id = ? AND state <> 'pending'",
+        ] {
+            sqlx::query(sql)
+                .bind(&id)
+                .execute(&self.pool)
+                .await
+                .map_err(db("forget webhook conversion"))?;
+        }
+        Ok(())
+    }
+}
