@@ -33,7 +33,11 @@ pub(crate) struct SubmitForm {
     file: Vec<u8>,
     /// An http(s) URL the record is POSTed to on every terminal status, signed with the
     /// tenant's signing secret (`POST /v1/webhook-secret/rotate`).
-    #[schema(nullable = false, max_length = 2048)]
+    #[schema(
+        nullable = false,
+        max_length = 2048,
+        pattern = r"^https?://([A-Za-z0-9](-?[A-Za-z0-9]){0,31}\.){0,8}[A-Za-z](-?[A-Za-z0-9]){0,31}(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,256}){0,16}(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]{0,1024})?$"
+    )]
     webhook_url: Option<String>,
     /// `true`: also POST to `webhook_url` when an attempt starts.
     #[schema(nullable = false)]
@@ -81,7 +85,10 @@ pub struct SubmitJson {
     pub file_name: Option<String>,
     /// An http(s) URL the record is POSTed to on every terminal status, signed with the
     /// tenant's signing secret (`POST /v1/webhook-secret/rotate`).
-    #[schema(max_length = 2048)]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^https?://([A-Za-z0-9](-?[A-Za-z0-9]){0,31}\.){0,8}[A-Za-z](-?[A-Za-z0-9]){0,31}(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,256}){0,16}(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]{0,1024})?$"
+    )]
     pub webhook_url: Option<String>,
     /// `true`: also POST to `webhook_url` when an attempt starts.
     #[serde(default)]
@@ -523,9 +530,8 @@ async fn from_multipart(
                 }
                 "webhook_url" => {
                     let v = small_text(&mut field, field_limit).await?;
-                    if !v.trim().is_empty() {
-                        webhook_url = Some(v.trim().to_owned());
-                    }
+                    super::webhooks::check_url_shape(&v)?;
+                    webhook_url = Some(v.trim_end_matches('\n').to_owned());
                 }
                 "webhook_on_start" => {
                     let v = small_text(&mut field, field_limit).await?;
@@ -639,6 +645,9 @@ async fn from_json(engine: &TenantEngine, body: SubmitJson) -> Result<Submission
     check_labels(&labels)?;
     sub.labels = labels;
     sub.priority = body.priority.unwrap_or(0);
+    if let Some(url) = &body.webhook_url {
+        super::webhooks::check_url_shape(url)?;
+    }
     sub.webhook = body.webhook_url.map(|url| converto_core::SubmitWebhook {
         url,
         on_start: body.webhook_on_start,

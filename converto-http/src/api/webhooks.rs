@@ -43,7 +43,14 @@ impl From<WebhookError> for ApiError {
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
     /// An http or https URL on a public address (or one the operator allow-listed).
-    #[schema(max_length = 2048, example = "https://example.com/converto")]
+    ///
+    /// It must have the documented shape ([`URL_PATTERN`]): a host name (not an IP literal),
+    /// an optional port, path and query.
+    #[schema(
+        max_length = 2048,
+        example = "https://example.com/converto",
+        pattern = r"^https?://([A-Za-z0-9](-?[A-Za-z0-9]){0,31}\.){0,8}[A-Za-z](-?[A-Za-z0-9]){0,31}(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,256}){0,16}(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]{0,1024})?$"
+    )]
     pub url: String,
     /// Also send `conversion.started` when an attempt starts (terminal statuses are always
     /// sent).
@@ -183,12 +190,13 @@ pub struct EndpointsView {
 /// conversion's record, signed per the Standard Webhooks specification with the secret in
 /// this answer (shown once).
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateEndpoint,
-    responses((status = 201, body = EndpointView), (status = 400, description = "Not an http(s) URL, or a private address", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Webhooks are not enabled", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = EndpointView), (status = 400, description = "Not an http(s) URL, or a private address", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Webhooks are not enabled", body = Problem, content_type = "application/problem+json"), (status = 415, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"), (status = 422, description = "The JSON does not have the documented fields", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
     Json(body): Json<CreateEndpoint>,
 ) -> Result<(StatusCode, Json<EndpointView>), ApiError> {
+    check_url_shape(&body.url)?;
     let e = service(&state)?
         .create_endpoint(&principal.tenant, &body.url, body.on_start)
         .await?;
@@ -287,4 +295,71 @@ pub(crate) async fn deliveries(
     Ok(Json(DeliveriesView {
         items: items.into_iter().map(DeliveryView::from).collect(),
     }))
+}
+
+/// The shape of every webhook URL the API takes (`POST /v1/webhooks`, a submit's
+/// `webhook_url`), as the OpenAPI document states it: http or https, a host name whose last
+/// label starts with a letter (IP literals are refused: a public service has a name), an
+/// optional port, path and query of URL characters. The address checks after DNS resolution
+/// come on top, at delivery.
+pub(crate) const URL_PATTERN: &str = r"^https?://([A-Za-z0-9](-?[A-Za-z0-9]){0,31}\.){0,8}[A-Za-z](-?[A-Za-z0-9]){0,31}(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,256}){0,16}(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]{0,1024})?$";
+
+static URL_SHAPE: std::sync::LazyLock<Option<regex::Regex>> =
+    std::sync::LazyLock::new(|| regex::Regex::new(URL_PATTERN).ok());
+
+/// Refuses a webhook URL without the documented shape with a 400 `invalid-webhook-url`. One
+/// trailing newline is allowed, as JSON Schema validators written in Python read `$`.
+pub(crate) fn check_url_shape(url: &str) -> Result<(), ApiError> {
+    let bare = url.strip_suffix('\n').unwrap_or(url);
+    let fits = bare.len() <= 2048 && URL_SHAPE.as_ref().is_some_and(|re| re.is_match(bare));
+    if fits {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid-webhook-url",
+            "expected an http(s) URL with a host name, e.g. https://example.com/hook (see the \
+             pattern in /openapi.json)"
+                .to_owned(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod url_shape_tests {
+    use super::{URL_PATTERN, URL_SHAPE, check_url_shape};
+
+    #[test]
+    fn the_documented_shape_is_the_one_checked() {
+        assert!(URL_SHAPE.is_some(), "the pattern compiles");
+        // The OpenAPI attributes repeat the pattern as literals: the same text in each.
+        let sources = [include_str!("webhooks.rs"), include_str!("conversions.rs")].concat();
+        let attribute = format!("pattern = r\"{URL_PATTERN}\"");
+        assert_eq!(
+            sources.matches(attribute.as_str()).count(),
+            3,
+            "every webhook URL field documents it"
+        );
+        for good in [
+            "https://example.com/hooks/converto?token=a%20b",
+            "http://hooks.example.org:8080/",
+            "http://localhost:65535/x",
+            "http://localhost/x",
+            "https://a.b\n",
+        ] {
+            assert!(check_url_shape(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            " https://example.com",
+            "ftp://example.com",
+            "http://127.0.0.1/",
+            "http://example.com:65536/",
+            "http://[::1]/",
+            "https://user:pw@example.com/",
+            "https://xn--zz.example",
+            "https://example.com/a b",
+        ] {
+            assert!(check_url_shape(bad).is_err(), "{bad}");
+        }
+    }
 }
