@@ -48,9 +48,16 @@ for _ in $(seq 100); do
 done
 
 echo "== status GETs: wrk -t2 -c100 -d$duration GET /v1/conversions/{id}"
+# The server's user + system clock ticks: CPU per request, which other load on the machine
+# skews far less than the rate.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
+cpu_before=$(cpu_ticks)
 wrk -t2 -c100 -d"$duration" --latency "http://127.0.0.1:$port/v1/conversions/$id" | tee "$work/wrk.txt"
+cpu_after=$(cpu_ticks)
 rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")
 p99=$(awk '$1 == "99%" {print $2}' "$work/wrk.txt")
+requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+cpu_us=$(echo "scale=1; ($cpu_after - $cpu_before) * 1000000 / $(getconf CLK_TCK) / $requests" | bc -l)
 
 echo
 echo "== upload: ${upload_mib} MiB through POST /v1/uploads + PUT (streamed to the blob store)"
@@ -68,6 +75,6 @@ secs=$(echo "$end - $start" | bc -l)
 rate=$(echo "$upload_mib * 1.048576 / $secs" | bc -l)
 
 echo
-printf 'status GETs/s (100 connections): %s   p99 latency: %s\n' "$rps" "$p99"
+printf 'status GETs/s (100 connections): %s   p99 latency: %s   server CPU per GET: %s us\n' "$rps" "$p99" "$cpu_us"
 printf 'upload: %d MiB in %.2f s = %.0f MB/s; server RSS before %d MiB, peak %d MiB (growth %d MiB)\n' \
   "$upload_mib" "$secs" "$rate" $((before / 1024)) $((peak / 1024)) $(((peak - before) / 1024))

@@ -12,6 +12,10 @@
 #   benches/search.sh                        # both backends, 30 s each
 #   DURATION=10s BACKENDS=sqlite benches/search.sh
 #   POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test benches/search.sh
+#   CONVERTO_BIN=/tmp/old/converto benches/search.sh   # an already built binary (before/after)
+#
+# Besides requests/s, it prints the server's CPU time per request (user + system, from
+# /proc), which other load on the machine skews far less than the rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,9 +30,12 @@ for tool in wrk curl bc sqlite3 psql; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install $tool)" >&2; exit 1; }
 done
 
-# Only the backends searched (and local blobs): the search path is the same in every build.
-cargo build --release --quiet -p converto-http --no-default-features --features sqlite,postgres,local
-bin=$PWD/target/release/converto
+bin=${CONVERTO_BIN:-}
+if [ -z "$bin" ]; then
+  # Only the backends searched (and local blobs): the search path is the same in every build.
+  cargo build --release --quiet -p converto-http --no-default-features --features sqlite,postgres,local
+  bin=$PWD/target/release/converto
+fi
 work=$(mktemp -d)
 server=
 cleanup() {
@@ -82,15 +89,24 @@ run() { # name store-url
     [ "$code" = 200 ] || { echo "$p answered $code: $(head -c 300 "$work/body.json")" >&2; exit 1; }
   done
   echo "== $name: wrk -t2 -c100 -d$duration (load average before: $(load))"
+  local cpu_before cpu_after
+  cpu_before=$(cpu_ticks "$server")
   wrk -t2 -c100 -d"$duration" --latency -s "$work/mix.lua" "http://127.0.0.1:$port" | tee "$work/wrk-$name.txt"
-  local rps p99 non2xx
+  cpu_after=$(cpu_ticks "$server")
+  local rps p99 non2xx requests cpu_ms
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk-$name.txt")
   p99=$(awk '$1 == "99%" {print $2}' "$work/wrk-$name.txt")
   non2xx=$(awk '/Non-2xx/ {print $NF}' "$work/wrk-$name.txt")
+  requests=$(awk '/requests in/ {print $1}' "$work/wrk-$name.txt")
+  cpu_ms=$(echo "scale=3; ($cpu_after - $cpu_before) * 1000 / $(getconf CLK_TCK) / $requests" | bc -l)
   kill "$server"; wait "$server" 2>/dev/null || true; server=
-  summary+=$(printf '%-9s search requests/s (100 connections): %s   p99: %s   non-2xx: %s   load average after: %s' \
-    "$name" "$rps" "$p99" "${non2xx:-0}" "$(load)")$'\n'
+  summary+=$(printf '%-9s search requests/s (100 connections): %s   p99: %s   non-2xx: %s   server CPU per request: %s ms   load average after: %s' \
+    "$name" "$rps" "$p99" "${non2xx:-0}" "$cpu_ms" "$(load)")$'\n'
 }
+
+# User + system clock ticks the process has used (the database server's own, for PostgreSQL,
+# are not counted: compare CPU per request within one backend).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 summary=""
 for backend in $backends; do
@@ -112,7 +128,9 @@ for backend in $backends; do
       start=$(date +%s.%N)
       { echo "SET search_path TO $pg_schema;"
         sed -e "s/\$1::bigint/$records::bigint/g" -e "s/\$2/'default'/g" converto-adapters/tests/fixtures/search_postgres.sql
-        echo "ANALYZE conversions;"; } | psql -q -v ON_ERROR_STOP=1 "$pg_url" >/dev/null
+        # VACUUM as autovacuum would after a bulk load (it is off on the development machines):
+        # it merges the GIN indexes' pending lists, which every search would scan otherwise.
+        echo "VACUUM ANALYZE conversions;"; } | psql -q -v ON_ERROR_STOP=1 "$pg_url" >/dev/null
       echo "postgres: $records records loaded in $(echo "$(date +%s.%N) - $start" | bc -l | cut -c1-5) s"
       run postgres "$pg_url"
       ;;

@@ -50,6 +50,23 @@ async fn store_conformance() {
     .await;
 }
 
+/// The same suite through the pool alone (a database in memory has no direct reader), so both
+/// ways a list or search page is read pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_conformance_through_the_pool() {
+    testkit::store::run_store_suite(async || {
+        let backend = SqliteBackend::connect("sqlite::memory:")
+            .await
+            .expect("connect");
+        assert!(
+            format!("{:?}", backend.store()).contains("reader: None"),
+            "no direct reader"
+        );
+        backend.store() as Arc<dyn ConversionStore>
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_conformance() {
     let dirs = Dirs::default();

@@ -49,15 +49,24 @@
 //! corner (6 x), binary STL 50 bytes a triangle (under 4 x with the vertex table). A GLB is
 //! held whole while read (1 x) beside its geometry, which may not exceed 14 x the file size
 //! once instanced (a mesh used by many nodes is placed once per node); its JSON chunk is
-//! capped at 1 MiB. Writing adds only a 256 KiB buffer. The mesh tests measure this on
+//! capped at 1 MiB. Reading an ASCII STL holds at most three 72 KiB blocks of text;
+//! writing adds at most a few hundred KiB of formatted text (OBJ: four pieces of 4 096
+//! lines). The mesh tests measure this on
 //! crafted worst cases with a counting allocator.
 //!
 //! # Cancellation
 //!
 //! Reading checks the job's token on every read of the input (at most 256 KiB apart), writing
-//! every 16 384 records and rendering every 65 536 triangles; the async side waits for the
+//! at least every 16 384 records and rendering every 65 536 triangles; the async side waits for the
 //! blocking task to end before it returns [`ConvertError::Cancelled`], so the worker's slot
 //! is not freed while work goes on.
+//!
+//! # Threads
+//!
+//! An ASCII STL of 2 MiB or more is parsed, and an OBJ of 65 536 lines or more formatted, on
+//! one scoped helper thread besides the blocking thread, in blocks that either thread takes
+//! when free; blocks are applied or written in order, so the mesh, the output bytes and the
+//! errors are those of doing it all on one thread.
 
 mod error;
 mod glb;
@@ -67,6 +76,7 @@ mod obj;
 mod ply;
 mod preview;
 mod stl;
+mod stl_ascii;
 mod text;
 mod write;
 
@@ -121,7 +131,11 @@ pub fn read_mesh_limited<R: Read>(
         total: size,
         monitor,
     };
-    let buffered = BufReader::with_capacity(256 * 1024, counted);
+    let capacity = match format {
+        MeshFormat::Stl => stl_ascii::STL_BUFFER,
+        _ => 256 * 1024,
+    };
+    let buffered = BufReader::with_capacity(capacity, counted);
     let mesh = match format {
         MeshFormat::Stl => read_stl_limited(buffered, size, limits)?,
         MeshFormat::Obj => read_obj_limited(buffered, Some(size).filter(|&s| s > 0), limits)?,

@@ -282,13 +282,19 @@ impl VertexMerger {
     /// The index of `p` (finite), adding it if new.
     pub(crate) fn index(&mut self, p: [f32; 3], format: MeshFormat) -> Result<u32, MeshError> {
         let key = bits(p);
-        let hash = std::hash::BuildHasher::hash_one(&self.hasher, key);
-        let recent = (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CACHE_BITS)) as usize;
+        // The cache needs no protection from crafted collisions (a miss only costs a table
+        // lookup), so a plain multiplicative hash picks its slot, and most lookups end here
+        // without hashing the key properly.
+        let mixed = (u64::from(key[0]) | u64::from(key[1]) << 32)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ u64::from(key[2]).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let recent = (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CACHE_BITS)) as usize;
         if let Some(&(cached, index)) = self.recent.get(recent)
             && cached == key
         {
             return Ok(index);
         }
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, key);
         let mask = self.slots.len() - 1;
         let mut slot = hash as usize & mask;
         let tag = hash >> 32;
@@ -332,14 +338,28 @@ impl VertexMerger {
         }
         self.positions.push(p);
         if self.positions.len() * 2 > self.slots.len() {
-            self.grow();
+            self.resize_table(self.slots.len() * 2);
         }
         Ok(index)
     }
 
-    /// Doubles the table and re-inserts every vertex.
-    fn grow(&mut self) {
-        let mut slots = vec![EMPTY_SLOT; self.slots.len() * 2];
+    /// Makes room for about `triangles` triangles in all (as [`VertexMerger::with_capacity`]
+    /// does), once an estimate is known: growing the table early, while it is small, spares
+    /// re-inserting every vertex at each doubling later.
+    pub(crate) fn reserve(&mut self, triangles: usize) {
+        let vertices = triangles / 2 + 3;
+        let slots = vertices.saturating_mul(2).next_power_of_two();
+        if slots > self.slots.len() {
+            self.resize_table(slots);
+        }
+        self.positions
+            .reserve(vertices.saturating_sub(self.positions.len()));
+    }
+
+    /// Re-inserts every vertex into a table of `len` slots (a power of two, more than twice
+    /// the vertices).
+    fn resize_table(&mut self, len: usize) {
+        let mut slots = vec![EMPTY_SLOT; len];
         let mask = slots.len() - 1;
         for (index, p) in self.positions.iter().enumerate() {
             let hash = std::hash::BuildHasher::hash_one(&self.hasher, bits(*p));

@@ -6,7 +6,7 @@ use super::error::{Location, MeshError, Reason, excerpt};
 use super::limits::{Fan, MeshLimits, more_possible, push_bounded};
 use super::model::{Mesh, MeshFormat, Monitor};
 use super::text::{LineReader, coordinate, parse_i64, skip_utf8_bom, tokens};
-use super::write::{Chunked, push_f32, push_u64};
+use super::write::{push_f32, push_u64, write_pieces};
 
 const FORMAT: MeshFormat = MeshFormat::Obj;
 
@@ -151,39 +151,38 @@ pub fn read_obj_limited<R: BufRead>(
 /// Writes OBJ: a `v` line per vertex, then an `f` line per triangle.
 pub fn write_obj<W: Write>(
     mesh: &Mesh,
-    writer: W,
+    mut writer: W,
     monitor: &mut Monitor<'_>,
 ) -> Result<(), MeshError> {
-    let total = (mesh.positions.len() + mesh.triangles.len()) as u64;
-    let mut out = Chunked::new(writer, total, monitor);
-    let mut floats = ryu::Buffer::new();
-    let mut ints = itoa::Buffer::new();
-    out.buf.extend_from_slice(b"# written by converto\n");
-    out.buf.extend_from_slice(
-        format!(
-            "# {} vertices, {} triangles\n",
-            mesh.positions.len(),
-            mesh.triangles.len()
-        )
-        .as_bytes(),
+    let vertices = mesh.positions.len();
+    let header = format!(
+        "# written by converto\n# {} vertices, {} triangles\n",
+        vertices,
+        mesh.triangles.len()
     );
-    for p in &mesh.positions {
-        out.buf.push(b'v');
-        for &c in p {
-            out.buf.push(b' ');
-            push_f32(&mut out.buf, &mut floats, c);
+    writer.write_all(header.as_bytes())?;
+    // Lines 0..vertices are `v` lines, the rest `f` lines.
+    let total = vertices + mesh.triangles.len();
+    write_pieces(writer, total, monitor, |lines, buf| {
+        let mut floats = ryu::Buffer::new();
+        let mut ints = itoa::Buffer::new();
+        let v_lines = lines.start.min(vertices)..lines.end.min(vertices);
+        for p in mesh.positions.get(v_lines).unwrap_or_default() {
+            buf.push(b'v');
+            for &c in p {
+                buf.push(b' ');
+                push_f32(buf, &mut floats, c);
+            }
+            buf.push(b'\n');
         }
-        out.buf.push(b'\n');
-        out.item()?;
-    }
-    for t in &mesh.triangles {
-        out.buf.push(b'f');
-        for &i in t {
-            out.buf.push(b' ');
-            push_u64(&mut out.buf, &mut ints, u64::from(i) + 1);
+        let f_lines = lines.start.max(vertices) - vertices..lines.end.max(vertices) - vertices;
+        for t in mesh.triangles.get(f_lines).unwrap_or_default() {
+            buf.push(b'f');
+            for &i in t {
+                buf.push(b' ');
+                push_u64(buf, &mut ints, u64::from(i) + 1);
+            }
+            buf.push(b'\n');
         }
-        out.buf.push(b'\n');
-        out.item()?;
-    }
-    out.finish()
+    })
 }

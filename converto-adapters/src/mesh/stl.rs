@@ -2,11 +2,17 @@
 
 use std::io::{BufRead, Read, Write};
 
-use super::error::{Location, MeshError, Reason, excerpt};
-use super::limits::{Fan, MeshLimits, more_possible};
+use super::error::{Location, MeshError, Reason};
+use super::limits::MeshLimits;
 use super::model::{Mesh, MeshFormat, Monitor, VertexMerger};
-use super::text::{LineReader, UTF8_BOM, coordinate, tokens};
+use super::text::UTF8_BOM;
 use super::write::{Chunked, normal, push_f32};
+#[cfg(test)]
+use super::{
+    error::excerpt,
+    limits::{Fan, more_possible},
+    text::{LineReader, coordinate, tokens},
+};
 
 const FORMAT: MeshFormat = MeshFormat::Stl;
 const HEADER: usize = 80;
@@ -54,7 +60,7 @@ pub fn read_stl_limited<R: BufRead>(
     let has_nul = head.iter().take(HEADER + 4 + RECORD).any(|&b| b == 0);
     if starts_with_solid && binary_size != Some(size) && !has_nul {
         reader.consume(bom);
-        return read_ascii(reader, size, limits);
+        return super::stl_ascii::read_ascii(reader, size, limits);
     }
     let mut header = [0u8; HEADER + 4];
     reader.read_exact(&mut header).map_err(|e| match e.kind() {
@@ -158,6 +164,9 @@ fn le_f32(record: &[u8], at: usize) -> f32 {
         .map_or(f32::NAN, f32::from_le_bytes)
 }
 
+/// The line-by-line ASCII reader the block reader replaced: kept as the reference the block
+/// reader's results and errors are compared with.
+#[cfg(test)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Before `solid`, or after `endsolid`.
@@ -167,7 +176,12 @@ enum State {
     InLoop,
 }
 
-fn read_ascii<R: BufRead>(reader: R, size: u64, limits: &MeshLimits) -> Result<Mesh, MeshError> {
+#[cfg(test)]
+pub(super) fn read_ascii_by_line<R: BufRead>(
+    reader: R,
+    size: u64,
+    limits: &MeshLimits,
+) -> Result<Mesh, MeshError> {
     let mut lines = LineReader::new(reader, FORMAT, limits.line_limit());
     let mut merger = VertexMerger::with_capacity(1024);
     let mut triangles = Vec::new();
@@ -266,6 +280,7 @@ fn read_ascii<R: BufRead>(reader: R, size: u64, limits: &MeshLimits) -> Result<M
     }
 }
 
+#[cfg(test)]
 fn truncated(inside: &str) -> MeshError {
     MeshError::Truncated {
         format: FORMAT,

@@ -147,7 +147,148 @@ impl<'a> Iterator for Tokens<'a> {
 /// Parses a whole token as a float: the forms `str::parse` takes (signs, `1.`, `.5`, exponents,
 /// `inf`, `nan`), to the same correctly rounded value, straight from the bytes.
 pub(crate) fn parse_f64(token: &[u8]) -> Option<f64> {
-    fast_float2::parse(token).ok()
+    match decimal_prefix(token) {
+        Some((value, len)) if len == token.len() => Some(value),
+        _ => fast_float2::parse(token).ok(),
+    }
+}
+
+/// Powers of ten exactly representable as `f64`.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The number at the start of `s` and its length in bytes, when it has the plain form nearly
+/// every mesh writer uses (`-1.234568e-01`, `0.5`, `12`: at most 19 digits, a decimal
+/// exponent of at most 22 once the point is moved) and its value needs no more than one
+/// rounding; otherwise `None`, and [`parse_f64`] takes the general (slower) path.
+///
+/// The value is then the digits as an integer (exact: at most 2^53) times or divided by a
+/// power of ten (exact: at most 10^22), a single correctly rounded operation (Clinger's fast
+/// path): the same `f64` as `str::parse` gives.
+#[inline]
+pub(crate) fn decimal_prefix(s: &[u8]) -> Option<(f64, usize)> {
+    let mut i = 0;
+    let negative = match s.first() {
+        Some(b'-') => {
+            i = 1;
+            true
+        }
+        Some(b'+') => {
+            i = 1;
+            false
+        }
+        _ => false,
+    };
+    let mut mantissa = 0u64;
+    let mut digits = 0usize;
+    let mut fraction = 0i64;
+    decimal_digits(s, &mut i, &mut mantissa, &mut digits);
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        let before = digits;
+        decimal_digits(s, &mut i, &mut mantissa, &mut digits);
+        fraction = (digits - before) as i64;
+    }
+    // 19 digits cannot overflow the integer; more are left to the general parser.
+    if digits == 0 || digits > 19 || mantissa > 1 << 53 {
+        return None;
+    }
+    let mut exponent = 0i64;
+    if let Some(b'e' | b'E') = s.get(i) {
+        i += 1;
+        let negative_exponent = match s.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let start = i;
+        while let Some(d) = s.get(i).map(|b| b.wrapping_sub(b'0')).filter(|d| *d <= 9) {
+            exponent = exponent * 10 + i64::from(d);
+            i += 1;
+            if i - start > 4 {
+                return None;
+            }
+        }
+        if i == start {
+            return None;
+        }
+        if negative_exponent {
+            exponent = -exponent;
+        }
+    }
+    let exponent = exponent - fraction;
+    let m = mantissa as f64;
+    let value = if exponent >= 0 {
+        m * *POW10.get(usize::try_from(exponent).ok()?)?
+    } else {
+        m / *POW10.get(usize::try_from(-exponent).ok()?)?
+    };
+    Some((if negative { -value } else { value }, i))
+}
+
+/// `10^n` for `n` up to 8.
+const POW10_U64: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// Reads the run of decimal digits at `s[*i..]` into `mantissa` (wrapping: the caller refuses
+/// more than 19 digits), counting them in `digits`.
+///
+/// Eight bytes at a time where the input has them (SWAR, as `fast_float` does): which of them
+/// are digits, then up to eight digits combined in three multiplications.
+#[inline]
+fn decimal_digits(s: &[u8], i: &mut usize, mantissa: &mut u64, digits: &mut usize) {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = s.get(*i..*i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
+        let v = u64::from_le_bytes(chunk);
+        let values = v.wrapping_sub(ZEROS);
+        // A byte's high bit ends up set when it is below '0' (the subtraction borrows) or
+        // above '9' (adding 0x46 reaches 0x80). Borrows and carries only corrupt the bytes
+        // above the first non-digit, which are not used.
+        let not_digit = (values | v.wrapping_add(0x4646_4646_4646_4646)) & HIGH;
+        let n = (not_digit.trailing_zeros() / 8) as usize;
+        if n == 0 {
+            return;
+        }
+        // The n digits moved to the top, as leading zeros would be.
+        let lanes = values << (64 - 8 * n);
+        let pairs = lanes.wrapping_mul(10).wrapping_add(lanes >> 8);
+        const MASK: u64 = 0x0000_00FF_0000_00FF;
+        let value = ((pairs & MASK)
+            .wrapping_mul(100 + (1_000_000 << 32))
+            .wrapping_add(((pairs >> 16) & MASK).wrapping_mul(1 + (10_000 << 32))))
+            >> 32;
+        *mantissa = mantissa
+            .wrapping_mul(POW10_U64.get(n).copied().unwrap_or(1))
+            .wrapping_add(value & 0xFFFF_FFFF);
+        *digits += n;
+        *i += n;
+        if n < 8 {
+            return;
+        }
+    }
+    while let Some(d) = s.get(*i).map(|b| b.wrapping_sub(b'0')).filter(|d| *d <= 9) {
+        *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+        *digits += 1;
+        *i += 1;
+    }
 }
 
 /// Parses a whole token as an integer.
@@ -271,6 +412,46 @@ mod tests {
             "+-1",
             "9007199254740993",
             "0.1000000000000000055511151231257827",
+            "1.e5",
+            "+.5",
+            "-.5e-3",
+            ".5e1",
+            "00.5",
+            "1e0000",
+            "1e00000",
+            "1e+05",
+            "1E5",
+            "1.5e",
+            "1.5e-",
+            "1.5e+x",
+            "-",
+            "-e1",
+            "1e22",
+            "1e23",
+            "9007199254740992",
+            "9007199254740993e-5",
+            "123456789012345678",
+            "1234567890123456789",
+            "12345678901234567890",
+            "0.0000000000000000000000001",
+            "1.000000e-22",
+            "1.000000e-23",
+            "4.5e15",
+            "12345678",
+            "123456789",
+            "1234567.8",
+            "12345678.12345678",
+            "1.2345678901234567",
+            "99999999.99999999",
+            "0.00000001",
+            "00000000000000000001",
+            "1.7976931348623157e308",
+            "9.999999e-01",
+            "-1.000000e+00",
+            "5.551115123125783e-17",
+            ".",
+            ".e1",
+            "e",
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -283,6 +464,18 @@ mod tests {
             tokens.push(format!("{x:.6}"));
             tokens.push(format!("{x:.6e}"));
             tokens.push(format!("{:E}", x as f32));
+        }
+        // Every digit count around the 8-byte steps, in each part of a number.
+        for len in 1..=22 {
+            let digits: String = (0..len)
+                .map(|k| char::from(b'1' + (k * 7 % 9) as u8))
+                .collect();
+            tokens.push(digits.clone());
+            tokens.push(format!("-{digits}e-5"));
+            tokens.push(format!("0.{digits}"));
+            tokens.push(format!("{digits}.5e3"));
+            tokens.push(format!("1.{digits}x"));
+            tokens.push(format!("9{digits}9"));
         }
         for t in &tokens {
             let (ours, theirs) = (parse_f64(t.as_bytes()), std(t));

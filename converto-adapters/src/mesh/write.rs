@@ -1,6 +1,9 @@
 //! Shared pieces of the writers.
 
+use std::collections::VecDeque;
 use std::io::Write;
+use std::ops::Range;
+use std::sync::mpsc;
 
 use super::error::MeshError;
 use super::model::{Encoding, Mesh, MeshFormat, Monitor, Stage};
@@ -47,6 +50,127 @@ impl<'m, 'a, W: Write> Chunked<'m, 'a, W> {
         self.writer.write_all(&self.buf)?;
         self.writer.flush()?;
         self.monitor.update(Stage::Writing, self.total, self.total)
+    }
+}
+
+/// Items (lines) formatted as one piece by [`write_pieces`]: about 100 KiB of OBJ text.
+const PIECE: usize = 4096;
+/// Fewer items are formatted on the calling thread alone.
+const PARALLEL_FROM: usize = 64 * 1024;
+/// Pieces formatted ahead of the one being written, at most.
+const PIECES_IN_FLIGHT: usize = 3;
+
+/// Writes `total` items, each formatted by `format(range, buf)` (which appends the items of
+/// `range`, in order, to `buf`), in pieces of [`PIECE`] items, with progress per piece.
+///
+/// Formatting numbers costs far more than writing them out, and pieces do not depend on
+/// each other, so for large outputs pieces are formatted on a helper thread and on this
+/// one (whichever is free), and written here in order: the bytes are those of formatting
+/// them one after the other.
+pub(crate) fn write_pieces<W, F>(
+    mut writer: W,
+    total: usize,
+    monitor: &mut Monitor<'_>,
+    format: F,
+) -> Result<(), MeshError>
+where
+    W: Write,
+    F: Fn(Range<usize>, &mut Vec<u8>) + Sync,
+{
+    let pieces = (0..total)
+        .step_by(PIECE)
+        .map(|start| start..(start + PIECE).min(total));
+    let mut write = |piece: &Piece| -> Result<(), MeshError> {
+        writer.write_all(&piece.buf)?;
+        monitor.update(Stage::Writing, piece.items.end as u64, total as u64)
+    };
+    let parallel =
+        total >= PARALLEL_FROM && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    if !parallel {
+        let mut piece = Piece::default();
+        for items in pieces {
+            piece.format(items, &format);
+            write(&piece)?;
+        }
+    } else {
+        std::thread::scope(|scope| -> Result<(), MeshError> {
+            let format = &format;
+            let (to_helper, jobs) = mpsc::sync_channel::<Piece>(1);
+            let (done, from_helper) = mpsc::channel::<Piece>();
+            scope.spawn(move || {
+                for mut piece in jobs {
+                    let items = piece.items.clone();
+                    piece.format(items, format);
+                    if done.send(piece).is_err() {
+                        break;
+                    }
+                }
+            });
+            let gone = || MeshError::from(std::io::Error::other("mesh writer thread stopped"));
+            // Pieces in order: formatted (`Some`) or with the helper (`None`, returned in the
+            // order it gets them).
+            let mut queue: VecDeque<Option<Piece>> = VecDeque::new();
+            let mut spare: Vec<Piece> = Vec::new();
+            let mut pieces = pieces.peekable();
+            loop {
+                while let Some(front) = queue.front_mut() {
+                    if front.is_none() {
+                        match from_helper.try_recv() {
+                            Ok(piece) => *front = Some(piece),
+                            Err(mpsc::TryRecvError::Empty) => break,
+                            Err(mpsc::TryRecvError::Disconnected) => return Err(gone()),
+                        }
+                    }
+                    if let Some(piece) = queue.pop_front().flatten() {
+                        write(&piece)?;
+                        spare.push(piece);
+                    }
+                }
+                let Some(items) = pieces.peek().cloned() else {
+                    if queue.is_empty() {
+                        return Ok(());
+                    }
+                    if let Some(front @ None) = queue.front_mut() {
+                        *front = Some(from_helper.recv().map_err(|_| gone())?);
+                    }
+                    continue;
+                };
+                if queue.len() >= PIECES_IN_FLIGHT {
+                    if let Some(front @ None) = queue.front_mut() {
+                        *front = Some(from_helper.recv().map_err(|_| gone())?);
+                    }
+                    continue;
+                }
+                pieces.next();
+                let mut piece = spare.pop().unwrap_or_default();
+                piece.items = items.clone();
+                match to_helper.try_send(piece) {
+                    Ok(()) => queue.push_back(None),
+                    Err(mpsc::TrySendError::Full(mut piece)) => {
+                        piece.format(items, format);
+                        queue.push_back(Some(piece));
+                    }
+                    Err(mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
+                }
+            }
+        })?;
+    }
+    writer.flush()?;
+    monitor.update(Stage::Writing, total as u64, total as u64)
+}
+
+/// Some items, formatted.
+#[derive(Default)]
+struct Piece {
+    items: Range<usize>,
+    buf: Vec<u8>,
+}
+
+impl Piece {
+    fn format(&mut self, items: Range<usize>, format: &impl Fn(Range<usize>, &mut Vec<u8>)) {
+        self.buf.clear();
+        self.items = items.clone();
+        format(items, &mut self.buf);
     }
 }
 

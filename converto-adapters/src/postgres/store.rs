@@ -149,6 +149,19 @@ fn ts_query(terms: &[String]) -> String {
         .join(" & ")
 }
 
+/// Whether a search walks windows of the list order first (see [`list_query`]): not when it
+/// also asks for a range of the other time than the one it sorts by, as the window would then
+/// filter its walk of the order and read far more rows than it keeps (measured: 70 ms for a
+/// 1% tag within a 15% finish range over 100,000 records, 2 ms with the indexes combined).
+fn windowed(query: &ListQuery) -> bool {
+    let other_range = if query.sort.by_finished() {
+        query.created_after.is_some() || query.created_before.is_some()
+    } else {
+        query.finished_after.is_some() || query.finished_before.is_some()
+    };
+    searches(query) && !other_range
+}
+
 /// The statement [`ConversionStore::list`] runs, after `prefix` (e.g. `EXPLAIN `).
 ///
 /// Every filter narrows an indexed walk: the tenant's rows in sort order
@@ -175,7 +188,8 @@ fn searches(query: &ListQuery) -> bool {
 /// reading and sorting every match from the GIN indexes. If that fills the page (one row more
 /// than the limit), those are exactly the first rows of the whole order (any earlier match
 /// would lie inside the window). Otherwise the matches are rare and the statement without
-/// `window` lets the GIN indexes find them, then sorts the few it found.
+/// `window` lets the GIN indexes find them (behind a `MATERIALIZED` fence when text meets tags
+/// or labels), then sorts the few it found.
 fn list_query(query: &ListQuery, prefix: &str, window: Option<i64>) -> QueryBuilder<Postgres> {
     let limit = query.effective_limit();
     let sort = query.sort;
@@ -189,12 +203,28 @@ fn list_query(query: &ListQuery, prefix: &str, window: Option<i64>) -> QueryBuil
     } else {
         (">", "ASC")
     };
-    let mut qb: QueryBuilder<Postgres> =
-        QueryBuilder::new(format!("{prefix}SELECT {} FROM ", columns!()));
+    // The last step of a search that combines text with tags or labels finds every match
+    // first: without the fence, the planner may walk the list order's index and filter it, as
+    // it takes the kinds to be independent and expects an early page, which reads every row
+    // when they rarely or never meet (measured: 59 ms over 100,000 records for a label and a
+    // word that never meet, 9 ms through the GIN indexes). Other searches are left to the
+    // planner: without text, it finds broad matches faster by scanning the table.
+    let fenced = window.is_none()
+        && !query.text_terms().is_empty()
+        && (!query.tags.is_empty() || !query.labels.is_empty());
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(prefix);
     if window.is_some() {
-        qb.push("(SELECT * FROM conversions WHERE TRUE");
+        qb.push(format!(
+            "SELECT {} FROM (SELECT * FROM conversions WHERE TRUE",
+            columns!()
+        ));
+    } else if fenced {
+        qb.push(format!(
+            "WITH matches AS MATERIALIZED (SELECT {} FROM conversions WHERE TRUE",
+            columns!()
+        ));
     } else {
-        qb.push("conversions WHERE TRUE");
+        qb.push(format!("SELECT {} FROM conversions WHERE TRUE", columns!()));
     }
     if let Some(tenant) = &query.tenant {
         qb.push(" AND tenant = ").push_bind(tenant.clone());
@@ -266,6 +296,9 @@ fn list_query(query: &ListQuery, prefix: &str, window: Option<i64>) -> QueryBuil
             .push_bind(ts_query(&terms))
             .push(")");
     }
+    if fenced {
+        qb.push(format!(") SELECT {} FROM matches", columns!()));
+    }
     // One extra row says whether there is a next page.
     qb.push(format!(" ORDER BY {key} {dir}, id {dir} LIMIT "))
         .push_bind(i64::try_from(limit + 1).unwrap_or(i64::MAX));
@@ -278,7 +311,7 @@ impl PostgresConversionStore {
     #[doc(hidden)]
     pub async fn explain_list(&self, query: &ListQuery) -> Result<Vec<String>, StoreError> {
         let mut plan = Vec::new();
-        let windows = searches(query).then_some(SEARCH_WINDOWS[0]);
+        let windows = windowed(query).then_some(SEARCH_WINDOWS[0]);
         for window in windows.into_iter().map(Some).chain([None]) {
             let rows = list_query(query, "EXPLAIN ", window)
                 .build()
@@ -374,7 +407,7 @@ impl ConversionStore for PostgresConversionStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let limit = query.effective_limit();
-        let windows: &[i64] = if searches(query) {
+        let windows: &[i64] = if windowed(query) {
             &SEARCH_WINDOWS
         } else {
             &[]

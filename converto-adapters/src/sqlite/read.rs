@@ -1,4 +1,4 @@
-//! Point reads of one record on the caller's thread, beside the sqlx pool.
+//! Point reads of one record, and list pages, on the caller's thread, beside the sqlx pool.
 //!
 //! sqlx runs every SQLite connection on a thread of its own: a query is a message to that
 //! thread and an answer back, two thread wake-ups that cost far more than reading one row by
@@ -22,10 +22,14 @@ use parking_lot::Mutex;
 use rusqlite::{OpenFlags, OptionalExtension, Row};
 
 use super::from_nanos;
-use super::store::COLUMNS;
+use super::store::{Arg, COLUMNS, Statement};
 
-/// The most connections kept; fewer when the machine has fewer threads to run reads on.
+/// The most connections kept for point reads, and the most threads reading pages; fewer when
+/// the machine has fewer threads to run reads on.
 const MAX_READERS: usize = 8;
+
+/// A read run on a page-reading thread.
+type Job = Box<dyn FnOnce(&rusqlite::Connection) + Send>;
 
 /// A few connections for point reads, each used by one thread at a time.
 pub(super) struct PointReader {
@@ -34,6 +38,11 @@ pub(super) struct PointReader {
     next: AtomicUsize,
     /// `SELECT {COLUMNS} ... WHERE id = ?`.
     by_id: String,
+    /// List and search pages, read by threads of their own, each with its own connection: a
+    /// page costs one message to a thread and one answer back (the pool sends one per row),
+    /// and a long search never holds up the async runtime's threads. The threads end when
+    /// this sender is dropped.
+    pages: flume::Sender<Job>,
 }
 
 impl std::fmt::Debug for PointReader {
@@ -56,10 +65,27 @@ impl PointReader {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| tracing::debug!(error = %e, "no direct SQLite reads; using the pool"))
             .ok()?;
+        let (pages, jobs) = flume::unbounded::<Job>();
+        for _ in 0..count {
+            let conn = open_one(path)
+                .map_err(|e| tracing::debug!(error = %e, "no direct SQLite reads; using the pool"))
+                .ok()?;
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name("converto-sqlite-read".into())
+                .spawn(move || {
+                    while let Ok(job) = jobs.recv() {
+                        job(&conn);
+                    }
+                })
+                .map_err(|e| tracing::debug!(error = %e, "no page-reading thread; using the pool"))
+                .ok()?;
+        }
         Some(PointReader {
             connections,
             next: AtomicUsize::new(0),
             by_id: format!("SELECT {COLUMNS} FROM converto_conversions WHERE id = ?"),
+            pages,
         })
     }
 
@@ -82,6 +108,61 @@ impl PointReader {
             Some(None) => None,
         }
     }
+
+    /// Runs `read` on a page-reading thread; `None` when that fails or `read` cannot answer.
+    async fn on_thread<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> Option<T> + Send + 'static,
+    ) -> Option<T> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            // The asker may have gone (a dropped request): nobody to answer then.
+            let _ = answer.send(read(conn));
+        });
+        self.pages.send(job).ok()?;
+        answered.await.ok().flatten()
+    }
+
+    /// The one integer `statement` selects, or `None` when this reader cannot answer now and
+    /// the pool should.
+    pub(super) async fn integer(&self, statement: Statement) -> Option<i64> {
+        self.on_thread(move |conn| {
+            let mut stmt = conn.prepare_cached(&statement.sql).ok()?;
+            stmt.query_row(rusqlite::params_from_iter(args(&statement)), |row| {
+                row.get(0)
+            })
+            .ok()
+        })
+        .await
+    }
+
+    /// The records `statement` selects (a list or search page), or `None` when this reader
+    /// cannot answer now and the pool should.
+    pub(super) async fn select(&self, statement: Statement) -> Option<Vec<Conversion>> {
+        self.on_thread(move |conn| {
+            let mut stmt = conn.prepare_cached(&statement.sql).ok()?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args(&statement)), |row| {
+                    Ok(decode(row))
+                })
+                .ok()?;
+            // Any row that does not decode: the pool's decoder says what is wrong with it.
+            rows.map(|row| row.ok().flatten()).collect()
+        })
+        .await
+    }
+}
+
+/// The arguments of `statement`, for rusqlite.
+fn args(statement: &Statement) -> impl Iterator<Item = rusqlite::types::ToSqlOutput<'_>> {
+    statement.args.iter().map(|arg| match arg {
+        Arg::Text(value) => rusqlite::types::ToSqlOutput::Borrowed(
+            rusqlite::types::ValueRef::Text(value.as_bytes()),
+        ),
+        Arg::Int(value) => {
+            rusqlite::types::ToSqlOutput::Owned(rusqlite::types::Value::Integer(*value))
+        }
+    })
 }
 
 fn open_one(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
@@ -92,72 +173,83 @@ fn open_one(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     // Never wait for a lock on the caller's thread: the pool waits instead.
     conn.busy_timeout(Duration::ZERO)?;
     conn.pragma_update(None, "query_only", true)?;
-    conn.set_prepared_statement_cache_capacity(4);
+    // Point reads, and the list and search statements (one per shape of query).
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
-fn text(row: &Row<'_>, name: &str) -> Option<String> {
-    row.get(name).ok()
+fn text(row: &Row<'_>, i: usize) -> Option<String> {
+    row.get(i).ok()
 }
 
-fn opt_text(row: &Row<'_>, name: &str) -> Option<Option<String>> {
-    row.get(name).ok()
+fn opt_text(row: &Row<'_>, i: usize) -> Option<Option<String>> {
+    row.get(i).ok()
 }
 
-fn int(row: &Row<'_>, name: &str) -> Option<i64> {
-    row.get(name).ok()
+/// The text in column `i`, borrowed from the row (for values parsed, not kept).
+fn str_ref<'r>(row: &'r Row<'_>, i: usize) -> Option<&'r str> {
+    row.get_ref(i).ok()?.as_str().ok()
 }
 
-fn opt_int(row: &Row<'_>, name: &str) -> Option<Option<i64>> {
-    row.get(name).ok()
+/// The text or NULL in column `i`, borrowed from the row.
+fn opt_str_ref<'r>(row: &'r Row<'_>, i: usize) -> Option<Option<&'r str>> {
+    row.get_ref(i).ok()?.as_str_or_null().ok()
 }
 
-fn number<T: TryFrom<i64>>(row: &Row<'_>, name: &str) -> Option<T> {
-    int(row, name)?.try_into().ok()
+fn int(row: &Row<'_>, i: usize) -> Option<i64> {
+    row.get(i).ok()
 }
 
-fn json<T: serde::de::DeserializeOwned>(row: &Row<'_>, name: &str) -> Option<T> {
-    serde_json::from_str(&text(row, name)?).ok()
+fn opt_int(row: &Row<'_>, i: usize) -> Option<Option<i64>> {
+    row.get(i).ok()
 }
 
-fn opt_json<T: serde::de::DeserializeOwned>(row: &Row<'_>, name: &str) -> Option<Option<T>> {
-    match opt_text(row, name)? {
-        Some(t) => serde_json::from_str(&t).ok().map(Some),
+fn number<T: TryFrom<i64>>(row: &Row<'_>, i: usize) -> Option<T> {
+    int(row, i)?.try_into().ok()
+}
+
+fn json<T: serde::de::DeserializeOwned>(row: &Row<'_>, i: usize) -> Option<T> {
+    serde_json::from_str(str_ref(row, i)?).ok()
+}
+
+fn opt_json<T: serde::de::DeserializeOwned>(row: &Row<'_>, i: usize) -> Option<Option<T>> {
+    match opt_str_ref(row, i)? {
+        Some(t) => serde_json::from_str(t).ok().map(Some),
         None => Some(None),
     }
 }
 
-fn format(row: &Row<'_>, name: &str) -> Option<Format> {
-    Format::new(&text(row, name)?).ok()
+fn format(row: &Row<'_>, i: usize) -> Option<Format> {
+    Format::new(str_ref(row, i)?).ok()
 }
 
-/// The record in `row` (read by the names of [`COLUMNS`], as the pool's decoder does), or
-/// `None` if any column does not decode.
+/// The record in `row` (read by position: the columns are [`COLUMNS`], in order), or `None`
+/// if any column does not decode.
 fn decode(row: &Row<'_>) -> Option<Conversion> {
     Some(Conversion {
-        id: text(row, "id")?.parse().ok()?,
-        tenant: text(row, "tenant")?,
-        source_format: format(row, "source_format")?,
-        target_format: format(row, "target_format")?,
-        options: json(row, "options")?,
-        labels: json(row, "labels")?,
-        priority: number(row, "priority")?,
-        status: text(row, "status")?.parse().ok()?,
-        progress: opt_json(row, "progress")?,
-        attempts: number(row, "attempts")?,
-        error: opt_json(row, "error")?,
-        artifacts: json(row, "artifacts")?,
-        input_key: text(row, "input_key")?,
-        input_name: opt_text(row, "input_name")?,
-        input_size: number(row, "input_size")?,
-        idempotency_key: opt_text(row, "idempotency_key")?,
-        created_at: from_nanos(int(row, "created_at")?),
-        started_at: opt_int(row, "started_at")?.map(from_nanos),
-        finished_at: opt_int(row, "finished_at")?.map(from_nanos),
-        updated_at: from_nanos(int(row, "updated_at")?),
-        version: number(row, "version")?,
-        description: opt_text(row, "description")?,
-        tags: json(row, "tags")?,
+        id: str_ref(row, 0)?.parse().ok()?,
+        tenant: text(row, 1)?,
+        source_format: format(row, 2)?,
+        target_format: format(row, 3)?,
+        options: json(row, 4)?,
+        labels: json(row, 5)?,
+        priority: number(row, 6)?,
+        status: str_ref(row, 7)?.parse().ok()?,
+        progress: opt_json(row, 8)?,
+        attempts: number(row, 9)?,
+        error: opt_json(row, 10)?,
+        artifacts: json(row, 11)?,
+        input_key: text(row, 12)?,
+        input_name: opt_text(row, 13)?,
+        input_size: number(row, 14)?,
+        idempotency_key: opt_text(row, 15)?,
+        created_at: from_nanos(int(row, 16)?),
+        started_at: opt_int(row, 17)?.map(from_nanos),
+        finished_at: opt_int(row, 18)?.map(from_nanos),
+        updated_at: from_nanos(int(row, 19)?),
+        version: number(row, 20)?,
+        description: opt_text(row, 21)?,
+        tags: json(row, 22)?,
     })
 }
 
@@ -185,6 +277,15 @@ mod tests {
             .conversion;
         assert_eq!(reader.get(created.id), Some(Some(created.clone())));
         assert_eq!(reader.get(converto_core::ConversionId::new()), Some(None));
+        // A list page read here is the page the pool reads.
+        let query = converto_core::store::ListQuery {
+            tenant: Some(created.tenant.clone()),
+            ..Default::default()
+        };
+        let statement = super::super::store::list_query(&query, "", None).expect("statement");
+        let direct = reader.select(statement).await.expect("a direct read");
+        assert_eq!(direct, vec![created.clone()]);
+        assert_eq!(store.list(&query).await.expect("list").items, direct);
         backend.close().await;
         assert!(
             store.get(created.id).await.is_err(),

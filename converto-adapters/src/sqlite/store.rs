@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use sqlx::Row;
 use sqlx::error::ErrorKind;
 use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
-use sqlx::{QueryBuilder, Row};
 
 use converto_core::conversion::{Conversion, NewConversion, Status, Transition};
 use converto_core::store::{
@@ -252,27 +252,88 @@ fn fts_query(terms: &[String]) -> String {
 /// before it lets its tag and text matches drive the query (see [`list_query`]).
 pub(crate) const SEARCH_WINDOWS: [usize; 2] = [256, 4096];
 
+/// One argument of a [`Statement`].
+#[derive(Debug, Clone)]
+pub(super) enum Arg {
+    /// A TEXT value.
+    Text(String),
+    /// An INTEGER value.
+    Int(i64),
+}
+
+/// SQL with its `?` arguments, bound by the pool (sqlx) or by the direct reader (rusqlite,
+/// `read.rs`): the same statement runs on either.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Statement {
+    pub(super) sql: String,
+    pub(super) args: Vec<Arg>,
+}
+
+impl Statement {
+    fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    fn text(&mut self, value: impl Into<String>) -> &mut Self {
+        self.sql.push('?');
+        self.args.push(Arg::Text(value.into()));
+        self
+    }
+
+    fn int(&mut self, value: i64) -> &mut Self {
+        self.sql.push('?');
+        self.args.push(Arg::Int(value));
+        self
+    }
+
+    /// `?, ?, ...` for each of `values`, as text.
+    fn texts<'a>(&mut self, values: impl IntoIterator<Item = &'a str>) -> &mut Self {
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.sql.push_str(", ");
+            }
+            self.text(value);
+        }
+        self
+    }
+
+    /// The statement for the pool.
+    fn query(&self) -> sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(self.sql.as_str()));
+        for arg in &self.args {
+            query = match arg {
+                Arg::Text(value) => query.bind(value.as_str()),
+                Arg::Int(value) => query.bind(*value),
+            };
+        }
+        query
+    }
+}
+
 /// The statement [`ConversionStore::list`] runs, after `prefix` (e.g. `EXPLAIN QUERY PLAN `).
 ///
 /// Every filter narrows an indexed walk: the tenant's rows in sort order
 /// (`converto_conversions_tenant_created`, `_tenant_finished`, `_tenant_status_created`), tags
-/// through `converto_conversion_tags`, full text through the FTS5 table; one row more than the
-/// page tells whether another page follows.
+/// and labels through `converto_conversion_tags` and `converto_conversion_labels`, full text
+/// through the FTS5 table; one row more than the page tells whether another page follows.
 ///
 /// A search (tags, full text or labels) runs in up to three steps, because no one plan is fast
 /// for both broad and rare matches. With `window`, the statement walks only the first `window`
 /// rows of the list order that pass the plain filters (tenant, status, formats, ranges, cursor),
-/// and checks each against the tags, text and labels with an index probe: when a quarter of the
-/// records match, a page is found after a few dozen rows instead of after reading and sorting
-/// every match. If that fills the page (one row more than the limit), those are exactly the
-/// first rows of the whole order (any earlier match would lie inside the window). Otherwise
-/// the matches are rare, and the statement without `window` lets the tag index and the FTS
-/// table find them, then sorts the few it found.
-fn list_query(
+/// and checks each against the tags and labels with an index probe, and against the text with
+/// the full-text matches among the rowids of the window only (FTS5 seeks to a rowid range; the
+/// window's rows were mostly created together, so their rowids are close): when a quarter of
+/// the records match, a page is found after a few dozen rows instead of after reading and
+/// sorting every match. If that fills the page (one row more than the limit), those are exactly
+/// the first rows of the whole order (any earlier match would lie inside the window). Otherwise
+/// the matches are rare, and the statement without `window` lets the tag, label and full-text
+/// indexes find them, then sorts the few it found.
+pub(super) fn list_query(
     query: &ListQuery,
     prefix: &str,
     window: Option<usize>,
-) -> Result<QueryBuilder<Sqlite>, StoreError> {
+) -> Result<Statement, StoreError> {
     let limit = query.effective_limit();
     let sort = query.sort;
     let key = if sort.by_finished() {
@@ -285,106 +346,163 @@ fn list_query(
     } else {
         (">", "ASC")
     };
-    let mut sql = QueryBuilder::<Sqlite>::new(format!(
-        "{prefix}SELECT {COLUMNS} FROM converto_conversions WHERE "
-    ));
+    let mut sql = Statement::default();
+    sql.push(prefix);
     if window.is_some() {
-        sql.push("rowid IN (SELECT rowid FROM converto_conversions WHERE 1 = 1");
+        sql.push("WITH w AS MATERIALIZED (SELECT rowid AS r FROM converto_conversions WHERE 1 = 1");
     } else {
-        sql.push("1 = 1");
+        sql.push(&format!(
+            "SELECT {COLUMNS} FROM converto_conversions WHERE 1 = 1"
+        ));
     }
     if let Some(tenant) = &query.tenant {
-        sql.push(" AND tenant = ").push_bind(tenant.clone());
+        sql.push(" AND tenant = ").text(tenant.as_str());
     }
     if !query.statuses.is_empty() {
-        sql.push(" AND status IN (");
-        let mut list = sql.separated(", ");
-        for status in &query.statuses {
-            list.push_bind(status.as_str());
-        }
-        sql.push(")");
+        sql.push(" AND status IN (")
+            .texts(query.statuses.iter().map(|s| s.as_str()))
+            .push(")");
     }
     if let Some(format) = &query.source_format {
-        sql.push(" AND source_format = ")
-            .push_bind(format.as_str().to_owned());
+        sql.push(" AND source_format = ").text(format.as_str());
     }
     if let Some(format) = &query.target_format {
-        sql.push(" AND target_format = ")
-            .push_bind(format.as_str().to_owned());
+        sql.push(" AND target_format = ").text(format.as_str());
     }
     if let Some(t) = query.created_after {
-        sql.push(" AND created_at >= ").push_bind(to_nanos(t));
+        sql.push(" AND created_at >= ").int(to_nanos(t));
     }
     if let Some(t) = query.created_before {
-        sql.push(" AND created_at < ").push_bind(to_nanos(t));
+        sql.push(" AND created_at < ").int(to_nanos(t));
     }
     if let Some(t) = query.finished_after {
-        sql.push(" AND finished_at >= ").push_bind(to_nanos(t));
+        sql.push(" AND finished_at >= ").int(to_nanos(t));
     }
     if let Some(t) = query.finished_before {
-        sql.push(" AND finished_at < ").push_bind(to_nanos(t));
+        sql.push(" AND finished_at < ").int(to_nanos(t));
     }
     if let Some(t) = query.updated_before {
-        sql.push(" AND updated_at < ").push_bind(to_nanos(t));
+        sql.push(" AND updated_at < ").int(to_nanos(t));
     }
     if sort.by_finished() {
         sql.push(" AND finished_at IS NOT NULL");
     }
     if let Some(cursor) = query.cursor {
-        sql.push(format!(" AND ({key}, id) {cmp} ("))
-            .push_bind(to_nanos(cursor.at))
+        sql.push(&format!(" AND ({key}, id) {cmp} ("))
+            .int(to_nanos(cursor.at))
             .push(", ")
-            .push_bind(cursor.id.to_string())
+            .text(cursor.id.to_string())
             .push(")");
     }
     if let Some(window) = window {
-        sql.push(format!(" ORDER BY {key} {dir}, id {dir} LIMIT "))
-            .push_bind(int("window", window)?)
-            .push(")");
-    }
-    for (key, value) in &query.labels {
-        sql.push(" AND EXISTS (SELECT 1 FROM json_each(labels) WHERE json_each.key = ")
-            .push_bind(key.clone())
-            .push(" AND json_each.value = ")
-            .push_bind(value.clone())
-            .push(")");
-    }
-    if !query.tags.is_empty() {
-        if window.is_some() {
-            // A probe of the tag table's primary key for each row walked.
-            sql.push(" AND EXISTS (SELECT 1 FROM converto_conversion_tags AS t WHERE t.tag IN (");
-        } else {
-            sql.push(" AND id IN (SELECT id FROM converto_conversion_tags WHERE tag IN (");
-        }
-        let mut list = sql.separated(", ");
-        for tag in &query.tags {
-            list.push_bind(tag.clone());
-        }
-        sql.push(")");
-        if window.is_some() {
-            sql.push(
-                " AND t.tenant = converto_conversions.tenant AND t.id = converto_conversions.id",
-            );
-        } else if let Some(tenant) = &query.tenant {
-            sql.push(" AND tenant = ").push_bind(tenant.clone());
-        }
-        sql.push(")");
+        sql.push(&format!(" ORDER BY {key} {dir}, id {dir} LIMIT "))
+            .int(int("window", window)?)
+            .push(&format!(
+                ") SELECT {COLUMNS} FROM converto_conversions AS c WHERE rowid IN (SELECT r FROM w)"
+            ));
     }
     let terms = query.text_terms();
-    if !terms.is_empty() {
-        // In a window too, the match set is read once (a doclist walk, 2 ms for 25,000 rows)
-        // and probed per row: a correlated `MATCH` with a rowid constraint would run the whole
-        // full-text query again for every row walked (measured: seconds for a broad term).
-        sql.push(
-            " AND rowid IN (SELECT rowid FROM converto_conversions_fts \
-             WHERE converto_conversions_fts MATCH ",
-        )
-        .push_bind(fts_query(&terms))
-        .push(")");
+    if window.is_some() {
+        // Per row of the window: a probe of the tag and label tables' primary keys, and the
+        // full-text matches among the window's rowid range (read once).
+        for (name, value) in &query.labels {
+            sql.push(" AND EXISTS (SELECT 1 FROM converto_conversion_labels AS l WHERE l.key = ")
+                .text(name.as_str())
+                .push(" AND l.value = ")
+                .text(value.as_str())
+                .push(" AND l.tenant = c.tenant AND l.r = c.rowid)");
+        }
+        if !query.tags.is_empty() {
+            sql.push(" AND EXISTS (SELECT 1 FROM converto_conversion_tags AS t WHERE t.tag IN (")
+                .texts(query.tags.iter().map(String::as_str))
+                .push(") AND t.tenant = c.tenant AND t.r = c.rowid)");
+        }
+        if !terms.is_empty() {
+            sql.push(
+                " AND rowid IN (SELECT rowid FROM converto_conversions_fts \
+                 WHERE converto_conversions_fts MATCH ",
+            )
+            .text(fts_query(&terms))
+            .push(" AND rowid >= (SELECT min(r) FROM w) AND rowid <= (SELECT max(r) FROM w))");
+        }
+    } else if searches(query) {
+        // The rowids every kind of match allows, intersected as sets of integers before any
+        // record is read: a label and a word that never meet cost two index reads, not a
+        // record read for each match of either.
+        sql.push(" AND rowid IN (");
+        let mut first = true;
+        let mut next = |sql: &mut Statement| {
+            if !std::mem::take(&mut first) {
+                sql.push(" INTERSECT ");
+            }
+        };
+        for (name, value) in &query.labels {
+            next(&mut sql);
+            sql.push("SELECT r FROM converto_conversion_labels WHERE key = ")
+                .text(name.as_str())
+                .push(" AND value = ")
+                .text(value.as_str());
+            if let Some(tenant) = &query.tenant {
+                sql.push(" AND tenant = ").text(tenant.as_str());
+            }
+        }
+        if !query.tags.is_empty() {
+            next(&mut sql);
+            sql.push("SELECT r FROM converto_conversion_tags WHERE tag IN (")
+                .texts(query.tags.iter().map(String::as_str))
+                .push(")");
+            if let Some(tenant) = &query.tenant {
+                sql.push(" AND tenant = ").text(tenant.as_str());
+            }
+        }
+        if !terms.is_empty() {
+            next(&mut sql);
+            sql.push(
+                "SELECT rowid FROM converto_conversions_fts WHERE converto_conversions_fts MATCH ",
+            )
+            .text(fts_query(&terms));
+        }
+        sql.push(")");
     }
-    sql.push(format!(" ORDER BY {key} {dir}, id {dir} LIMIT "))
-        .push_bind(int("limit", limit + 1)?);
+    sql.push(&format!(" ORDER BY {key} {dir}, id {dir} LIMIT "))
+        .int(int("limit", limit + 1)?);
     Ok(sql)
+}
+
+/// Below how many records a tag or label filter lets its index drive a search at once, rather
+/// than walking windows of the list order first (see [`ConversionStore::list`]).
+const RARE: i64 = 2048;
+
+/// How many records (up to [`RARE`]) the rarest tag or label filter of `query` names, or `None`
+/// without such filters. A few index entries read per filter.
+fn rarest_filter(query: &ListQuery) -> Option<Statement> {
+    if query.tags.is_empty() && query.labels.is_empty() {
+        return None;
+    }
+    let mut sql = Statement::default();
+    sql.push("SELECT min(n) AS n FROM (SELECT 0 AS n WHERE 0");
+    let tenant = |sql: &mut Statement| {
+        if let Some(tenant) = &query.tenant {
+            sql.push(" AND tenant = ").text(tenant.as_str());
+        }
+    };
+    if !query.tags.is_empty() {
+        sql.push(" UNION ALL SELECT count(*) FROM (SELECT 1 FROM converto_conversion_tags WHERE tag IN (")
+            .texts(query.tags.iter().map(String::as_str))
+            .push(")");
+        tenant(&mut sql);
+        sql.push(" LIMIT ").int(RARE).push(")");
+    }
+    for (name, value) in &query.labels {
+        sql.push(" UNION ALL SELECT count(*) FROM (SELECT 1 FROM converto_conversion_labels WHERE key = ")
+            .text(name.as_str())
+            .push(" AND value = ")
+            .text(value.as_str());
+        tenant(&mut sql);
+        sql.push(" LIMIT ").int(RARE).push(")");
+    }
+    sql.push(")");
+    Some(sql)
 }
 
 impl SqliteConversionStore {
@@ -397,7 +515,7 @@ impl SqliteConversionStore {
         let windows = searches(query).then_some(SEARCH_WINDOWS[0]);
         for window in windows.into_iter().map(Some).chain([None]) {
             let rows = list_query(query, "EXPLAIN QUERY PLAN ", window)?
-                .build()
+                .query()
                 .fetch_all(&self.pool)
                 .await
                 .map_err(query_error("explain"))?;
@@ -406,6 +524,39 @@ impl SqliteConversionStore {
             }
         }
         Ok(plan)
+    }
+
+    /// The integer `statement` selects, read as [`select`](Self::select) reads.
+    async fn integer(&self, statement: Statement) -> Result<i64, StoreError> {
+        if let Some(reader) = &self.reader
+            && !self.pool.is_closed()
+            && let Some(n) = reader.integer(statement.clone()).await
+        {
+            return Ok(n);
+        }
+        let row = statement
+            .query()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error("list"))?;
+        column::<i64>(&row, "n")
+    }
+
+    /// The records `statement` selects: read by the direct reader's threads when it can, else
+    /// through the pool.
+    async fn select(&self, statement: Statement) -> Result<Vec<Conversion>, StoreError> {
+        if let Some(reader) = &self.reader
+            && !self.pool.is_closed()
+            && let Some(records) = reader.select(statement.clone()).await
+        {
+            return Ok(records);
+        }
+        let rows = statement
+            .query()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("list"))?;
+        rows.iter().map(decode).collect()
     }
 }
 
@@ -455,28 +606,23 @@ impl ConversionStore for SqliteConversionStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let limit = query.effective_limit();
-        let windows: &[usize] = if searches(query) {
+        // A rare tag or label finds its few records faster than any window would.
+        let rare = match rarest_filter(query) {
+            Some(statement) => self.integer(statement).await? < RARE,
+            None => false,
+        };
+        let windows: &[usize] = if searches(query) && !rare {
             &SEARCH_WINDOWS
         } else {
             &[]
         };
         for &window in windows {
-            let rows = list_query(query, "", Some(window))?
-                .build()
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_error("list"))?;
-            if rows.len() > limit {
-                let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+            let items = self.select(list_query(query, "", Some(window))?).await?;
+            if items.len() > limit {
                 return Ok(Page::from_overfetch(items, limit, query.sort));
             }
         }
-        let rows = list_query(query, "", None)?
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("list"))?;
-        let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let items = self.select(list_query(query, "", None)?).await?;
         Ok(Page::from_overfetch(items, limit, query.sort))
     }
 

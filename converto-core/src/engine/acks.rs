@@ -10,6 +10,7 @@
 //! an event never runs ahead of the queue, and `run_workers`' drain flushes every batch: there
 //! is nothing left to flush on shutdown.
 
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
@@ -33,16 +34,27 @@ pub(crate) struct AckBatcher {
 }
 
 impl AckBatcher {
-    /// Acks `lease`, in a batch when the engine's configuration and the queue allow it.
-    pub(crate) async fn ack(
+    /// Acks `lease`, in a batch when the engine's configuration and the queue allow it. Acking
+    /// alone is the queue's own future, without a wrapper around it.
+    pub(crate) fn ack<'a>(
+        &'a self,
+        queue: &'a dyn JobQueue,
+        config: &'a super::EngineConfig,
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        if config.ack_batch <= 1 || !queue.batches_acks() {
+            return queue.ack(lease);
+        }
+        Box::pin(self.ack_batched(queue, config, lease))
+    }
+
+    /// [`AckBatcher::ack`] in a batch.
+    async fn ack_batched(
         &self,
         queue: &dyn JobQueue,
         config: &super::EngineConfig,
         lease: &Lease,
     ) -> Result<(), QueueError> {
-        if config.ack_batch <= 1 || !queue.batches_acks() {
-            return queue.ack(lease).await;
-        }
         let (tx, rx) = oneshot::channel();
         let lead = {
             let mut open = self.open.lock();

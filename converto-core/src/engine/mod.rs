@@ -10,7 +10,6 @@ mod submit;
 mod sweeper;
 mod worker;
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -222,7 +221,7 @@ pub(crate) struct Inner {
     pub(crate) signer: tokio::sync::OnceCell<crate::intake::UploadSigner>,
     pub(crate) registry: ConverterRegistry,
     pub(crate) config: EngineConfig,
-    running: Mutex<HashMap<ConversionId, Running>>,
+    running: Mutex<crate::memory::IdMap<Running>>,
     /// Per-tenant limits; the workers enforce `max_running`.
     pub(crate) limits: Arc<dyn crate::tenants::LimitSource>,
     /// The running-limit bookkeeping of this engine's workers.
@@ -588,7 +587,7 @@ impl Inner {
             backends,
             registry,
             config,
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(Default::default()),
             limits: Arc::new(crate::tenants::StaticLimits::default()),
             admission: admission::Admission::default(),
             scratch: tokio::sync::OnceCell::new(),
@@ -602,8 +601,21 @@ impl Inner {
     /// [`scratch`]), or the configured directory itself if that cannot be claimed.
     pub(crate) async fn scratch_dir(&self) -> std::path::PathBuf {
         let root = &self.config.scratch_dir;
-        let claimed = self
-            .scratch
+        // Claimed once, by the first job; the others read it without waiting (and their
+        // futures hold no room for the claim).
+        let claimed = match self.scratch.get() {
+            Some(claimed) => claimed,
+            None => Box::pin(self.claim_scratch()).await,
+        };
+        claimed
+            .as_ref()
+            .map_or_else(|| root.clone(), |s| s.dir().to_path_buf())
+    }
+
+    /// Claims this engine's scratch directory, or waits for the job claiming it.
+    async fn claim_scratch(&self) -> &Option<scratch::ScratchRoot> {
+        let root = &self.config.scratch_dir;
+        self.scratch
             .get_or_init(|| {
                 let root = root.clone();
                 async move {
@@ -620,10 +632,7 @@ impl Inner {
                         .ok()
                 }
             })
-            .await;
-        claimed
-            .as_ref()
-            .map_or_else(|| root.clone(), |s| s.dir().to_path_buf())
+            .await
     }
 
     fn cancel_local(&self, id: ConversionId) {
@@ -655,7 +664,8 @@ impl Inner {
         let Some(webhooks) = &self.webhooks else {
             return true;
         };
-        match webhooks.announce(record).await {
+        // Boxed: the webhook path's state stays out of every job's future.
+        match Box::pin(webhooks.announce(record)).await {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(id = %record.id, error = %e, "webhooks not queued; the job stays until they are");

@@ -1,6 +1,4 @@
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
@@ -246,6 +244,19 @@ impl ReplayFields {
     }
 }
 
+/// A submission's input, once stored (or found stored).
+struct TakenInput {
+    /// Its blob key.
+    key: String,
+    /// The file name given, sanitised.
+    name: Option<String>,
+    size: u64,
+    /// Its format, given or detected.
+    source: Format,
+    /// Whether this submission wrote it (rather than being handed a stored blob).
+    uploaded: bool,
+}
+
 /// How many leading bytes are read to detect a format.
 const SNIFF_BYTES: usize = 4096;
 
@@ -263,6 +274,13 @@ impl Engine {
     /// answers the first conversion; one that differs fails with
     /// [`EngineError::IdempotencyMismatch`] and removes only what it wrote itself.
     pub async fn submit(&self, sub: Submission) -> Result<Submitted, EngineError> {
+        // Boxed: the caller's future stays small (a caller keeping many submissions in flight
+        // moves each one's future around), the state lives in one allocation.
+        Box::pin(self.submit_staged(sub)).await
+    }
+
+    /// [`Engine::submit`], removing a staged input no new conversion came of.
+    async fn submit_staged(&self, sub: Submission) -> Result<Submitted, EngineError> {
         let staged = match &sub.input {
             SubmitInput::Staged { key, .. } => Some(key.clone()),
             _ => None,
@@ -286,33 +304,43 @@ impl Engine {
     /// [`Engine::submit`]; sets `recorded` once a new record exists.
     async fn submit_recorded(
         &self,
-        mut sub: Submission,
+        sub: Submission,
         recorded: &mut bool,
     ) -> Result<Submitted, EngineError> {
-        if !(sub.options.is_object() || sub.options.is_null()) {
+        let Submission {
+            tenant,
+            source_format,
+            target_format,
+            options,
+            labels,
+            description,
+            tags,
+            priority,
+            not_before,
+            idempotency_key,
+            webhook,
+            input,
+        } = sub;
+        if !(options.is_object() || options.is_null()) {
             return Err(EngineError::InvalidOptions(
                 "options must be a JSON object".into(),
             ));
         }
-        if let Some(key) = &sub.idempotency_key
+        if let Some(key) = &idempotency_key
             && (key.is_empty() || key.len() > 255 || key.chars().any(char::is_control))
         {
             return Err(EngineError::InvalidRequest(
                 "the idempotency key must be 1 to 255 printable characters".into(),
             ));
         }
-        if let Some(source) = &sub.source_format {
-            self.check_route(source, &sub.target_format, &sub.options)?;
+        if let Some(source) = &source_format {
+            self.check_route(source, &target_format, &options)?;
         }
-        let (description, tags) =
-            crate::search::metadata(sub.description.take(), std::mem::take(&mut sub.tags))
-                .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        let (description, tags) = crate::search::metadata(description, tags)
+            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         let id = ConversionId::new();
-        let tenant = sub
-            .tenant
-            .clone()
-            .unwrap_or_else(|| crate::DEFAULT_TENANT.into());
-        if let Some(w) = &sub.webhook {
+        let tenant = tenant.unwrap_or_else(|| crate::DEFAULT_TENANT.into());
+        if let Some(w) = &webhook {
             // Written before the record, so no record exists without its webhook (an orphan
             // subscription, left by a failed submit or a replay, is never announced).
             let webhooks = self.inner.webhooks.as_ref().ok_or_else(|| {
@@ -324,16 +352,19 @@ impl Engine {
                 url: w.url.clone(),
                 on_start: w.on_start,
             };
-            webhooks.subscribe(&sub).await.map_err(|e| match e {
-                crate::webhook::WebhookError::InvalidUrl(m) => {
-                    EngineError::InvalidRequest(format!("webhook_url: {m}"))
-                }
-                other => EngineError::Webhook(other),
-            })?;
+            Box::pin(webhooks.subscribe(&sub))
+                .await
+                .map_err(|e| match e {
+                    crate::webhook::WebhookError::InvalidUrl(m) => {
+                        EngineError::InvalidRequest(format!("webhook_url: {m}"))
+                    }
+                    other => EngineError::Webhook(other),
+                })?;
         }
+        drop(webhook);
         let blobs = &self.inner.backends.blobs;
-        let by_content = !matches!(sub.input, SubmitInput::Blob { .. });
-        let (input_key, input_name, size, source, uploaded) = match sub.input {
+        let by_content = !matches!(input, SubmitInput::Blob { .. });
+        let taken = match input {
             SubmitInput::Stream { body, file_name } => {
                 let input_name = file_name.as_deref().and_then(sanitize_file_name);
                 let (head, rest) = read_head(body)
@@ -342,7 +373,7 @@ impl Engine {
                 if head.is_empty() {
                     return Err(EngineError::EmptyInput);
                 }
-                let source = match sub.source_format.clone() {
+                let source = match source_format {
                     Some(s) => s,
                     None => {
                         let s = Format::detect(input_name.as_deref(), &head).ok_or_else(|| {
@@ -350,46 +381,32 @@ impl Engine {
                                 file_name: input_name.clone(),
                             }
                         })?;
-                        self.check_route(&s, &sub.target_format, &sub.options)?;
+                        self.check_route(&s, &target_format, &options)?;
                         s
                     }
                 };
                 let key = crate::intake::layout::input(&tenant, id);
                 let size = self.store_input(&key, head, rest).await?;
-                (key, input_name, size, source, true)
+                TakenInput {
+                    key,
+                    name: input_name,
+                    size,
+                    source,
+                    uploaded: true,
+                }
             }
             SubmitInput::Blob { key, file_name } | SubmitInput::Staged { key, file_name } => {
-                let input_name = file_name.as_deref().and_then(sanitize_file_name);
-                let meta = blobs.head(&key).await?;
-                if meta.size == 0 {
-                    return Err(EngineError::EmptyInput);
-                }
-                // The blob may have been written where no limit applied (a presigned PUT
-                // cannot bound the size): its real size is checked here.
-                if let Some(limit) = self.inner.config.max_input_bytes
-                    && meta.size > limit
-                {
-                    return Err(EngineError::InputTooLarge { limit });
-                }
-                let source = match sub.source_format.clone() {
-                    Some(s) => s,
-                    None => {
-                        let read = blobs.get(&key, Some(0..SNIFF_BYTES as u64)).await?;
-                        let (head, _) = read_head(read.body)
-                            .await
-                            .map_err(|e| EngineError::Blob(BlobError::Body(e)))?;
-                        let s = Format::detect(input_name.as_deref(), &head).ok_or_else(|| {
-                            EngineError::UnknownSourceFormat {
-                                file_name: input_name.clone(),
-                            }
-                        })?;
-                        self.check_route(&s, &sub.target_format, &sub.options)?;
-                        s
-                    }
-                };
-                (key, input_name, meta.size, source, false)
+                Box::pin(self.take_blob(key, file_name, source_format, &target_format, &options))
+                    .await?
             }
         };
+        let TakenInput {
+            key: input_key,
+            name: input_name,
+            size,
+            source,
+            uploaded,
+        } = taken;
         // An input handed over as an existing blob may feed several conversions (one upload
         // converted to two formats): each conversion claims it, and deleting a conversion
         // deletes the blob only when no claim is left (see `Engine::delete`). The claim is
@@ -409,45 +426,37 @@ impl Engine {
             id,
             tenant,
             source_format: source,
-            target_format: sub.target_format,
-            options: sub.options,
-            labels: sub.labels,
-            priority: sub.priority,
-            input_key: input_key.clone(),
+            target_format,
+            options,
+            labels,
+            priority,
+            input_key,
             input_name,
             description,
             tags,
             input_size: size,
-            idempotency_key: sub.idempotency_key,
+            idempotency_key,
         };
         let replay = ReplayFields::of(&new);
-        let created = match self.inner.backends.store.create(new).await {
-            Ok(c) => c,
+        let (record, created) = match self.inner.backends.store.create(new).await {
+            Ok(c) => (c.conversion, c.created),
             Err(e) => {
                 let _ = blobs.delete(&written).await;
                 return Err(e.into());
             }
         };
-        *recorded = created.created;
-        if !created.created {
-            let differs = match replay.first_difference(&created.conversion) {
-                Some(field) => Ok(Some(field)),
-                None if replay.input_key == created.conversion.input_key => Ok(None),
-                None if by_content => self
-                    .same_content(&replay.input_key, &created.conversion.input_key)
-                    .await
-                    .map(|same| (!same).then_some("input")),
-                None => Ok(Some("input")),
-            };
+        *recorded = created;
+        if !created {
+            let differs = Box::pin(self.replay_difference(&replay, &record, by_content)).await;
             let _ = blobs.delete(&written).await;
             if let Some(field) = differs? {
                 return Err(EngineError::IdempotencyMismatch {
-                    id: created.conversion.id,
+                    id: record.id,
                     field,
                 });
             }
         }
-        let record = created.conversion;
+        drop(replay);
         // A replay re-enqueues a still-queued record too: that heals a crash between the
         // record's creation and its enqueue. Enqueue is a no-op when the job is there.
         if record.status == Status::Queued {
@@ -458,17 +467,82 @@ impl Engine {
                     id: record.id,
                     tenant: record.tenant.clone(),
                     priority: record.priority,
-                    not_before: sub.not_before.unwrap_or_else(Utc::now),
+                    not_before: not_before.unwrap_or_else(Utc::now),
                     attempts: record.attempts,
                 })
                 .await?;
         }
-        metrics::counter!("converto_conversions_submitted_total")
-            .increment(u64::from(created.created));
+        metrics::counter!("converto_conversions_submitted_total").increment(u64::from(created));
         Ok(Submitted {
             conversion: record,
-            created: created.created,
+            created,
         })
+    }
+
+    /// The input of a submission handed over as a blob already stored: its size checked, its
+    /// format detected if not given.
+    async fn take_blob(
+        &self,
+        key: String,
+        file_name: Option<String>,
+        source_format: Option<Format>,
+        target_format: &Format,
+        options: &serde_json::Value,
+    ) -> Result<TakenInput, EngineError> {
+        let blobs = &self.inner.backends.blobs;
+        let input_name = file_name.as_deref().and_then(sanitize_file_name);
+        let meta = blobs.head(&key).await?;
+        if meta.size == 0 {
+            return Err(EngineError::EmptyInput);
+        }
+        // The blob may have been written where no limit applied (a presigned PUT
+        // cannot bound the size): its real size is checked here.
+        if let Some(limit) = self.inner.config.max_input_bytes
+            && meta.size > limit
+        {
+            return Err(EngineError::InputTooLarge { limit });
+        }
+        let source = match source_format {
+            Some(s) => s,
+            None => {
+                let read = blobs.get(&key, Some(0..SNIFF_BYTES as u64)).await?;
+                let (head, _) = read_head(read.body)
+                    .await
+                    .map_err(|e| EngineError::Blob(BlobError::Body(e)))?;
+                let s = Format::detect(input_name.as_deref(), &head).ok_or_else(|| {
+                    EngineError::UnknownSourceFormat {
+                        file_name: input_name.clone(),
+                    }
+                })?;
+                self.check_route(&s, target_format, options)?;
+                s
+            }
+        };
+        Ok(TakenInput {
+            key,
+            name: input_name,
+            size: meta.size,
+            source,
+            uploaded: false,
+        })
+    }
+
+    /// The first field in which a replay differs from the conversion its key names, if any.
+    async fn replay_difference(
+        &self,
+        replay: &ReplayFields,
+        stored: &Conversion,
+        by_content: bool,
+    ) -> Result<Option<&'static str>, EngineError> {
+        match replay.first_difference(stored) {
+            Some(field) => Ok(Some(field)),
+            None if replay.input_key == stored.input_key => Ok(None),
+            None if by_content => self
+                .same_content(&replay.input_key, &stored.input_key)
+                .await
+                .map(|same| (!same).then_some("input")),
+            None => Ok(Some("input")),
+        }
     }
 
     /// Whether two blobs hold the same bytes (sizes, then SHA-256 digests).
@@ -525,14 +599,12 @@ impl Engine {
         rest: ByteStream,
     ) -> Result<u64, EngineError> {
         let limit = self.inner.config.max_input_bytes;
-        let counted = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&counted);
-        let body = futures::stream::once(async move { Ok(head) })
+        let mut total = 0u64;
+        let body = futures::stream::once(futures::future::ready(Ok(head)))
             .chain(rest)
             .map(move |chunk| {
                 let chunk = chunk?;
-                let total =
-                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
+                total += chunk.len() as u64;
                 if limit.is_some_and(|l| total > l) {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::FileTooLarge,
@@ -560,7 +632,21 @@ impl Engine {
 
 /// Reads up to [`SNIFF_BYTES`] from the front of a stream, giving them back with the rest.
 async fn read_head(mut body: ByteStream) -> std::io::Result<(Bytes, ByteStream)> {
-    let mut head = BytesMut::new();
+    // A first chunk that is long enough, or the whole body, is the head as it is.
+    let first = match body.try_next().await? {
+        Some(chunk) => chunk,
+        None => return Ok((Bytes::new(), body)),
+    };
+    if first.len() >= SNIFF_BYTES {
+        return Ok((first, body));
+    }
+    let second = match body.try_next().await? {
+        Some(chunk) => chunk,
+        None => return Ok((first, body)),
+    };
+    let mut head = BytesMut::with_capacity(first.len() + second.len());
+    head.extend_from_slice(&first);
+    head.extend_from_slice(&second);
     while head.len() < SNIFF_BYTES {
         match body.try_next().await? {
             Some(chunk) => head.extend_from_slice(&chunk),

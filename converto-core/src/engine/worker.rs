@@ -2,12 +2,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +36,8 @@ impl Engine {
         let inner = &self.inner;
         let cfg = &inner.config;
         let slots = Arc::new(Semaphore::new(cfg.concurrency));
-        let hand_back = CancellationToken::new();
+        // Shared by every job (an `Arc`: cloning the token itself takes a lock).
+        let hand_back = Arc::new(CancellationToken::new());
         let mut jobs = JoinSet::new();
         let sweeper_stop = shutdown.child_token();
         let sweeper = (!cfg.sweep_interval.is_zero())
@@ -53,36 +53,42 @@ impl Engine {
         let mut prefetched = std::collections::VecDeque::<Prefetched>::new();
         loop {
             while jobs.try_join_next().is_some() {}
+            if shutdown.is_cancelled() {
+                break;
+            }
             // A prefetched job waits at most a heartbeat interval for a slot, then goes back
             // to the queue (uncounted) for any worker: its lease never runs out while held.
-            let hold_until = prefetched
-                .front()
-                .map(|p| tokio::time::Instant::from_std(p.at + cfg.heartbeat_interval));
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = sleep_until(hold_until) => {
-                    let now = Instant::now();
-                    while prefetched.front().is_some_and(|p| now >= p.at + cfg.heartbeat_interval) {
-                        if let Some(held) = prefetched.pop_front() {
-                            ignore_lost(inner.backends.queue.release(&held.lease).await);
-                        }
+            if !prefetched.is_empty() {
+                release_expired(inner, &mut prefetched).await;
+            }
+            // A slot free now is taken without a select (and its timer): the busy case.
+            let first = match Arc::clone(&slots).try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    let hold_until = prefetched
+                        .front()
+                        .map(|p| tokio::time::Instant::from_std(p.at + cfg.heartbeat_interval));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = sleep_until(hold_until) => continue,
+                        p = Arc::clone(&slots).acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
                     }
-                    continue;
                 }
-                p = Arc::clone(&slots).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
             };
             if let Some(held) = prefetched.pop_front() {
                 let inner = Arc::clone(inner);
-                let hand_back = hand_back.clone();
-                jobs.spawn(async move {
+                let hand_back = Arc::clone(&hand_back);
+                // Boxed (here and below): the task then holds a pointer, and spawning it, and
+                // finishing it, move a few bytes instead of the whole job's state.
+                jobs.spawn(Box::pin(async move {
                     if let Some(lease) = held.refreshed(&inner).await {
                         run_job(&inner, lease, hand_back).await;
                     }
                     drop(first);
-                });
+                }));
                 continue;
             }
             let extra = slots
@@ -136,11 +142,11 @@ impl Engine {
             // second is done, and a lease taken so would be lost.
             for (permit, lease) in singles.into_iter().zip(leases.by_ref()) {
                 let inner = Arc::clone(inner);
-                let hand_back = hand_back.clone();
-                jobs.spawn(async move {
+                let hand_back = Arc::clone(&hand_back);
+                jobs.spawn(Box::pin(async move {
                     run_job(&inner, lease, hand_back).await;
                     drop(permit);
-                });
+                }));
             }
             let now = Instant::now();
             prefetched.extend(leases.map(|lease| Prefetched { lease, at: now }));
@@ -166,6 +172,18 @@ impl Engine {
             let _ = task.await;
         }
         Ok(())
+    }
+}
+
+/// Hands back the prefetched jobs that waited a heartbeat interval for a slot (see
+/// [`EngineConfig::prefetch`](super::EngineConfig)).
+async fn release_expired(inner: &Inner, prefetched: &mut std::collections::VecDeque<Prefetched>) {
+    let hold = inner.config.heartbeat_interval;
+    let now = Instant::now();
+    while prefetched.front().is_some_and(|p| now >= p.at + hold) {
+        if let Some(held) = prefetched.pop_front() {
+            ignore_lost(inner.backends.queue.release(&held.lease).await);
+        }
     }
 }
 
@@ -212,20 +230,63 @@ impl Prefetched {
 
 /// Runs one delivery of one job, start to verdict. Never panics on a job's failure; every path
 /// either records a verdict, hands the job back, or leaves the lease to expire.
-async fn run_job(inner: &Arc<Inner>, lease: Lease, hand_back: CancellationToken) {
+///
+/// Its future is kept small (records boxed, rare paths boxed): one is spawned per job, and a
+/// large one costs a large allocation and large copies each time.
+async fn run_job(inner: &Arc<Inner>, lease: Lease, hand_back: Arc<CancellationToken>) {
+    // The ticket is held until the job ends: its share of its tenant's running limit.
+    let Some((record, ticket)) = start_job(inner, &lease).await else {
+        return;
+    };
+
+    let started = Instant::now();
+    let outcome = execute(inner, &lease, &record, &hand_back).await;
+    metrics::histogram!("converto_conversion_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+
+    match outcome {
+        Outcome::Done(outputs, scratch) => {
+            let stored = store_artifacts(inner, &record, lease.attempt, outputs).await;
+            drop(scratch);
+            drop(record);
+            match stored {
+                Ok(artifacts) => finish_succeeded(inner, &lease, artifacts).await,
+                Err(error) => Box::pin(handle_failure(inner, &lease, error, true)).await,
+            }
+        }
+        Outcome::Failed(error, temporary) => {
+            Box::pin(handle_failure(inner, &lease, error, temporary)).await
+        }
+        Outcome::Stopped(stop) => Box::pin(stopped(inner, &lease, stop)).await,
+    }
+    drop(ticket);
+}
+
+/// Admits a delivery and starts its attempt: the record says running (announced and
+/// published), or the job was settled otherwise (handed back, found finished or gone, failed
+/// before it ran) and `None` is returned.
+async fn start_job(
+    inner: &Arc<Inner>,
+    lease: &Lease,
+) -> Option<(Box<Conversion>, Option<super::admission::Ticket>)> {
     let id = lease.id;
     let cfg = &inner.config;
     let queue = &inner.backends.queue;
 
-    // Held until the job ends: its share of its tenant's running limit.
-    let mut ticket = match inner.admission.admit(inner, &lease).await {
-        super::admission::Admit::Go(ticket) => ticket,
-        super::admission::Admit::HandedBack => return,
+    // (Boxed: most engines limit no tenant, and their jobs need not hold room for the check.)
+    let mut ticket = if inner.limits.may_limit_running() {
+        match Box::pin(inner.admission.admit(inner, lease)).await {
+            super::admission::Admit::Go(ticket) => ticket,
+            super::admission::Admit::HandedBack => return None,
+        }
+    } else {
+        None
     };
     let start = Transition::Start {
         attempt: lease.attempt,
     };
-    let record = match inner.verdicts.transition(id, &start).await {
+    let started = inner.verdicts.transition(id, &start).await.map(Box::new);
+    let record = match started {
         Ok(r) => {
             if let Some(t) = ticket.as_mut() {
                 t.started();
@@ -236,18 +297,18 @@ async fn run_job(inner: &Arc<Inner>, lease: Lease, hand_back: CancellationToken)
         Err(StoreError::Conflict(c)) if c.status.is_terminal() => {
             // Cancelled or finished meanwhile: the queue entry is left over, and the webhooks
             // of that status may not be queued yet (the process died in between).
-            if inner.announce_stored(id).await {
-                ignore_lost(queue.ack(&lease).await);
+            if Box::pin(inner.announce_stored(id)).await {
+                ignore_lost(queue.ack(lease).await);
             }
-            return;
+            return None;
         }
         Err(StoreError::NotFound { .. }) => {
             let _ = queue.remove(id).await;
-            return;
+            return None;
         }
         Err(e) => {
             tracing::warn!(%id, error = %e, "could not start; leaving the lease to expire");
-            return;
+            return None;
         }
     };
     let attempt = lease.attempt;
@@ -261,8 +322,8 @@ async fn run_job(inner: &Arc<Inner>, lease: Lease, hand_back: CancellationToken)
                 attempt - 1
             ),
         );
-        finish_failed(inner, &lease, error, true).await;
-        return;
+        Box::pin(finish_failed(inner, lease, error, true)).await;
+        return None;
     }
     if let Some(limit) = cfg.max_queue_wait {
         let waited = (Utc::now() - record.created_at)
@@ -277,51 +338,43 @@ async fn run_job(inner: &Arc<Inner>, lease: Lease, hand_back: CancellationToken)
                     limit.as_secs_f64()
                 ),
             );
-            finish_failed(inner, &lease, error, false).await;
-            return;
+            Box::pin(finish_failed(inner, lease, error, false)).await;
+            return None;
         }
     }
     inner.publish(Event::status_of(&record)).await;
+    Some((record, ticket))
+}
 
-    let started = Instant::now();
-    let outcome = execute(inner, &lease, &record, &hand_back).await;
-    metrics::histogram!("converto_conversion_duration_seconds")
-        .record(started.elapsed().as_secs_f64());
-
-    match outcome {
-        Outcome::Done(outputs, scratch) => {
-            let stored = store_artifacts(inner, &record, attempt, outputs).await;
-            drop(scratch);
-            match stored {
-                Ok(artifacts) => finish_succeeded(inner, &lease, artifacts).await,
-                Err(error) => handle_failure(inner, &lease, error, true).await,
-            }
-        }
-        Outcome::Failed(error, temporary) => handle_failure(inner, &lease, error, temporary).await,
-        Outcome::Stopped(Stop::Cancelled) => {
+/// Settles an attempt stopped from outside the converter.
+async fn stopped(inner: &Arc<Inner>, lease: &Lease, stop: Stop) {
+    let queue = &inner.backends.queue;
+    let (id, attempt) = (lease.id, lease.attempt);
+    match stop {
+        Stop::Cancelled => {
             // The record is already cancelled; the queue entry was removed by `cancel`.
-            ignore_lost(queue.ack(&lease).await);
+            ignore_lost(queue.ack(lease).await);
         }
-        Outcome::Stopped(Stop::LeaseLost) => {
+        Stop::LeaseLost => {
             tracing::warn!(%id, attempt, "lease lost; another worker owns the job now");
         }
-        Outcome::Stopped(Stop::TimedOut) => {
+        Stop::TimedOut => {
             let error = ErrorInfo::new(
                 "timeout",
                 format!(
                     "the conversion ran longer than the execution timeout of {:.1}s",
-                    cfg.job_timeout.as_secs_f64()
+                    inner.config.job_timeout.as_secs_f64()
                 ),
             );
-            finish_failed(inner, &lease, error, false).await;
+            finish_failed(inner, lease, error, false).await;
         }
-        Outcome::Stopped(Stop::Shutdown) => {
+        Stop::Shutdown => {
             let t = Transition::Requeue {
                 attempt,
                 error: None,
             };
-            if let Ok(r) = lease_transition(inner, &lease, &t).await {
-                ignore_lost(queue.retry(&lease, Utc::now()).await);
+            if let Ok(r) = lease_transition(inner, lease, &t).await {
+                ignore_lost(queue.retry(lease, Utc::now()).await);
                 inner.publish(Event::status_of(&r)).await;
             }
         }
@@ -349,7 +402,6 @@ async fn execute(
 ) -> Outcome {
     let id = record.id;
     let attempt = lease.attempt;
-    let cfg = &inner.config;
     // A chained route comes back as one converter running its hops: the timeout, the
     // cancellation and the progress below cover the whole chain.
     let Some(converter) = inner
@@ -371,35 +423,27 @@ async fn execute(
     let cancel = CancellationToken::new();
     inner.register_running(id, attempt, cancel.clone());
 
-    // The converter's reports go into a watch channel (latest value wins); the loop below
-    // forwards them to the bus at most once per `progress_interval`.
-    let (ptx, mut prx) = watch::channel::<Option<Progress>>(None);
+    // The converter's reports go into a slot (latest value wins); the supervisor forwards them
+    // to the bus at most once per `progress_interval`.
+    let progress = Arc::new(ProgressSlot::default());
     let progress_fn = {
-        let best = Mutex::new((0u8, None::<String>));
-        Arc::new(move |percent: u8, stage: Option<&str>| {
-            let mut b = best.lock();
-            let stage_changed = stage.is_some() && b.1.as_deref() != stage;
-            if percent > b.0 || stage_changed {
-                b.0 = b.0.max(percent);
-                if stage_changed {
-                    b.1 = stage.map(str::to_owned);
-                }
-                let _ = ptx.send(Some(Progress::new(b.0, b.1.clone())));
-            }
-        })
+        let progress = Arc::clone(&progress);
+        Arc::new(move |percent: u8, stage: Option<&str>| progress.report(percent, stage))
     };
 
-    let ctx = ConvertContext::for_blob(
+    // Boxed from the start: it outlives the attempt (see `Outcome::Done`), and the job's
+    // future holds a pointer instead.
+    let ctx = Box::new(ConvertContext::for_blob(
         Arc::clone(&inner.backends.blobs),
         record.input_key.clone(),
         record
             .input_name
             .clone()
-            .unwrap_or_else(|| format!("input.{}", record.source_format)),
+            .unwrap_or_else(|| ["input.", record.source_format.as_str()].concat()),
         inner.scratch_dir().await,
         progress_fn,
         cancel.clone(),
-    );
+    ));
     let request = ConvertRequest {
         id,
         attempt,
@@ -409,15 +453,139 @@ async fn execute(
     };
 
     let (stop, result) = {
-        let convert = converter.convert(&request, &ctx);
-        tokio::pin!(convert);
-        let timeout = tokio::time::sleep(cfg.job_timeout);
+        // The timers count from here, as if set before the converter's first poll.
+        let began = tokio::time::Instant::now();
+        let mut convert = converter.convert(&request, &ctx);
+        // A converter done at its first poll needs no supervision: no timer is set and no
+        // supervisor state is allocated for it. The others get the supervisor, boxed.
+        match futures::poll!(&mut convert) {
+            std::task::Poll::Ready(r) => (None, r),
+            std::task::Poll::Pending => {
+                let supervision = Supervision {
+                    inner,
+                    lease,
+                    cancel: &cancel,
+                    hand_back,
+                    began,
+                };
+                Box::pin(supervision.supervise(&mut convert, &progress)).await
+            }
+        }
+    };
+    inner.unregister_running(id, attempt);
+    // Flush the last report, so even a fast conversion shows its progress.
+    if let (Some(progress), None) = (progress.take(), stop) {
+        Box::pin(inner.publish(Event::Progress {
+            id,
+            attempt,
+            progress,
+        }))
+        .await;
+    }
+
+    match (stop, result) {
+        (Some(why), _) => Outcome::Stopped(why),
+        (None, Ok(outputs)) => Outcome::Done(outputs, ctx),
+        (None, Err(e)) => {
+            let temporary = e.is_temporary();
+            let message = match &e {
+                // The blob store's errors name keys and the places it keeps them: logged, not
+                // shown to the client.
+                crate::converter::ConvertError::Blob(inner_error) => {
+                    tracing::warn!(%id, attempt, error = %inner_error, "reading the input failed");
+                    "the input could not be read from the blob store".to_owned()
+                }
+                _ => e.to_string(),
+            };
+            Outcome::Failed(ErrorInfo::new(e.code(), message), temporary)
+        }
+    }
+}
+
+/// Where a running converter's progress reports wait to be forwarded to the bus: the latest
+/// one wins, and a report never goes backwards (a lower percent with the same stage is
+/// ignored). A `Notify` rather than a `watch` channel: one lock and no fan-out per attempt.
+#[derive(Debug, Default)]
+struct ProgressSlot {
+    state: Mutex<ProgressState>,
+    /// Woken on each report (one stored permit if nobody waits).
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    /// The highest percent reported, and the last stage.
+    percent: u8,
+    stage: Option<String>,
+    /// The latest report not forwarded yet.
+    pending: Option<Progress>,
+}
+
+impl ProgressSlot {
+    /// A converter's report.
+    fn report(&self, percent: u8, stage: Option<&str>) {
+        let mut s = self.state.lock();
+        let stage_changed = stage.is_some() && s.stage.as_deref() != stage;
+        if percent > s.percent || stage_changed {
+            s.percent = s.percent.max(percent);
+            if stage_changed {
+                s.stage = stage.map(str::to_owned);
+            }
+            s.pending = Some(Progress::new(s.percent, s.stage.clone()));
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    /// The report to forward, if one came since the last take.
+    fn take(&self) -> Option<Progress> {
+        self.state.lock().pending.take()
+    }
+}
+
+/// What the supervisor of one running attempt watches besides the converter.
+struct Supervision<'a> {
+    inner: &'a Arc<Inner>,
+    lease: &'a Lease,
+    /// This attempt's own cancellation (a cancel in this process).
+    cancel: &'a CancellationToken,
+    /// Shutdown's hand-back of running jobs.
+    hand_back: &'a CancellationToken,
+    /// When the converter was first polled: the timeout and the first heartbeat count from here.
+    began: tokio::time::Instant,
+}
+
+/// The converter's future, as [`crate::Converter::convert`] returns it.
+type ConvertFuture<'a> = futures::future::BoxFuture<'a, Result<Vec<Output>, ConvertError>>;
+
+impl Supervision<'_> {
+    /// Drives a converter that did not finish at its first poll, with heartbeats, the timeout,
+    /// cancellation (here, from the bus, by shutdown) and throttled progress; on a stop from
+    /// outside, tells the converter and gives it `cancel_grace` to clean up.
+    async fn supervise(
+        self,
+        convert: &mut ConvertFuture<'_>,
+        progress: &ProgressSlot,
+    ) -> (Option<Stop>, Result<Vec<Output>, ConvertError>) {
+        let Supervision {
+            inner,
+            lease,
+            cancel,
+            hand_back,
+            began,
+        } = self;
+        let id = lease.id;
+        let attempt = lease.attempt;
+        let cfg = &inner.config;
+        let timeout = match began.checked_add(cfg.job_timeout) {
+            Some(at) => tokio::time::sleep_until(at),
+            None => tokio::time::sleep(cfg.job_timeout),
+        };
         tokio::pin!(timeout);
         let hb_every = cfg.heartbeat_interval.max(Duration::from_millis(10));
-        let mut heartbeat =
-            tokio::time::interval_at(tokio::time::Instant::now() + hb_every, hb_every);
+        let mut heartbeat = tokio::time::interval_at(began + hb_every, hb_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let subscribe = tokio::time::sleep(SUBSCRIBE_AFTER);
+        let subscribe = tokio::time::sleep_until(began + SUBSCRIBE_AFTER);
         tokio::pin!(subscribe);
         let mut events: Option<crate::progress::EventStream> = None;
         let mut subscribed = false;
@@ -430,7 +598,7 @@ async fn execute(
         let result = loop {
             tokio::select! {
                 biased;
-                r = &mut convert => break Some(r),
+                r = &mut *convert => break Some(r),
                 _ = cancel.cancelled() => { stop = Some(Stop::Cancelled); break None }
                 _ = hand_back.cancelled() => { stop = Some(Stop::Shutdown); break None }
                 _ = &mut timeout => { stop = Some(Stop::TimedOut); break None }
@@ -456,12 +624,9 @@ async fn execute(
                     Some(_) => {}
                     None => events = None,
                 },
-                changed = prx.changed(), if !throttled => {
-                    if changed.is_ok() {
-                        let progress = prx.borrow_and_update().clone();
-                        if let Some(progress) = progress {
-                            inner.publish(Event::Progress { id, attempt, progress }).await;
-                        }
+                _ = progress.changed.notified(), if !throttled => {
+                    if let Some(progress) = progress.take() {
+                        inner.publish(Event::Progress { id, attempt, progress }).await;
                         throttle.as_mut().reset(tokio::time::Instant::now() + cfg.progress_interval);
                         throttled = true;
                     }
@@ -475,46 +640,12 @@ async fn execute(
                 // Stopped from outside: tell the converter, and give it a moment to clean up
                 // (kill its process) before it is dropped.
                 cancel.cancel();
-                tokio::time::timeout(cfg.cancel_grace, &mut convert)
+                tokio::time::timeout(cfg.cancel_grace, &mut *convert)
                     .await
                     .unwrap_or(Err(ConvertError::Cancelled))
             }
         };
         (stop, result)
-    };
-    inner.unregister_running(id, attempt);
-    // Flush the last report, so even a fast conversion shows its progress.
-    let pending = if prx.has_changed().unwrap_or(false) {
-        prx.borrow_and_update().clone()
-    } else {
-        None
-    };
-    if let (Some(progress), None) = (pending, stop) {
-        inner
-            .publish(Event::Progress {
-                id,
-                attempt,
-                progress,
-            })
-            .await;
-    }
-
-    match (stop, result) {
-        (Some(why), _) => Outcome::Stopped(why),
-        (None, Ok(outputs)) => Outcome::Done(outputs, Box::new(ctx)),
-        (None, Err(e)) => {
-            let temporary = e.is_temporary();
-            let message = match &e {
-                // The blob store's errors name keys and the places it keeps them: logged, not
-                // shown to the client.
-                crate::converter::ConvertError::Blob(inner_error) => {
-                    tracing::warn!(%id, attempt, error = %inner_error, "reading the input failed");
-                    "the input could not be read from the blob store".to_owned()
-                }
-                _ => e.to_string(),
-            };
-            Outcome::Failed(ErrorInfo::new(e.code(), message), temporary)
-        }
     }
 }
 
@@ -545,26 +676,32 @@ async fn store_artifacts(
             ));
         }
         let key = crate::intake::layout::artifact(&record.tenant, record.id, attempt, &name);
-        let hasher = Arc::new(Mutex::new(Sha256::new()));
-        let body: ByteStream = match out.body {
+        // Bytes in memory are hashed at once; a file is hashed as it streams to the store.
+        let (body, hasher): (ByteStream, _) = match out.body {
             OutputBody::Bytes(b) => {
-                futures::stream::once(async move { Ok::<Bytes, std::io::Error>(b) }).boxed()
+                let digest = Sha256::digest(&b);
+                let body = futures::stream::once(futures::future::ready(Ok(b))).boxed();
+                (body, Hashed::Done(digest))
             }
-            OutputBody::File(path) => open_stream(&path).await.map_err(|e| {
-                ErrorInfo::new(
-                    "converter_failed",
-                    format!("output {name:?} could not be read: {e}"),
-                )
-            })?,
+            OutputBody::File(path) => {
+                let body = Box::pin(open_stream(&path)).await.map_err(|e| {
+                    ErrorInfo::new(
+                        "converter_failed",
+                        format!("output {name:?} could not be read: {e}"),
+                    )
+                })?;
+                let hasher = Arc::new(Mutex::new(Sha256::new()));
+                let h = Arc::clone(&hasher);
+                let body = body
+                    .inspect(move |c| {
+                        if let Ok(c) = c {
+                            h.lock().update(c);
+                        }
+                    })
+                    .boxed();
+                (body, Hashed::Streamed(hasher))
+            }
         };
-        let h = Arc::clone(&hasher);
-        let body = body
-            .inspect(move |c| {
-                if let Ok(c) = c {
-                    h.lock().update(c);
-                }
-            })
-            .boxed();
         let meta = blobs.put(&key, body).await.map_err(|e| {
             // The store's error names keys and places: logged, not shown.
             tracing::warn!(id = %record.id, error = %e, "storing an artifact failed");
@@ -573,16 +710,38 @@ async fn store_artifacts(
                 format!("output {name:?} could not be stored"),
             )
         })?;
-        let digest = std::mem::take(&mut *hasher.lock()).finalize();
+        let digest = match hasher {
+            Hashed::Done(digest) => digest,
+            Hashed::Streamed(hasher) => std::mem::take(&mut *hasher.lock()).finalize(),
+        };
         artifacts.push(Artifact {
             name,
             format: out.format,
             size: meta.size,
-            checksum: format!("sha256:{}", hex::encode(digest)),
+            checksum: checksum(&digest),
             blob_key: key,
         });
     }
     Ok(artifacts)
+}
+
+/// An output's SHA-256: computed already, or being computed as the output streams.
+enum Hashed {
+    Done(sha2::digest::Output<Sha256>),
+    Streamed(Arc<Mutex<Sha256>>),
+}
+
+/// `sha256:` and the digest in lowercase hex, built in one allocation.
+fn checksum(digest: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(7 + 2 * digest.len());
+    out.extend_from_slice(b"sha256:");
+    for b in digest {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0x0f)]);
+    }
+    // Only ASCII was written.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 async fn open_stream(path: &Path) -> std::io::Result<ByteStream> {
@@ -591,45 +750,63 @@ async fn open_stream(path: &Path) -> std::io::Result<ByteStream> {
 }
 
 async fn finish_succeeded(inner: &Arc<Inner>, lease: &Lease, artifacts: Vec<Artifact>) {
-    remove_earlier_attempts(inner, lease.id, lease.attempt).await;
+    if lease.attempt > 1 {
+        Box::pin(remove_earlier_attempts(inner, lease.id, lease.attempt)).await;
+    }
     let t = Transition::Succeed {
         attempt: lease.attempt,
-        artifacts: artifacts.clone(),
+        artifacts,
     };
     // A conflict here means fenced out, never our own lost answer (`lease_transition` tells
     // the two apart): deleting the artifacts below cannot delete a recorded result.
-    match lease_transition(inner, lease, &t).await {
-        Ok(record) => {
-            if inner.announce(&record).await {
-                ignore_lost(batched_ack(inner, lease).await);
-            }
-            metrics::counter!("converto_conversions_finished_total", "status" => "succeeded")
-                .increment(1);
-            inner.publish(Event::status_of(&record)).await;
-            let _ = inner.backends.bus.forget(lease.id).await;
-        }
-        Err(StoreError::Conflict(c)) => {
+    let record = match lease_transition(inner, lease, &t).await {
+        Ok(record) => record,
+        Err(e) => return Box::pin(succeeded_not_recorded(inner, lease, t, e)).await,
+    };
+    if inner.announce(&record).await {
+        ignore_lost(batched_ack(inner, lease).await);
+    }
+    metrics::counter!("converto_conversions_finished_total", "status" => "succeeded").increment(1);
+    inner.publish(Event::status_of(&record)).await;
+    let _ = inner.backends.bus.forget(lease.id).await;
+}
+
+/// A result that could not be recorded: fenced out, deleted meanwhile, or the store stayed
+/// unreachable.
+async fn succeeded_not_recorded(
+    inner: &Arc<Inner>,
+    lease: &Lease,
+    t: Transition,
+    error: StoreError,
+) {
+    match error {
+        StoreError::Conflict(c) => {
             // Fenced out (cancelled, or another attempt took over): our artifacts are orphans.
             tracing::info!(id = %lease.id, status = %c.status, "result discarded: fenced out");
-            for a in artifacts {
-                let _ = inner.backends.blobs.delete(&a.blob_key).await;
-            }
+            discard_artifacts(inner, t).await;
             if c.status.is_terminal() {
                 ignore_lost(inner.backends.queue.ack(lease).await);
             }
         }
-        Err(StoreError::NotFound { .. }) => {
+        StoreError::NotFound { .. } => {
             // Deleted while it ran.
-            for a in artifacts {
-                let _ = inner.backends.blobs.delete(&a.blob_key).await;
-            }
+            discard_artifacts(inner, t).await;
             ignore_lost(inner.backends.queue.ack(lease).await);
         }
-        Err(e) => {
+        e => {
             // The store stayed unreachable: the verdict may or may not have been written, so
             // the artifacts stay. If it was not, the lease expires and the next attempt runs
             // and removes them; if it was, they are the result.
             tracing::warn!(id = %lease.id, error = %e, "result not recorded; the job will be delivered again");
+        }
+    }
+}
+
+/// Deletes the artifacts of a `Succeed` transition that was not recorded.
+async fn discard_artifacts(inner: &Inner, t: Transition) {
+    if let Transition::Succeed { artifacts, .. } = t {
+        for a in artifacts {
+            let _ = inner.backends.blobs.delete(&a.blob_key).await;
         }
     }
 }
@@ -738,7 +915,9 @@ async fn finish_failed(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, dead
         message: public_message(&error.message, &inner.config.scratch_dir),
         ..error
     };
-    remove_earlier_attempts(inner, lease.id, lease.attempt).await;
+    if lease.attempt > 1 {
+        Box::pin(remove_earlier_attempts(inner, lease.id, lease.attempt)).await;
+    }
     let t = Transition::Fail {
         attempt: lease.attempt,
         error: error.clone(),
@@ -771,34 +950,39 @@ async fn finish_failed(inner: &Arc<Inner>, lease: &Lease, error: ErrorInfo, dead
 /// errors. A retry can meet the verdict's own earlier try, written although its answer was lost
 /// (a dropped connection): a conflict showing the conversion already where `t` leads, on this
 /// very attempt (which only this lease runs), is that try, and its record is returned.
+/// (The record comes boxed, so the futures of the callers holding it stay small.)
 async fn lease_transition(
     inner: &Arc<Inner>,
     lease: &Lease,
     t: &Transition,
-) -> Result<Conversion, StoreError> {
+) -> Result<Box<Conversion>, StoreError> {
     let leads_to = match t {
         Transition::Succeed { .. } => Some(Status::Succeeded),
         Transition::Fail { .. } => Some(Status::Failed),
         Transition::Requeue { .. } => Some(Status::Queued),
         _ => None,
     };
-    match inner.verdicts.transition(lease.id, t).await {
+    let conflict = match inner.verdicts.transition(lease.id, t).await {
+        Ok(record) => return Ok(Box::new(record)),
         Err(StoreError::Conflict(c))
             if Some(c.status) == leads_to && c.attempts == lease.attempt =>
         {
-            tracing::info!(id = %lease.id, status = %c.status, "already recorded by an earlier try");
-            inner.backends.store.get(lease.id).await
+            c
         }
-        other => other,
-    }
+        Err(e) => return Err(e),
+    };
+    tracing::info!(id = %lease.id, status = %conflict.status, "already recorded by an earlier try");
+    inner.backends.store.get(lease.id).await.map(Box::new)
 }
 
 /// Acks a finished job, in a batch with others finishing about now (see [`super::acks`]).
-async fn batched_ack(inner: &Arc<Inner>, lease: &Lease) -> Result<(), QueueError> {
+fn batched_ack<'a>(
+    inner: &'a Inner,
+    lease: &'a Lease,
+) -> futures::future::BoxFuture<'a, Result<(), QueueError>> {
     inner
         .acks
         .ack(inner.backends.queue.as_ref(), &inner.config, lease)
-        .await
 }
 
 fn ignore_lost(r: Result<(), QueueError>) {
@@ -812,7 +996,15 @@ fn ignore_lost(r: Result<(), QueueError>) {
 
 #[cfg(test)]
 mod tests {
-    use super::public_message;
+    use super::{checksum, public_message};
+
+    #[test]
+    fn checksums_are_sha256_in_lowercase_hex() {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(b"ok");
+        assert_eq!(checksum(&digest), format!("sha256:{}", hex::encode(digest)));
+        assert_eq!(checksum(&[0x00, 0xab, 0xff]), "sha256:00abff");
+    }
 
     #[test]
     fn failure_messages_do_not_show_scratch_paths() {

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 
@@ -13,10 +13,30 @@ use crate::blob::{
     validate_prefix,
 };
 
+/// One stored blob: its bytes and what its metadata is made of (the key is the map's).
+#[derive(Debug, Clone)]
+struct Stored {
+    bytes: Bytes,
+    /// The write's number; the etag is made of it when asked for.
+    tag: u64,
+    last_modified: DateTime<Utc>,
+}
+
+impl Stored {
+    fn meta(&self, key: &str) -> BlobMeta {
+        BlobMeta {
+            key: key.into(),
+            size: self.bytes.len() as u64,
+            etag: format!("m{:x}", self.tag),
+            last_modified: self.last_modified,
+        }
+    }
+}
+
 /// A blob store in memory.
 #[derive(Debug, Default)]
 pub struct MemoryBlobStore {
-    blobs: Mutex<BTreeMap<String, (Bytes, BlobMeta)>>,
+    blobs: Mutex<BTreeMap<String, Stored>>,
     next_tag: AtomicU64,
 }
 
@@ -31,7 +51,7 @@ impl MemoryBlobStore {
         self.blobs
             .lock()
             .get(key)
-            .cloned()
+            .map(|s| (s.bytes.clone(), s.meta(key)))
             .ok_or_else(|| BlobError::NotFound { key: key.into() })
     }
 }
@@ -40,20 +60,29 @@ impl MemoryBlobStore {
 impl BlobStore for MemoryBlobStore {
     async fn put(&self, key: &str, mut body: ByteStream) -> Result<BlobMeta, BlobError> {
         validate_key(key)?;
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = body.try_next().await.map_err(BlobError::Body)? {
-            buf.extend_from_slice(&chunk);
-        }
-        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let meta = BlobMeta {
-            key: key.into(),
-            size: buf.len() as u64,
-            etag: format!("m{tag:x}"),
+        // A body of one chunk (the usual one from memory) is copied once, at its size.
+        let bytes = match body.try_next().await.map_err(BlobError::Body)? {
+            None => Bytes::new(),
+            Some(first) => match body.try_next().await.map_err(BlobError::Body)? {
+                None => Bytes::copy_from_slice(&first),
+                Some(second) => {
+                    let mut buf = BytesMut::with_capacity(first.len() + second.len());
+                    buf.extend_from_slice(&first);
+                    buf.extend_from_slice(&second);
+                    while let Some(chunk) = body.try_next().await.map_err(BlobError::Body)? {
+                        buf.extend_from_slice(&chunk);
+                    }
+                    buf.freeze()
+                }
+            },
+        };
+        let stored = Stored {
+            bytes,
+            tag: self.next_tag.fetch_add(1, Ordering::Relaxed),
             last_modified: Utc::now(),
         };
-        self.blobs
-            .lock()
-            .insert(key.into(), (buf.freeze(), meta.clone()));
+        let meta = stored.meta(key);
+        self.blobs.lock().insert(key.into(), stored);
         Ok(meta)
     }
 
@@ -84,9 +113,12 @@ impl BlobStore for MemoryBlobStore {
         Ok(self
             .blobs
             .lock()
-            .range(prefix.to_owned()..)
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, (_, m))| m.clone())
+            .map(|(k, s)| s.meta(k))
             .collect())
     }
 }

@@ -1,6 +1,7 @@
 //! In-memory backends: for tests, embedding and single-process use. Nothing survives the process.
 
 mod blob;
+mod ids;
 mod keys;
 mod progress;
 mod queue;
@@ -8,6 +9,7 @@ mod store;
 mod tenants;
 
 pub use blob::MemoryBlobStore;
+pub(crate) use ids::IdMap;
 pub use keys::MemoryKeyStore;
 pub use progress::MemoryProgressBus;
 pub use queue::MemoryJobQueue;

@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -7,6 +6,7 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
+use super::IdMap;
 use crate::ConversionId;
 use crate::progress::{BusError, Event, EventStream, ProgressBus};
 
@@ -16,7 +16,7 @@ struct Topic {
     sender: Option<broadcast::Sender<Event>>,
 }
 
-type Topics = Arc<Mutex<HashMap<ConversionId, Topic>>>;
+type Topics = Arc<Mutex<IdMap<Topic>>>;
 
 /// A progress bus in memory: one broadcast channel per watched conversion, created on the first
 /// subscription and dropped with the last one, and the latest progress per conversion.

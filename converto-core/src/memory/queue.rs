@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::IdMap;
 use crate::ConversionId;
 use crate::conversion::ErrorInfo;
 use crate::queue::{
@@ -41,7 +42,7 @@ type ReadyKey = (Reverse<i32>, DateTime<Utc>, u64, ConversionId);
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<ConversionId, Entry>,
+    entries: IdMap<Entry>,
     /// Each tenant's deliverable jobs; a tenant with none has no set.
     ready: HashMap<Arc<str>, BTreeSet<ReadyKey>>,
     /// Each tenant's turn count (see the fair order in [`crate::queue`]).
@@ -143,11 +144,32 @@ impl State {
     /// Takes the next `max` deliveries in the fair order (see [`crate::queue`]) out of the ready
     /// sets, and advances the turn counts of the tenants served.
     fn take_fair(&mut self, max: usize, options: &ReserveOptions) -> Vec<ConversionId> {
+        // One tenant to serve (the usual case): its first `max` jobs, in its own order, and no
+        // turn counted (the fair order below comes to the same without its bookkeeping).
+        let mut allowed = self.ready.iter().filter(|(t, _)| options.allows(t));
+        if let (Some((tenant, _)), None) = (allowed.next(), allowed.next()) {
+            let tenant = Arc::clone(tenant);
+            let mut picked = Vec::new();
+            if let Some(jobs) = self.ready.get_mut(&tenant) {
+                picked.reserve(jobs.len().min(max));
+                while picked.len() < max {
+                    match jobs.pop_first() {
+                        Some(key) => picked.push(key.3),
+                        None => break,
+                    }
+                }
+                if jobs.is_empty() {
+                    self.ready.remove(&tenant);
+                }
+            }
+            return picked;
+        }
         let turns = |t: &Arc<str>| self.turns.get(t).copied().unwrap_or(0);
         let allowed = || self.ready.iter().filter(|(t, _)| options.allows(t));
         let highest = allowed().map(|(t, _)| turns(t)).max().unwrap_or(0);
         // Each tenant's first `max` jobs, each ranked by the turn it would be delivered in.
-        let mut candidates: Vec<(u64, ReadyKey, &Arc<str>)> = Vec::new();
+        let mut candidates: Vec<(u64, ReadyKey, &Arc<str>)> =
+            Vec::with_capacity(allowed().map(|(_, jobs)| jobs.len().min(max)).sum());
         for (tenant, jobs) in allowed() {
             let first = turns(tenant).max(highest.saturating_sub(1));
             for (k, key) in (0u64..).zip(jobs.iter().take(max)) {
@@ -244,10 +266,15 @@ impl JobQueue for MemoryJobQueue {
             if state.entries.contains_key(&job.id) {
                 return Ok(false);
             }
+            // The tenant's name is shared with its ready set when it has one.
+            let tenant = match state.ready.get_key_value(job.tenant.as_str()) {
+                Some((t, _)) => Arc::clone(t),
+                None => job.tenant.into(),
+            };
             state.entries.insert(
                 job.id,
                 Entry {
-                    tenant: job.tenant.into(),
+                    tenant,
                     priority: job.priority,
                     not_before: job.not_before,
                     seq: 0,

@@ -4,13 +4,15 @@ use async_trait::async_trait;
 use chrono::Utc;
 use parking_lot::Mutex;
 
+use super::IdMap;
 use crate::ConversionId;
 use crate::conversion::{Conversion, NewConversion, Status, Transition};
 use crate::store::{ConversionStore, Created, ListQuery, Page, StoreError, TenantUsage};
 
 #[derive(Debug, Default)]
 struct State {
-    records: BTreeMap<ConversionId, Conversion>,
+    /// Boxed, so growing the map moves pointers, not records. No order is kept: `list` sorts.
+    records: IdMap<Box<Conversion>>,
     by_key: HashMap<(String, String), ConversionId>,
     /// Records by status, kept up to date so that counting does not walk every record.
     counts: BTreeMap<Status, u64>,
@@ -21,7 +23,17 @@ struct State {
 impl State {
     /// Adds (`up`) or takes away the record's share of its tenant's usage.
     fn account(&mut self, c: &Conversion, up: bool) {
-        let u = self.usage.entry(c.tenant.clone()).or_default();
+        // Looked up by `&str`: the tenant's name is copied only for its first record.
+        if !self.usage.contains_key(c.tenant.as_str()) {
+            if !up {
+                // Taking away from nothing leaves nothing.
+                return;
+            }
+            self.usage.insert(c.tenant.clone(), TenantUsage::default());
+        }
+        let Some(u) = self.usage.get_mut(c.tenant.as_str()) else {
+            return;
+        };
         let bytes = TenantUsage::bytes_of(c);
         let step = |n: &mut u64, by: u64| {
             *n = if up {
@@ -37,8 +49,37 @@ impl State {
             _ => {}
         }
         if *u == TenantUsage::default() && !up {
-            self.usage.remove(&c.tenant);
+            self.usage.remove(c.tenant.as_str());
         }
+    }
+
+    /// Moves a record's share of its tenant's usage from what it was (`before`: status and
+    /// bytes) to what `now` holds; the same as taking the old record away and adding the new.
+    fn reaccount(&mut self, tenant: &str, before: (Status, u64), now: &Conversion) {
+        let after = TenantUsage::bytes_of(now);
+        let Some(u) = self.usage.get_mut(tenant) else {
+            // A record always has its tenant's usage; should it be missing, start it afresh.
+            self.account(now, true);
+            return;
+        };
+        u.stored_bytes = u
+            .stored_bytes
+            .saturating_sub(before.1)
+            .saturating_add(after);
+        let mut step = |status: Status, up: bool| {
+            let n = match status {
+                Status::Queued => &mut u.queued,
+                Status::Running => &mut u.running,
+                _ => return,
+            };
+            *n = if up {
+                n.saturating_add(1)
+            } else {
+                n.saturating_sub(1)
+            };
+        };
+        step(before.0, false);
+        step(now.status, true);
     }
 
     fn count(&mut self, status: Status, up: bool) {
@@ -76,7 +117,7 @@ impl ConversionStore for MemoryConversionStore {
             && let Some(existing) = state.records.get(id)
         {
             return Ok(Created {
-                conversion: existing.clone(),
+                conversion: Conversion::clone(existing),
                 created: false,
             });
         }
@@ -91,7 +132,7 @@ impl ConversionStore for MemoryConversionStore {
         }
         state.count(record.status, true);
         state.account(&record, true);
-        state.records.insert(record.id, record.clone());
+        state.records.insert(record.id, Box::new(record.clone()));
         Ok(Created {
             conversion: record,
             created: true,
@@ -103,7 +144,7 @@ impl ConversionStore for MemoryConversionStore {
             .lock()
             .records
             .get(&id)
-            .cloned()
+            .map(|c| Conversion::clone(c))
             .ok_or(StoreError::NotFound { id })
     }
 
@@ -115,6 +156,7 @@ impl ConversionStore for MemoryConversionStore {
         let mut items: Vec<(_, &Conversion)> = state
             .records
             .values()
+            .map(|c| &**c)
             .filter(|c| query.matches(c))
             .filter_map(|c| sort.key(c).map(|k| (k, c)))
             .collect();
@@ -125,7 +167,7 @@ impl ConversionStore for MemoryConversionStore {
         let items = items
             .into_iter()
             .take(limit + 1)
-            .map(|(_, c)| c.clone())
+            .map(|(_, c)| Conversion::clone(c))
             .collect();
         Ok(Page::from_overfetch(items, limit, sort))
     }
@@ -135,20 +177,22 @@ impl ConversionStore for MemoryConversionStore {
         id: ConversionId,
         transition: &Transition,
     ) -> Result<Conversion, StoreError> {
-        let mut state = self.state.lock();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
         let record = state
             .records
             .get_mut(&id)
             .ok_or(StoreError::NotFound { id })?;
-        let mut next = record.clone();
-        transition.apply(&mut next, Utc::now())?;
-        let before = std::mem::replace(record, next.clone());
-        if before.status != next.status {
-            state.count(before.status, false);
+        let (status, bytes) = (record.status, TenantUsage::bytes_of(record));
+        // Applied in place: `apply` refuses before it changes anything, so a refused
+        // transition leaves the record as it was.
+        transition.apply(record, Utc::now())?;
+        let next = Conversion::clone(record);
+        if status != next.status {
+            state.count(status, false);
             state.count(next.status, true);
         }
-        state.account(&before, false);
-        state.account(&next, true);
+        state.reaccount(&next.tenant, (status, bytes), &next);
         Ok(next)
     }
 
@@ -163,7 +207,7 @@ impl ConversionStore for MemoryConversionStore {
         }
         state.count(record.status, false);
         state.account(&record, false);
-        Ok(record)
+        Ok(*record)
     }
 
     async fn count_by_status(&self) -> Result<BTreeMap<Status, u64>, StoreError> {
