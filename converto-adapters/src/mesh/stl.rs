@@ -164,18 +164,11 @@ fn le_f32(record: &[u8], at: usize) -> f32 {
         .map_or(f32::NAN, f32::from_le_bytes)
 }
 
+#[cfg(test)]
+use super::stl_ascii::State;
+
 /// The line-by-line ASCII reader the block reader replaced: kept as the reference the block
 /// reader's results and errors are compared with.
-#[cfg(test)]
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Before `solid`, or after `endsolid`.
-    Outside,
-    InSolid,
-    InFacet,
-    InLoop,
-}
-
 #[cfg(test)]
 pub(super) fn read_ascii_by_line<R: BufRead>(
     reader: R,

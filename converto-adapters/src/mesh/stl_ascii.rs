@@ -315,8 +315,9 @@ impl<R: BufRead> Blocks<R> {
     }
 }
 
+/// Where in the file's structure the reader is (also the reference reader's, in tests).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
     /// Before `solid`, or after `endsolid`.
     Outside,
     InSolid,
