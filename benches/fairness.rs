@@ -24,35 +24,18 @@
 //! The plain queue throughput before and after fair scheduling is the `queues` bench's
 //! (`reserve1_ack`, `reserve1_ack_x8`, `reserve64_ack_many`).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use converto::ConversionId;
 use converto::core::queue::{JobQueue, JobSpec, Lease};
-use futures::StreamExt;
 
 const BACKLOG: usize = 10_000;
 const LEASE: Duration = Duration::from_secs(600);
 const NOW: Duration = Duration::ZERO;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-async fn enqueue_many(q: &dyn JobQueue, tenant: &str, n: usize) {
-    futures::stream::iter(0..n)
-        .map(|_| q.enqueue(JobSpec::now(ConversionId::new(), 0).for_tenant(tenant)))
-        .buffer_unordered(16)
-        .for_each(|added| {
-            assert!(added.expect("enqueue"));
-            futures::future::ready(())
-        })
-        .await;
-}
 
 async fn reserve(q: &dyn JobQueue, n: usize) -> Vec<Lease> {
     q.reserve(n, LEASE, NOW).await.expect("reserve")
@@ -138,7 +121,7 @@ async fn measure(name: &str, q: &dyn JobQueue, slots: usize) -> Vec<String> {
             )
         };
         let alone = cycle(1, 500).await;
-        enqueue_many(q, "tenant-b", 1_000).await;
+        common::fill(q, 1_000, 16, Some("tenant-b")).await;
         let shared = cycle(1, 500).await;
         let batched = cycle(64, 512).await;
         lines.push(format!(
@@ -162,7 +145,7 @@ async fn run(name: &str, make: impl AsyncFn() -> Option<Arc<dyn JobQueue>>) -> V
             return lines;
         };
         let t = Instant::now();
-        enqueue_many(q.as_ref(), "tenant-a", BACKLOG).await;
+        common::fill(q.as_ref(), BACKLOG, 16, Some("tenant-a")).await;
         eprintln!(
             "{name}: queued {BACKLOG} jobs for tenant A in {:.1} s",
             t.elapsed().as_secs_f64()
@@ -190,13 +173,11 @@ async fn sqlite_lines(dir: &std::path::Path) -> Vec<String> {
 #[cfg(feature = "postgres")]
 async fn postgres_lines() -> Vec<String> {
     use converto::adapters::postgres::{PostgresBackend, PostgresConfig, sqlx};
-    let url = std::env::var("CONVERTO_BENCH_POSTGRES_URL")
-        .or_else(|_| std::env::var("CONVERTO_TEST_POSTGRES_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = common::postgres_url();
     let schemas = std::sync::Mutex::new(Vec::new());
     let backends = std::sync::Mutex::new(Vec::new());
     let connect = async || {
-        let schema = format!("converto_bench_{}", ConversionId::new().as_uuid().simple());
+        let schema = common::throwaway_schema();
         let config = PostgresConfig::from_env_with_url(&url)
             .expect("CONVERTO_POSTGRES_* settings")
             .schema(schema.clone())
@@ -231,12 +212,7 @@ async fn postgres_lines() -> Vec<String> {
         .await
     {
         for schema in schemas.into_inner().expect("lock") {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-            )))
-            .execute(&admin)
-            .await
-            .expect("drop schema");
+            common::drop_schema(&admin, &schema).await;
         }
     }
     lines
@@ -386,7 +362,7 @@ async fn redis_lines() -> Vec<String> {
 
 fn main() {
     // `cargo bench` passes `--bench`; this bench takes no other arguments.
-    let rt = runtime();
+    let rt = common::runtime();
     let mut lines = rt.block_on(run("memory", async || {
         Some(Arc::new(converto::core::memory::MemoryJobQueue::new()) as Arc<dyn JobQueue>)
     }));

@@ -15,8 +15,10 @@
 #   - queue reserve500_ack_many: reserve 500, one `ack_many` (c24's prefetch + batched completion);
 #     (with the raw `SKIP LOCKED` loops they are summarised against; the queue bench also
 #     completes 100,000 jobs between its phases, which takes a while);
-#   - engine postgres_c64:       the whole engine (records, transitions, events, artifacts in
-#                                memory) on PostgreSQL, `run_workers` at concurrency 64.
+#   - engine postgres_c64, postgres_c512: the whole engine (records, transitions, events,
+#                                artifacts in memory) on PostgreSQL, `run_workers` at concurrency
+#                                64 and 512, draining jobs submitted beforehand (as graphile-worker's
+#                                are); the steady runs (submitting while working) print latencies.
 #
 # Environment: CONVERTO_BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test),
 # GRAPHILE_JOBS_C8 (default 5000), GRAPHILE_JOBS_C24 (default 40000), CONVERTO_BENCH_JOBS (the
@@ -57,7 +59,9 @@ q_batch=$(awk '$1 == "postgres" && $2 == "reserve500_ack_many" {print $3}' <<<"$
 echo "== converto engine on PostgreSQL"
 engine_out=$(cargo bench --bench engine --features postgres -- postgres 2>/dev/null)
 echo "$engine_out"
-e_pg=$(awk '$1 == "engine" && $2 == "postgres_c64" {print $4}' <<<"$engine_out")
+drain() { awk -v c="$1" '$1 == "engine" && $2 == c && $3 == "drain" {print $5}' <<<"$engine_out"; }
+e_pg64=$(drain postgres_c64)
+e_pg=$(drain postgres_c512)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
 echo
@@ -66,10 +70,11 @@ printf '  %-48s %9s\n' "graphile-worker c8" "${gw_c8:-skipped}" \
   "graphile-worker c24 + localQueue 500 + batch" "${gw_c24:-skipped}" \
   "converto queue reserve1_ack_x8" "${q_c8:-?}" \
   "converto queue reserve500_ack_many" "${q_batch:-?}" \
-  "converto engine postgres_c64" "${e_pg:-?}"
+  "converto engine postgres_c64 (drain)" "${e_pg64:-?}" \
+  "converto engine postgres_c512 (drain)" "${e_pg:-?}"
 if [[ -n $gw_c8 && -n $gw_c24 ]]; then
   echo "ratios (converto / graphile-worker):"
   echo "  queue one per slot  (reserve1_ack_x8 / c8):             $(ratio "${q_c8:-0}" "$gw_c8")   target >= 1"
   echo "  queue batched       (reserve500_ack_many / c24 batched): $(ratio "${q_batch:-0}" "$gw_c24")   target >= 1"
-  echo "  engine on postgres  (postgres_c64 / c24 batched):        $(ratio "${e_pg:-0}" "$gw_c24")   target >= 0.5"
+  echo "  engine on postgres  (postgres_c512 / c24 batched):       $(ratio "${e_pg:-0}" "$gw_c24")   target >= 0.5"
 fi

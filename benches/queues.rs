@@ -41,6 +41,9 @@
 //! - `enqueue`, `reserve1_ack`, `reserve1_ack_x8`, `reserve64_ack_each` as above;
 //! - `enqueue_c64`: `enqueue` with 64 calls in flight.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -63,14 +66,6 @@ fn jobs_per_sec(name: &str) -> Option<f64> {
         .map(|(jobs, took)| *jobs as f64 / took.as_secs_f64().max(1e-9))
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 #[cfg(feature = "postgres")]
 mod postgres_queue {
     use std::sync::Arc;
@@ -82,9 +77,9 @@ mod postgres_queue {
     use converto::{ConversionId, core::queue::Lease};
     use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
 
-    use super::{SamplingMode, Throughput, record};
+    use super::common::LEASE;
+    use super::{SamplingMode, Throughput, common, record};
 
-    const LEASE: Duration = Duration::from_secs(60);
     /// Jobs per measured iteration.
     const ONE_BY_ONE: usize = 300;
     const BATCHED: usize = 1_920;
@@ -99,10 +94,8 @@ mod postgres_queue {
     }
 
     async fn setup() -> Option<Bench> {
-        let url = std::env::var("CONVERTO_BENCH_POSTGRES_URL")
-            .or_else(|_| std::env::var("CONVERTO_TEST_POSTGRES_URL"))
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let schema = format!("converto_bench_{}", ConversionId::new().as_uuid().simple());
+        let url = common::postgres_url();
+        let schema = common::throwaway_schema();
         // The URL, schema and pool size are the bench's; the rest (such as
         // CONVERTO_POSTGRES_QUEUE_SYNCHRONOUS_COMMIT) comes from the environment as in production.
         let config = PostgresConfig::from_env_with_url(&url)
@@ -253,13 +246,7 @@ mod postgres_queue {
 
         async fn cleanup(&self) {
             self.pg.close().await;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                self.schema
-            )))
-            .execute(&self.admin)
-            .await
-            .expect("drop schema");
+            common::drop_schema(&self.admin, &self.schema).await;
         }
     }
 
@@ -303,7 +290,7 @@ mod postgres_queue {
     pub(super) fn bench(c: &mut Criterion) {
         use futures::FutureExt;
 
-        let rt = super::runtime();
+        let rt = super::common::runtime();
         let Some(b) = rt.block_on(setup()) else {
             return;
         };
@@ -497,14 +484,12 @@ mod any_queue {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use converto::ConversionId;
-    use converto::queue::{JobQueue, JobSpec};
+    use converto::queue::JobQueue;
     use criterion::{Criterion, SamplingMode, Throughput};
-    use futures::StreamExt;
 
+    use super::common::{Ack, drain, fill};
     use super::record;
 
-    const LEASE: Duration = Duration::from_secs(60);
     const ONE_BY_ONE: usize = 300;
     const BATCHED: usize = 1_920;
     const CONSUMERS: usize = 8;
@@ -517,40 +502,11 @@ mod any_queue {
         "reserve64_ack_each",
     ];
 
-    async fn fill(q: &dyn JobQueue, jobs: usize, in_flight: usize) {
-        futures::stream::iter(0..jobs)
-            .map(|_| q.enqueue(JobSpec::now(ConversionId::new(), 0)))
-            .buffer_unordered(in_flight)
-            .for_each(|r| {
-                assert!(r.expect("enqueue"));
-                futures::future::ready(())
-            })
-            .await;
-    }
-
-    /// Reserves `batch` at a time and acks each lease, until the queue is empty.
-    async fn drain(q: &dyn JobQueue, batch: usize) -> usize {
-        let mut done = 0;
-        loop {
-            let leases = q
-                .reserve(batch, LEASE, Duration::ZERO)
-                .await
-                .expect("reserve");
-            if leases.is_empty() {
-                return done;
-            }
-            done += leases.len();
-            for r in futures::future::join_all(leases.iter().map(|l| q.ack(l))).await {
-                r.expect("ack");
-            }
-        }
-    }
-
     async fn drain_x8(q: &Arc<dyn JobQueue>) -> usize {
         let tasks: Vec<_> = (0..CONSUMERS)
             .map(|_| {
                 let q = Arc::clone(q);
-                tokio::spawn(async move { drain(q.as_ref(), 1).await })
+                tokio::spawn(async move { drain(q.as_ref(), 1, Ack::Each).await })
             })
             .collect();
         let mut done = 0;
@@ -582,11 +538,11 @@ mod any_queue {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
                             let t = Instant::now();
-                            fill(q.as_ref(), ONE_BY_ONE, in_flight).await;
+                            fill(q.as_ref(), ONE_BY_ONE, in_flight, None).await;
                             let took = t.elapsed();
                             record(&format!("{name}/{bench}"), ONE_BY_ONE as u64, took);
                             total += took;
-                            assert_eq!(drain(q.as_ref(), 256).await, ONE_BY_ONE);
+                            assert_eq!(drain(q.as_ref(), 256, Ack::Each).await, ONE_BY_ONE);
                         }
                         total
                     }
@@ -605,12 +561,12 @@ mod any_queue {
                     async move {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
-                            fill(q.as_ref(), jobs, 64).await;
+                            fill(q.as_ref(), jobs, 64, None).await;
                             let t = Instant::now();
                             let done = if batch == 0 {
                                 drain_x8(&q).await
                             } else {
-                                drain(q.as_ref(), batch).await
+                                drain(q.as_ref(), batch, Ack::Each).await
                             };
                             let took = t.elapsed();
                             assert_eq!(done, jobs, "{bench}: drained {done} of {jobs}");
@@ -633,10 +589,8 @@ mod redis_queue {
     use criterion::Criterion;
 
     pub(super) fn bench(c: &mut Criterion) {
-        let rt = super::runtime();
-        let url = std::env::var("CONVERTO_BENCH_REDIS_URL")
-            .or_else(|_| std::env::var("CONVERTO_TEST_REDIS_URL"))
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let rt = super::common::runtime();
+        let url = super::common::redis_url();
         let config =
             RedisConfig::new(&url).key_prefix(format!("converto-bench:{}", ConversionId::new()));
         match rt.block_on(RedisBackend::connect(config)) {
@@ -656,10 +610,8 @@ mod rabbitmq_queue {
     use criterion::Criterion;
 
     pub(super) fn bench(c: &mut Criterion) {
-        let rt = super::runtime();
-        let url = std::env::var("CONVERTO_BENCH_RABBITMQ_URL")
-            .or_else(|_| std::env::var("CONVERTO_TEST_RABBITMQ_URL"))
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        let rt = super::common::runtime();
+        let url = super::common::rabbitmq_url();
         let config = RabbitConfig::new(&url).queue_prefix(format!(
             "converto-bench.{}",
             ConversionId::new().as_uuid().simple()

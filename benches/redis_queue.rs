@@ -16,73 +16,30 @@
 //! - `cycle_c64`: the whole trip, timed end to end: enqueue (64 in flight), then
 //!   `reserve(64)` + `ack_many` until the queue is empty.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{Ack, drain, fill};
 use converto::adapters::redis::{RedisBackend, RedisConfig, RedisJobQueue};
 use converto::core::ConversionId;
-use converto::core::queue::{JobQueue, JobSpec};
+use converto::core::queue::JobQueue;
 use criterion::{Criterion, Throughput, criterion_main};
-use futures::StreamExt;
 
 const JOBS: usize = 2_000;
-const LEASE: Duration = Duration::from_secs(60);
-
-fn url() -> String {
-    std::env::var("CONVERTO_BENCH_REDIS_URL")
-        .or_else(|_| std::env::var("CONVERTO_TEST_REDIS_URL"))
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-async fn enqueue_all(q: &RedisJobQueue, jobs: usize, in_flight: usize) {
-    futures::stream::iter(0..jobs)
-        .map(|_| q.enqueue(JobSpec::now(ConversionId::new(), 0)))
-        .buffer_unordered(in_flight)
-        .for_each(|r| {
-            assert!(r.expect("enqueue"));
-            futures::future::ready(())
-        })
-        .await;
-}
-
-/// Drains the queue with `reserve(batch)`; acks each lease alone or all with `ack_many`.
-async fn drain(q: &RedisJobQueue, batch: usize, ack_many: bool) -> usize {
-    let mut done = 0;
-    loop {
-        let leases = q
-            .reserve(batch, LEASE, Duration::ZERO)
-            .await
-            .expect("reserve");
-        if leases.is_empty() {
-            return done;
-        }
-        done += leases.len();
-        if ack_many {
-            assert!(q.ack_many(&leases).await.expect("ack_many").is_empty());
-        } else if leases.len() == 1 {
-            q.ack(&leases[0]).await.expect("ack");
-        } else {
-            for r in futures::future::join_all(leases.iter().map(|l| q.ack(l))).await {
-                r.expect("ack");
-            }
-        }
-    }
-}
 
 fn redis_queue(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
+    let url = common::redis_url();
     let config =
-        RedisConfig::new(url()).key_prefix(format!("converto-bench:{}", ConversionId::new()));
+        RedisConfig::new(&url).key_prefix(format!("converto-bench:{}", ConversionId::new()));
     let backend = match rt.block_on(RedisBackend::connect(config)) {
         Ok(b) => b,
         Err(e) => {
             eprintln!(
-                "SKIPPED redis_queue: cannot reach Redis at {} ({e}); set CONVERTO_BENCH_REDIS_URL",
-                url()
+                "SKIPPED redis_queue: cannot reach Redis at {url} ({e}); set CONVERTO_BENCH_REDIS_URL"
             );
             return;
         }
@@ -101,9 +58,9 @@ fn redis_queue(c: &mut Criterion) {
                     let mut took = Duration::ZERO;
                     for _ in 0..iters {
                         let start = Instant::now();
-                        enqueue_all(&q, JOBS, in_flight).await;
+                        fill(q.as_ref(), JOBS, in_flight, None).await;
                         took += start.elapsed();
-                        assert_eq!(drain(&q, 256, true).await, JOBS);
+                        assert_eq!(drain(q.as_ref(), 256, Ack::Many).await, JOBS);
                     }
                     took
                 }
@@ -111,10 +68,10 @@ fn redis_queue(c: &mut Criterion) {
         });
     }
 
-    for (name, batch, ack_many) in [
-        ("reserve1_ack", 1, false),
-        ("reserve64_ack_each", 64, false),
-        ("reserve64_ack_many", 64, true),
+    for (name, batch, ack) in [
+        ("reserve1_ack", 1, Ack::Each),
+        ("reserve64_ack_each", 64, Ack::Each),
+        ("reserve64_ack_many", 64, Ack::Many),
     ] {
         group.bench_function(name, |b| {
             b.to_async(&rt).iter_custom(|iters| {
@@ -122,9 +79,9 @@ fn redis_queue(c: &mut Criterion) {
                 async move {
                     let mut took = Duration::ZERO;
                     for _ in 0..iters {
-                        enqueue_all(&q, JOBS, 64).await;
+                        fill(q.as_ref(), JOBS, 64, None).await;
                         let start = Instant::now();
-                        assert_eq!(drain(&q, batch, ack_many).await, JOBS);
+                        assert_eq!(drain(q.as_ref(), batch, ack).await, JOBS);
                         took += start.elapsed();
                     }
                     took
@@ -139,8 +96,8 @@ fn redis_queue(c: &mut Criterion) {
             async move {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    enqueue_all(&q, JOBS, 64).await;
-                    assert_eq!(drain(&q, 64, true).await, JOBS);
+                    fill(q.as_ref(), JOBS, 64, None).await;
+                    assert_eq!(drain(q.as_ref(), 64, Ack::Many).await, JOBS);
                 }
                 start.elapsed()
             }

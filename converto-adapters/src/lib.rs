@@ -14,17 +14,6 @@
 //! | `image` | built-in image converter (JPEG, PNG, WebP, GIF, BMP, TIFF) |
 //! | `webhooks` | the webhook HTTP client (reqwest on rustls; private addresses refused after DNS) |
 
-/// Reads a yes/no setting: `true`, `1`, `yes`, `on` or `false`, `0`, `no`, `off`, in any case
-/// and with surrounding blanks; anything else is `None`.
-#[cfg(any(feature = "postgres", feature = "s3", feature = "rabbitmq"))]
-pub(crate) fn parse_switch(value: &str) -> Option<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
 #[cfg(feature = "image")]
 pub mod image;
 #[cfg(feature = "local")]
@@ -41,6 +30,15 @@ pub mod rabbitmq;
 pub mod redis;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(any(
+    feature = "postgres",
+    feature = "redis",
+    feature = "rabbitmq",
+    feature = "s3"
+))]
+mod settings;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "webhooks")]

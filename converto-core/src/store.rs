@@ -257,6 +257,110 @@ where
     Ok(None)
 }
 
+/// The records a store wrote last, kept as the starting point of the next transition of the
+/// same record: a worker starts a record it just created, and finishes one it just started, and
+/// each of those transitions can then skip its read.
+///
+/// Safe by construction: a kept record is only ever the *read* of [`transition_by_cas`], never
+/// an answer. If another writer changed the record meanwhile, the compare-and-set fails on its
+/// version and the loop reads the stored record, as it would have anyway; a transition the kept
+/// record refuses is tried again from the stored one ([`RecentRecords::transition`]). Holds at
+/// most `capacity` records (it forgets them all when full: a cache miss only costs a read).
+#[derive(Debug)]
+pub struct RecentRecords {
+    records: parking_lot::Mutex<crate::memory::ids::IdMap<Conversion>>,
+    capacity: usize,
+}
+
+impl RecentRecords {
+    /// A cache of at most `capacity` records.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            records: parking_lot::Mutex::new(Default::default()),
+            capacity,
+        }
+    }
+
+    /// Keeps `record` (the one just written) for its next transition.
+    pub fn keep(&self, record: &Conversion) {
+        let mut records = self.records.lock();
+        if records.len() >= self.capacity && !records.contains_key(&record.id) {
+            records.clear();
+        }
+        records.insert(record.id, record.clone());
+    }
+
+    /// How many records are kept.
+    pub fn len(&self) -> usize {
+        self.records.lock().len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.records.lock().is_empty()
+    }
+
+    /// Forgets the record of `id` (deleted).
+    pub fn forget(&self, id: ConversionId) {
+        self.records.lock().remove(&id);
+    }
+
+    /// [`transition_by_cas`], starting from the kept record when there is one (and from `read`
+    /// otherwise, and for every retry); the record written is kept.
+    pub async fn transition<R, RF, W, WF>(
+        &self,
+        id: ConversionId,
+        transition: &Transition,
+        now: impl Fn() -> chrono::DateTime<chrono::Utc>,
+        tries: u32,
+        mut read: R,
+        mut write: W,
+    ) -> Result<Option<Conversion>, StoreError>
+    where
+        R: FnMut() -> RF,
+        RF: std::future::Future<Output = Result<Conversion, StoreError>>,
+        W: FnMut(Conversion, u64) -> WF,
+        WF: std::future::Future<Output = Result<Option<Conversion>, StoreError>>,
+    {
+        let kept = self.records.lock().remove(&id);
+        let written = match kept {
+            Some(kept) => {
+                let mut kept = Some(kept);
+                let first = transition_by_cas(
+                    transition,
+                    &now,
+                    tries,
+                    || {
+                        let kept = kept.take();
+                        let read = kept.is_none().then(&mut read);
+                        async move {
+                            match (kept, read) {
+                                (Some(k), _) => Ok(k),
+                                (None, Some(r)) => r.await,
+                                (None, None) => Err(StoreError::NotFound { id }),
+                            }
+                        }
+                    },
+                    &mut write,
+                )
+                .await;
+                match first {
+                    // Refused by what may be an old copy: ask the stored record.
+                    Err(StoreError::Conflict(_)) => {
+                        transition_by_cas(transition, &now, tries, read, write).await
+                    }
+                    other => other,
+                }
+            }
+            None => transition_by_cas(transition, &now, tries, read, write).await,
+        };
+        if let Ok(Some(record)) = &written {
+            self.keep(record);
+        }
+        written
+    }
+}
+
 /// Stores conversion records. Every status change goes through [`Transition::apply`] under a
 /// compare-and-set, so concurrent writers can never both win.
 #[cfg_attr(feature = "mock", mockall::automock)]

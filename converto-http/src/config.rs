@@ -577,6 +577,8 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
+        let serve = serve.cloned().unwrap_or_default();
+        let auth = auth_settings(&serve.auth, &file);
         let data_dir = common
             .data_dir
             .clone()
@@ -597,21 +599,6 @@ impl Settings {
             .clone()
             .or(file.progress)
             .unwrap_or_else(|| default_progress(&queue, &store));
-        let serve = serve.cloned().unwrap_or_default();
-        let file_auth = FileAuth {
-            auth: file.auth,
-            allow_anonymous: file.allow_anonymous,
-            public_metrics: file.public_metrics,
-            public_openapi: file.public_openapi,
-            jwt_public_key: file.jwt_public_key,
-            jwks_url: file.jwks_url,
-            jwks_refresh: file.jwks_refresh,
-            jwks_min_refresh: file.jwks_min_refresh,
-            jwt_issuer: file.jwt_issuer,
-            jwt_audience: file.jwt_audience,
-            jwt_tenant_claim: file.jwt_tenant_claim,
-        };
-        let auth = auth_settings(&serve.auth, file_auth);
         let routes = if common.routes.is_empty() {
             file.routes
         } else {
@@ -750,23 +737,8 @@ impl Settings {
     }
 }
 
-/// The file's authentication settings.
-struct FileAuth {
-    auth: Option<crate::auth::AuthMode>,
-    allow_anonymous: Option<bool>,
-    public_metrics: Option<bool>,
-    public_openapi: Option<bool>,
-    jwt_public_key: Vec<PathBuf>,
-    jwks_url: Option<String>,
-    jwks_refresh: Option<DurationArg>,
-    jwks_min_refresh: Option<DurationArg>,
-    jwt_issuer: Option<String>,
-    jwt_audience: Option<String>,
-    jwt_tenant_claim: Option<String>,
-}
-
 /// Flags and environment first, then the file, then the defaults.
-fn auth_settings(a: &AuthArgs, f: FileAuth) -> crate::auth::AuthSettings {
+fn auth_settings(a: &AuthArgs, f: &FileConfig) -> crate::auth::AuthSettings {
     let defaults = crate::auth::jwt::JwtSettings::default();
     crate::auth::AuthSettings {
         mode: a.auth.or(f.auth).unwrap_or_default(),
@@ -775,11 +747,11 @@ fn auth_settings(a: &AuthArgs, f: FileAuth) -> crate::auth::AuthSettings {
         public_openapi: a.public_openapi.or(f.public_openapi),
         jwt: crate::auth::jwt::JwtSettings {
             public_keys: if a.jwt_public_key.is_empty() {
-                f.jwt_public_key
+                f.jwt_public_key.clone()
             } else {
                 a.jwt_public_key.clone()
             },
-            jwks_url: a.jwks_url.clone().or(f.jwks_url),
+            jwks_url: a.jwks_url.clone().or_else(|| f.jwks_url.clone()),
             jwks_refresh: a
                 .jwks_refresh
                 .or(f.jwks_refresh)
@@ -788,12 +760,12 @@ fn auth_settings(a: &AuthArgs, f: FileAuth) -> crate::auth::AuthSettings {
                 .jwks_min_refresh
                 .or(f.jwks_min_refresh)
                 .map_or(defaults.jwks_min_refresh, |d| d.0),
-            issuer: a.jwt_issuer.clone().or(f.jwt_issuer),
-            audience: a.jwt_audience.clone().or(f.jwt_audience),
+            issuer: a.jwt_issuer.clone().or_else(|| f.jwt_issuer.clone()),
+            audience: a.jwt_audience.clone().or_else(|| f.jwt_audience.clone()),
             tenant_claim: a
                 .jwt_tenant_claim
                 .clone()
-                .or(f.jwt_tenant_claim)
+                .or_else(|| f.jwt_tenant_claim.clone())
                 .unwrap_or(defaults.tenant_claim),
         },
     }

@@ -171,7 +171,7 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(conversions::create))
         .routes(routes!(upload::put))
         .layer(DefaultBodyLimit::disable());
-    let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(uploads)
         .routes(routes!(conversions::list))
         .routes(routes!(conversions::get, conversions::delete))
@@ -190,6 +190,7 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(system::metrics))
         .with_state(state)
         .split_for_parts();
+    webhooks::document(&mut spec);
     (router, spec)
 }
 

@@ -130,6 +130,26 @@ fn sqlite_path(url: &str) -> Option<&str> {
         .or_else(|| url.strip_prefix("sqlite:"))
 }
 
+#[allow(dead_code)] // used by the backends some builds leave out
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+#[allow(dead_code)] // used by the backends some builds leave out
+fn is_redis(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
+}
+
+/// The `--store` database: the conversions live there, and beside them the API keys, the
+/// tenant overrides and the webhooks.
+enum StoreDatabase {
+    Memory,
+    #[cfg(feature = "sqlite")]
+    Sqlite(converto_adapters::sqlite::SqliteBackend),
+    #[cfg(feature = "postgres")]
+    Postgres(converto_adapters::postgres::PostgresBackend),
+}
+
 impl Opened {
     #[cfg(feature = "sqlite")]
     async fn sqlite(
@@ -192,6 +212,34 @@ impl Opened {
         self.redis.insert(url.to_owned(), b.clone());
         Ok(b)
     }
+
+    /// Opens the `--store` database; `what` names it in a backend error.
+    async fn store_database(
+        &mut self,
+        url: &str,
+        what: &'static str,
+    ) -> Result<StoreDatabase, StartError> {
+        match url {
+            "memory" => Ok(StoreDatabase::Memory),
+            #[cfg(feature = "sqlite")]
+            u if sqlite_path(u).is_some() => Ok(StoreDatabase::Sqlite(self.sqlite(u, what).await?)),
+            #[cfg(feature = "postgres")]
+            u if is_postgres(u) => Ok(StoreDatabase::Postgres(self.postgres(u, what).await?)),
+            u => {
+                let _ = what; // read by the backends some builds leave out
+                Err(unsupported("store", u))
+            }
+        }
+    }
+}
+
+/// A URL the configuration names that this build cannot open.
+fn unsupported(what: &'static str, url: &str) -> StartError {
+    StartError::Unsupported {
+        what,
+        url: redact(url),
+        supported: supported(what),
+    }
 }
 
 /// What this build supports, listed in "unsupported" errors: only the schemes compiled in.
@@ -242,34 +290,21 @@ async fn rabbitmq_queue(url: &str, no_workers: bool) -> Result<Arc<dyn JobQueue>
 /// Opens the four backends the settings name.
 pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
     let mut opened = Opened::default();
-    let unsupported = |what: &'static str, url: &str| StartError::Unsupported {
-        what,
-        url: redact(url),
-        supported: supported(what),
-    };
-
-    let store: Arc<dyn ConversionStore> = match s.store.as_str() {
-        "memory" => Arc::new(MemoryConversionStore::new()),
+    let store: Arc<dyn ConversionStore> = match opened.store_database(&s.store, "store").await? {
+        StoreDatabase::Memory => Arc::new(MemoryConversionStore::new()),
         #[cfg(feature = "sqlite")]
-        u if sqlite_path(u).is_some() => opened.sqlite(u, "store").await?.store(),
+        StoreDatabase::Sqlite(b) => b.store(),
         #[cfg(feature = "postgres")]
-        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            opened.postgres(u, "store").await?.store()
-        }
-        u => return Err(unsupported("store", u)),
+        StoreDatabase::Postgres(b) => b.store(),
     };
     let queue: Arc<dyn JobQueue> = match s.queue.as_str() {
         "memory" => Arc::new(MemoryJobQueue::new()),
         #[cfg(feature = "sqlite")]
         u if sqlite_path(u).is_some() => opened.sqlite(u, "queue").await?.queue(),
         #[cfg(feature = "postgres")]
-        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            opened.postgres(u, "queue").await?.queue()
-        }
+        u if is_postgres(u) => opened.postgres(u, "queue").await?.queue(),
         #[cfg(feature = "redis")]
-        u if u.starts_with("redis://") || u.starts_with("rediss://") => {
-            opened.redis(u, "queue").await?.queue()
-        }
+        u if is_redis(u) => opened.redis(u, "queue").await?.queue(),
         #[cfg(feature = "rabbitmq")]
         u if u.starts_with("amqp://") => rabbitmq_queue(u, s.no_workers).await?,
         u => return Err(unsupported("queue", u)),
@@ -277,13 +312,9 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
     let bus: Arc<dyn ProgressBus> = match s.progress.as_str() {
         "memory" => Arc::new(MemoryProgressBus::new()),
         #[cfg(feature = "postgres")]
-        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            opened.postgres(u, "progress").await?.bus()
-        }
+        u if is_postgres(u) => opened.postgres(u, "progress").await?.bus(),
         #[cfg(feature = "redis")]
-        u if u.starts_with("redis://") || u.starts_with("rediss://") => {
-            opened.redis(u, "progress").await?.bus()
-        }
+        u if is_redis(u) => opened.redis(u, "progress").await?.bus(),
         u => return Err(unsupported("progress", u)),
     };
     let blobs: Arc<dyn BlobStore> = match s.blobs.as_str() {
@@ -311,7 +342,6 @@ pub async fn open_backends(s: &Settings) -> Result<Backends, StartError> {
         }
         u => return Err(unsupported("blobs", u)),
     };
-    let _ = &mut opened;
     Ok(Backends {
         store,
         queue,
@@ -368,29 +398,31 @@ fn s3_config(
     Ok(cfg)
 }
 
+/// Refuses the memory store for a command that keeps `what` in the `--store` database: the
+/// memory store would forget them when the command ends.
+pub(crate) fn require_lasting_store(s: &Settings, what: &str) -> Result<(), String> {
+    if s.store == "memory" {
+        return Err(format!(
+            "the memory store keeps nothing after this command ends; {what} need a SQLite or \
+             PostgreSQL --store"
+        ));
+    }
+    Ok(())
+}
+
 /// The API keys kept in the `--store` database (a SQLite or PostgreSQL store; `memory` keeps
 /// keys only as long as the process).
 pub async fn open_key_store(
     s: &Settings,
 ) -> Result<Arc<dyn converto_core::keys::KeyStore>, StartError> {
-    let mut opened = Opened::default();
-    let store: Arc<dyn converto_core::keys::KeyStore> = match s.store.as_str() {
-        "memory" => Arc::new(converto_core::memory::MemoryKeyStore::new()),
+    let database = Opened::default().store_database(&s.store, "store").await?;
+    Ok(match database {
+        StoreDatabase::Memory => Arc::new(converto_core::memory::MemoryKeyStore::new()),
         #[cfg(feature = "sqlite")]
-        u if sqlite_path(u).is_some() => opened.sqlite(u, "store").await?.keys(),
+        StoreDatabase::Sqlite(b) => b.keys(),
         #[cfg(feature = "postgres")]
-        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            opened.postgres(u, "store").await?.keys()
-        }
-        u => {
-            return Err(StartError::Unsupported {
-                what: "store",
-                url: redact(u),
-                supported: supported("store"),
-            });
-        }
-    };
-    Ok(store)
+        StoreDatabase::Postgres(b) => b.keys(),
+    })
 }
 
 /// Opens the per-tenant limit overrides (`converto tenants set`) kept in the `--store`
@@ -398,24 +430,14 @@ pub async fn open_key_store(
 pub async fn open_tenant_store(
     s: &Settings,
 ) -> Result<Arc<dyn converto_core::tenants::TenantStore>, StartError> {
-    let mut opened = Opened::default();
-    let store: Arc<dyn converto_core::tenants::TenantStore> = match s.store.as_str() {
-        "memory" => Arc::new(converto_core::memory::MemoryTenantStore::new()),
+    let database = Opened::default().store_database(&s.store, "store").await?;
+    Ok(match database {
+        StoreDatabase::Memory => Arc::new(converto_core::memory::MemoryTenantStore::new()),
         #[cfg(feature = "sqlite")]
-        u if sqlite_path(u).is_some() => opened.sqlite(u, "store").await?.tenants(),
+        StoreDatabase::Sqlite(b) => b.tenants(),
         #[cfg(feature = "postgres")]
-        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            opened.postgres(u, "store").await?.tenants()
-        }
-        u => {
-            return Err(StartError::Unsupported {
-                what: "store",
-                url: redact(u),
-                supported: supported("store"),
-            });
-        }
-    };
-    Ok(store)
+        StoreDatabase::Postgres(b) => b.tenants(),
+    })
 }
 
 /// Every tenant's limits as the service and its workers read them: the overrides in the
@@ -661,44 +683,35 @@ pub async fn webhooks(s: &Settings) -> Result<Option<Arc<Webhooks>>, StartError>
             .max(Duration::from_secs(30)),
         ..Default::default()
     };
-    let (store, queue): (Arc<dyn WebhookStore>, Arc<dyn JobQueue>) = match s.store.as_str() {
-        "memory" => (
+    let mut opened = Opened::default();
+    let database = opened.store_database(&s.store, "webhook store").await?;
+    let (store, queue): (Arc<dyn WebhookStore>, Arc<dyn JobQueue>) = match database {
+        StoreDatabase::Memory => (
             Arc::new(converto_core::webhook::MemoryWebhookStore::new()),
             Arc::new(converto_core::memory::MemoryJobQueue::new()),
         ),
         #[cfg(feature = "sqlite")]
-        u if sqlite_path(u).is_some() => {
-            let mut opened = Opened::default();
-            let store = opened.sqlite(u, "webhook store").await?.webhooks();
-            let queue: Arc<dyn JobQueue> = match sqlite_path(u) {
+        StoreDatabase::Sqlite(b) => {
+            let queue: Arc<dyn JobQueue> = match sqlite_path(&s.store) {
                 Some(p) if !p.contains(":memory:") && !p.starts_with("memory") => {
                     let q = format!("sqlite://{}.webhooks", p.split('?').next().unwrap_or(p));
                     opened.sqlite(&q, "webhook queue").await?.queue()
                 }
                 _ => Arc::new(converto_core::memory::MemoryJobQueue::new()),
             };
-            (store, queue)
+            (b.webhooks(), queue)
         }
         #[cfg(feature = "postgres")]
-        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            let store = Opened::default()
-                .postgres(u, "webhook store")
-                .await?
-                .webhooks();
+        StoreDatabase::Postgres(b) => {
+            let u = s.store.as_str();
             let config = converto_adapters::postgres::PostgresConfig::from_env_with_url(u)
                 .map_err(|e| backend_err("webhook queue", u, e))?;
             let schema = webhook_schema(&config.schema);
-            let b = converto_adapters::postgres::PostgresBackend::connect(config.schema(schema))
-                .await
-                .map_err(|e| backend_err("webhook queue", u, e))?;
-            (store, b.queue())
-        }
-        u => {
-            return Err(StartError::Unsupported {
-                what: "store",
-                url: redact(u),
-                supported: supported("store"),
-            });
+            let queue =
+                converto_adapters::postgres::PostgresBackend::connect(config.schema(schema))
+                    .await
+                    .map_err(|e| backend_err("webhook queue", u, e))?;
+            (b.webhooks(), queue.queue())
         }
     };
     let render: converto_core::webhook::Renderer = Arc::new(|c| {

@@ -40,13 +40,8 @@ pub async fn run(
     command: TenantsCommand,
     out: &mut dyn Write,
 ) -> Result<(), TenantsCliError> {
-    if settings.store == "memory" {
-        return Err(TenantsCliError::Argument(
-            "the memory store keeps nothing after this command ends; tenant overrides need a \
-             SQLite or PostgreSQL --store"
-                .into(),
-        ));
-    }
+    runtime::require_lasting_store(settings, "tenant overrides")
+        .map_err(TenantsCliError::Argument)?;
     let store = runtime::open_tenant_store(settings).await?;
     match command {
         TenantsCommand::Set {

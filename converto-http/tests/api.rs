@@ -1,10 +1,13 @@
 //! The HTTP API through `oneshot`, on in-memory backends with the testkit's scripted converter.
 
+mod common;
+
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
+use common::{json_of, problem};
 use converto_core::Backends;
 use converto_core::testkit::engine::{Workers, engine_with, fast_config};
 use converto_http::{ApiSettings, AppState, app};
@@ -116,27 +119,6 @@ impl Api {
         let resp = self.get("/v1/conversions").await;
         assert_eq!(json_of(resp).await["items"], json!([]));
     }
-}
-
-async fn json_of(resp: Response<Body>) -> Value {
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
-}
-
-async fn problem(resp: Response<Body>, status: StatusCode) -> Value {
-    assert_eq!(resp.status(), status);
-    assert_eq!(
-        resp.headers()[header::CONTENT_TYPE],
-        "application/problem+json"
-    );
-    let p = json_of(resp).await;
-    assert_eq!(p["status"], status.as_u16());
-    assert!(
-        p["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "problem without detail: {p}"
-    );
-    p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,44 +280,6 @@ async fn bad_input_is_refused_and_leaves_nothing() {
             .is_some_and(|t| t.contains(&json!("upper"))),
         "{p}"
     );
-    // Route decided by the file name after upload.
-    problem(
-        api.submit(&[
-            ("file", Some("a.txt"), b"abc"),
-            ("target_format", None, b"step"),
-        ])
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )
-    .await;
-    problem(
-        api.submit(&[
-            ("target_format", None, b"upper"),
-            ("file", Some("empty.txt"), b""),
-        ])
-        .await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    problem(
-        api.submit(&[
-            ("target_format", None, b"upper"),
-            ("file", Some("big.txt"), &[b'a'; 20_000]),
-        ])
-        .await,
-        StatusCode::PAYLOAD_TOO_LARGE,
-    )
-    .await;
-    problem(
-        api.submit(&[
-            ("target_format", None, b"upper"),
-            ("options", None, b"{not json"),
-            ("file", Some("a.txt"), b"abc"),
-        ])
-        .await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
     // Options the converter refuses: refused at submit, before the upload is stored.
     let p = problem(
         api.submit(&[
@@ -356,54 +300,90 @@ async fn bad_input_is_refused_and_leaves_nothing() {
         p["detail"].as_str().is_some_and(|d| d.contains("explode")),
         "{p}"
     );
-    problem(
-        api.submit(&[
-            ("target_format", None, b"upper"),
-            ("file", Some("a.txt"), b"abc"),
-            ("options", None, b"[1,2]"),
-        ])
-        .await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    problem(
-        api.submit(&[
-            ("target_format", None, b"../etc"),
-            ("file", Some("a.txt"), b"abc"),
-        ])
-        .await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    problem(
-        api.submit(&[
-            ("target_format", None, b"upper"),
-            ("file", Some("noext"), b"\x00\x01\x02"),
-        ])
-        .await,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-    )
-    .await;
-    problem(
-        api.submit(&[
-            ("target_format", None, b"upper"),
-            ("surprise", None, b"x"),
-            ("file", Some("a.txt"), b"abc"),
-        ])
-        .await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    problem(
-        api.submit(&[
-            ("target_format", None, b"upper"),
-            ("priority", None, b"high"),
-            ("file", Some("a.txt"), b"abc"),
-        ])
-        .await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
+    type Form<'a> = &'a [(&'a str, Option<&'a str>, &'a [u8])];
+    let refused: [(&str, Form<'_>, StatusCode); 9] = [
+        (
+            "the route decided by the file name after upload",
+            &[
+                ("file", Some("a.txt"), b"abc"),
+                ("target_format", None, b"step"),
+            ],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "an empty file",
+            &[
+                ("target_format", None, b"upper"),
+                ("file", Some("empty.txt"), b""),
+            ],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a file above the limit",
+            &[
+                ("target_format", None, b"upper"),
+                ("file", Some("big.txt"), &[b'a'; 20_000]),
+            ],
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "options that are not JSON",
+            &[
+                ("target_format", None, b"upper"),
+                ("options", None, b"{not json"),
+                ("file", Some("a.txt"), b"abc"),
+            ],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "options that are not an object",
+            &[
+                ("target_format", None, b"upper"),
+                ("file", Some("a.txt"), b"abc"),
+                ("options", None, b"[1,2]"),
+            ],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a target format that is a path",
+            &[
+                ("target_format", None, b"../etc"),
+                ("file", Some("a.txt"), b"abc"),
+            ],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a file of no known format",
+            &[
+                ("target_format", None, b"upper"),
+                ("file", Some("noext"), b"\x00\x01\x02"),
+            ],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "an unknown field",
+            &[
+                ("target_format", None, b"upper"),
+                ("surprise", None, b"x"),
+                ("file", Some("a.txt"), b"abc"),
+            ],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "a priority that is not a number",
+            &[
+                ("target_format", None, b"upper"),
+                ("priority", None, b"high"),
+                ("file", Some("a.txt"), b"abc"),
+            ],
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (what, form, status) in refused {
+        let resp = api.submit(form).await;
+        assert_eq!(resp.status(), status, "{what}");
+        problem(resp, status).await;
+    }
     let plain = Request::post("/v1/conversions")
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Body::from("hi"))
@@ -427,50 +407,35 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     problem(resp, StatusCode::PAYLOAD_TOO_LARGE).await;
     api.assert_nothing_stored().await;
 
-    problem(
-        api.get("/v1/conversions/not-an-id").await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    problem(
-        api.get("/v1/conversions/..%2F..%2Fetc%2Fpasswd").await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    problem(
-        api.get("/v1/conversions/0190c3e0-7b9a-7cc1-8f0e-1f2a3b4c5d6e")
-            .await,
-        StatusCode::NOT_FOUND,
-    )
-    .await;
+    for (uri, status) in [
+        ("/v1/conversions/not-an-id", StatusCode::BAD_REQUEST),
+        (
+            "/v1/conversions/..%2F..%2Fetc%2Fpasswd",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/conversions/0190c3e0-7b9a-7cc1-8f0e-1f2a3b4c5d6e",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/v1/conversions/0190c3e0-7b9a-7cc1-8f0e-1f2a3b4c5d6e/artifacts/x",
+            StatusCode::NOT_FOUND,
+        ),
+        ("/v1/conversions?limit=0", StatusCode::BAD_REQUEST),
+        ("/v1/conversions?status=exploded", StatusCode::BAD_REQUEST),
+        ("/v1/conversions?cursor=abc", StatusCode::BAD_REQUEST),
+        ("/v1/nothing-here", StatusCode::NOT_FOUND),
+    ] {
+        let resp = api.get(uri).await;
+        assert_eq!(resp.status(), status, "GET {uri}");
+        problem(resp, status).await;
+    }
     problem(
         api.post("/v1/conversions/0190c3e0-7b9a-7cc1-8f0e-1f2a3b4c5d6e/cancel")
             .await,
         StatusCode::NOT_FOUND,
     )
     .await;
-    problem(
-        api.get("/v1/conversions/0190c3e0-7b9a-7cc1-8f0e-1f2a3b4c5d6e/artifacts/x")
-            .await,
-        StatusCode::NOT_FOUND,
-    )
-    .await;
-    problem(
-        api.get("/v1/conversions?limit=0").await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    problem(
-        api.get("/v1/conversions?status=exploded").await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    problem(
-        api.get("/v1/conversions?cursor=abc").await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    problem(api.get("/v1/nothing-here").await, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,6 +16,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use base64::Engine as _;
+use common::converto;
 use converto_core::Backends;
 use converto_core::keys::{KeyHash, KeyStore, KeyStoreError, NewApiKey, Scopes, generate_key};
 use converto_core::memory::MemoryKeyStore;
@@ -119,18 +119,6 @@ fn assert_invalid_token(a: &Answer, what: &str) {
 }
 
 // ---- API keys ---------------------------------------------------------------------------------
-
-fn converto(data_dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_converto"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("CONVERTO_LOG", "warn")
-        .env_remove("CONVERTO_STORE")
-        .env_remove("CONVERTO_AUTH")
-        .output()
-        .expect("run converto")
-}
 
 /// `keys create` prints the key alone on stdout.
 fn create_key(data_dir: &Path, args: &[&str]) -> String {
@@ -668,21 +656,7 @@ fn anonymous_serve_refuses_a_non_loopback_address() {
 async fn serve_with_keys_checks_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = create_key(dir.path(), &["--tenant", "acme", "--scopes", "read"]);
-    let data_dir = dir.path().display().to_string();
-    let server = common::Proc::spawn(
-        &[
-            "--data-dir",
-            &data_dir,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--auth",
-            "keys",
-            "--no-workers",
-        ],
-        &[],
-        true,
-    );
+    let server = common::Proc::serve(dir.path(), &["--auth", "keys", "--no-workers"], &[]);
     let client = reqwest::Client::new();
     let get = |path: &str, key: Option<&str>| {
         let mut req = client.get(server.url(path));

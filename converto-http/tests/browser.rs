@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -99,15 +98,7 @@ fn stub_dir() -> PathBuf {
 }
 
 fn create_key(data_dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_converto"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["keys", "create", "--tenant", "t"])
-        .env("CONVERTO_LOG", "warn")
-        .env_remove("CONVERTO_STORE")
-        .env_remove("CONVERTO_AUTH")
-        .output()
-        .expect("run converto keys create");
+    let out = common::converto(data_dir, &["keys", "create", "--tenant", "t"]);
     assert!(
         out.status.success(),
         "keys create: {}",
@@ -139,35 +130,15 @@ fn browser_scenarios() {
     let program_dirs = stub_dir().display().to_string();
 
     let open_data = dir.path().join("open");
-    let open = Proc::spawn(
-        &[
-            OsStr::new("--data-dir"),
-            open_data.as_os_str(),
-            OsStr::new("--routes"),
-            cad.as_os_str(),
-            OsStr::new("serve"),
-            OsStr::new("--listen"),
-            OsStr::new("127.0.0.1:0"),
-        ],
+    let open = Proc::serve(
+        &open_data,
+        &["--routes", &cad.display().to_string()],
         &[("CONVERTO_PROGRAM_DIRS", program_dirs)],
-        true,
     );
     let auth_data = dir.path().join("auth");
     std::fs::create_dir_all(&auth_data).expect("auth data dir");
     let key = create_key(&auth_data);
-    let with_auth = Proc::spawn(
-        &[
-            OsStr::new("--data-dir"),
-            auth_data.as_os_str(),
-            OsStr::new("serve"),
-            OsStr::new("--auth"),
-            OsStr::new("keys"),
-            OsStr::new("--listen"),
-            OsStr::new("127.0.0.1:0"),
-        ],
-        &[],
-        true,
-    );
+    let with_auth = Proc::serve(&auth_data, &["--auth", "keys"], &[]);
 
     let screenshots = manifest_dir().join("../target/browser-screenshots");
     let started = Instant::now();

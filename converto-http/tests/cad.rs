@@ -36,15 +36,10 @@ fn occt_installed(test: &str) -> bool {
     found
 }
 
-fn serve(data_dir: &Path, env: &[(&str, String)]) -> Proc {
-    let args = [
-        "--data-dir".to_owned(),
-        data_dir.display().to_string(),
-        "serve".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-    ];
-    Proc::spawn(&args, env, true)
+/// `GET path` on `server`, as JSON.
+async fn get_json(client: &reqwest::Client, server: &Proc, path: &str) -> Value {
+    let resp = client.get(server.url(path)).send().await.expect(path);
+    resp.json().await.expect("json")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,17 +48,10 @@ async fn a_step_part_becomes_obj_through_the_default_service() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = serve(&dir.path().join("data"), &[]);
+    let server = Proc::serve(&dir.path().join("data"), &[], &[]);
     let client = reqwest::Client::new();
 
-    let ready: Value = client
-        .get(server.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
+    let ready = get_json(&client, &server, "/readyz").await;
     assert!(
         ready["converters"]["cad"]
             .as_str()
@@ -71,14 +59,7 @@ async fn a_step_part_becomes_obj_through_the_default_service() {
         "{ready}"
     );
 
-    let formats: Value = client
-        .get(server.url("/v1/formats"))
-        .send()
-        .await
-        .expect("formats")
-        .json()
-        .await
-        .expect("json");
+    let formats = get_json(&client, &server, "/v1/formats").await;
     let routes = formats["routes"].as_array().expect("routes");
     let find = |s: &str, t: &str| {
         routes
@@ -160,16 +141,9 @@ async fn without_occt_draw_the_routes_are_off_and_say_why() {
     );
     assert!(!text.lines().any(|l| l.starts_with("step ")), "{text}");
 
-    let server = serve(&dir.path().join("data"), &env);
+    let server = Proc::serve(&dir.path().join("data"), &[], &env);
     let client = reqwest::Client::new();
-    let ready: Value = client
-        .get(server.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
+    let ready = get_json(&client, &server, "/readyz").await;
     assert_eq!(ready["status"], "ready", "{ready}");
     assert!(
         ready["converters"]["cad"]

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Proc, expect_succeeded_once, pg_and_redis_urls, reachable, skip_or_fail};
-use futures::StreamExt;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -180,20 +179,7 @@ async fn losing_postgres_and_redis_loses_no_conversion() {
         "ready before the cut"
     );
 
-    let ids: Vec<(usize, String)> = futures::stream::iter(0..CONVERSIONS)
-        .map(|i| {
-            let (client, base) = (client.clone(), base.clone());
-            async move {
-                let body = format!("job {i}").into_bytes();
-                (
-                    i,
-                    common::submit(&client, &base, &format!("j{i}.txt"), body, "slowtxt").await,
-                )
-            }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    let ids = common::submit_jobs(&client, &base, CONVERSIONS, 8).await;
 
     // Cut once some conversions are done and others are running.
     common::wait_for_succeeded(&client, &base, 10, Duration::from_secs(60)).await;

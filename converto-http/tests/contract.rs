@@ -1,10 +1,13 @@
 //! The API contract (issue 9): every error is problem+json, uploads need a ticket the server
 //! signed, and an idempotency key binds to its request.
 
+mod common;
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
 use chrono::Utc;
+use common::{json_of, problem};
 use converto_core::Backends;
 use converto_core::Engine;
 use converto_core::blob::BlobStoreExt;
@@ -14,7 +17,6 @@ use converto_core::store::ListQuery;
 use converto_core::testkit::engine::fast_config;
 use converto_core::testkit::scripted_registry;
 use converto_http::{ApiSettings, AppState, app};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -113,29 +115,6 @@ impl Api {
     }
 }
 
-async fn json_of(resp: Response<Body>) -> Value {
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
-}
-
-async fn problem(resp: Response<Body>, status: StatusCode) -> Value {
-    assert_eq!(resp.status(), status);
-    assert_eq!(
-        resp.headers()[header::CONTENT_TYPE],
-        "application/problem+json"
-    );
-    let p = json_of(resp).await;
-    assert_eq!(p["status"], status.as_u16());
-    assert!(
-        p["type"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("urn:converto:problem:"))
-    );
-    assert!(p["detail"].as_str().is_some_and(|d| !d.is_empty()), "{p}");
-    p
-}
-
 #[tokio::test]
 async fn transport_and_extractor_errors_are_problems() {
     let api = api();
@@ -150,47 +129,34 @@ async fn transport_and_extractor_errors_are_problems() {
     let allow = resp.headers().get(header::ALLOW).cloned();
     problem(resp, StatusCode::METHOD_NOT_ALLOWED).await;
     assert!(allow.is_some_and(|a| a.to_str().is_ok_and(|a| a.contains("GET"))));
-    // A body that is not JSON.
-    let resp = api
-        .call(
-            Request::post("/v1/conversions")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from("{not json"))
-                .expect("r"),
-        )
-        .await;
-    problem(resp, StatusCode::BAD_REQUEST).await;
-    // A malformed path id.
-    let resp = api
-        .call(
-            Request::get("/v1/conversions/not-an-id")
-                .body(Body::empty())
-                .expect("r"),
-        )
-        .await;
-    problem(resp, StatusCode::BAD_REQUEST).await;
-    // A query axum's Query extractor refuses (a repeated field).
-    let resp = api
-        .call(
-            Request::get("/v1/conversions?status=queued&status=failed")
-                .body(Body::empty())
-                .expect("r"),
-        )
-        .await;
-    problem(resp, StatusCode::BAD_REQUEST).await;
-    // Filters and cursors as strict as the spec's patterns.
-    for query in [
-        "source_format=STL",
-        "status=%20queued",
-        "cursor=0190C3E0-7B9A-7CC1-8F0E-1F2A3B4C5D6E",
+    let not_json = Request::post("/v1/conversions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{not json"))
+        .expect("r");
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).expect("r");
+    for (what, req) in [
+        ("a body that is not JSON", not_json),
+        ("a malformed path id", get("/v1/conversions/not-an-id")),
+        (
+            "a query axum's Query extractor refuses (a repeated field)",
+            get("/v1/conversions?status=queued&status=failed"),
+        ),
+        // Filters and cursors as strict as the spec's patterns.
+        (
+            "a format in capitals",
+            get("/v1/conversions?source_format=STL"),
+        ),
+        (
+            "a status with a space",
+            get("/v1/conversions?status=%20queued"),
+        ),
+        (
+            "a cursor in capitals",
+            get("/v1/conversions?cursor=0190C3E0-7B9A-7CC1-8F0E-1F2A3B4C5D6E"),
+        ),
     ] {
-        let resp = api
-            .call(
-                Request::get(format!("/v1/conversions?{query}"))
-                    .body(Body::empty())
-                    .expect("r"),
-            )
-            .await;
+        let resp = api.call(req).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{what}");
         problem(resp, StatusCode::BAD_REQUEST).await;
     }
 }

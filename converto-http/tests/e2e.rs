@@ -17,19 +17,6 @@ use std::time::{Duration, Instant};
 use common::Proc;
 use serde_json::Value;
 
-/// `converto --data-dir DATA serve --listen 127.0.0.1:0 EXTRA...`.
-fn start(data_dir: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--data-dir".to_owned(),
-        data_dir.display().to_string(),
-        "serve".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Proc::spawn(&args, &[], true)
-}
-
 async fn submit(
     client: &reqwest::Client,
     server: &Proc,
@@ -54,7 +41,7 @@ async fn real_binary_converts_survives_kill_and_shuts_down_gracefully() {
     let client = reqwest::Client::new();
 
     // 1. Upload a mesh, follow its events, download the result.
-    let mut server = start(
+    let mut server = Proc::serve(
         &data,
         &[
             "--routes",
@@ -64,22 +51,16 @@ async fn real_binary_converts_survives_kill_and_shuts_down_gracefully() {
             "--lease",
             "2",
         ],
+        &[],
     );
-    let mut stl = Vec::new();
-    stl.extend_from_slice(&[0u8; 80]);
-    stl.extend_from_slice(&1u32.to_le_bytes());
-    for v in [
-        [0.0f32, 0.0, 1.0],
-        [0.0, 0.0, 0.0],
-        [1.0, 0.0, 0.0],
-        [0.0, 1.0, 0.0],
-    ] {
-        for c in v {
-            stl.extend_from_slice(&c.to_le_bytes());
-        }
-    }
-    stl.extend_from_slice(&[0, 0]);
-    let id = submit(&client, &server, "triangle.stl", stl, "obj").await;
+    let id = submit(
+        &client,
+        &server,
+        "triangle.stl",
+        common::triangle_stl(),
+        "obj",
+    )
+    .await;
     let events = tokio::time::timeout(Duration::from_secs(30), async {
         client
             .get(server.url(&format!("/v1/conversions/{id}/events")))
@@ -159,7 +140,7 @@ async fn real_binary_converts_survives_kill_and_shuts_down_gracefully() {
     );
 
     // 3. Restart on the same data: everything finishes, nothing stays running.
-    let server = start(
+    let server = Proc::serve(
         &data,
         &[
             "--routes",
@@ -169,6 +150,7 @@ async fn real_binary_converts_survives_kill_and_shuts_down_gracefully() {
             "--lease",
             "2",
         ],
+        &[],
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     for (i, id) in ids.iter().enumerate() {
@@ -285,19 +267,9 @@ fn convert_to_obj(input: &Path, config: Option<&Path>) -> std::process::Output {
 /// fails with the converter's code and nothing written.
 #[test]
 fn convert_runs_one_file_through_the_engine() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("cube.stl");
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/data/cube.stl"),
-        &input,
-    )
-    .expect("copy cube");
+    let (dir, input) = cube_in_tempdir();
     // The output file itself, and the mesh's preview beside it.
-    let out = Command::new(env!("CARGO_BIN_EXE_converto"))
-        .args(["convert", &input.display().to_string(), "--to", "obj"])
-        .env("CONVERTO_LOG", "warn")
-        .output()
-        .expect("run convert");
+    let out = convert_to_obj(&input, None);
     assert!(
         out.status.success(),
         "{}",

@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,19 +15,6 @@ use serde_json::Value;
 
 /// The longest any single wait may take before the test fails (never reached when it passes).
 const SAFETY: Duration = Duration::from_secs(90);
-
-/// `converto --data-dir DATA serve --listen 127.0.0.1:0 EXTRA...`.
-fn start(data_dir: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--data-dir".to_owned(),
-        data_dir.display().to_string(),
-        "serve".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Proc::spawn(&args, &[], true)
-}
 
 fn addr(server: &Proc) -> SocketAddr {
     server
@@ -175,7 +161,7 @@ fn send_endless_chunked(
 #[test]
 fn a_huge_chunked_json_body_is_refused_while_streaming() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(&dir.path().join("data"), &[]);
+    let server = Proc::serve(&dir.path().join("data"), &[], &[]);
     const TOTAL: u64 = 512 * 1024 * 1024;
     let (resp, sent) = send_endless_chunked(
         &server,
@@ -195,7 +181,11 @@ fn a_huge_chunked_json_body_is_refused_while_streaming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_text_fields_and_part_headers_are_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(&dir.path().join("data"), &["--max-field-bytes", "1024"]);
+    let server = Proc::serve(
+        &dir.path().join("data"),
+        &["--max-field-bytes", "1024"],
+        &[],
+    );
 
     // A text field over its limit.
     let form = reqwest::multipart::Form::new()
@@ -234,9 +224,10 @@ async fn multipart_text_fields_and_part_headers_are_bounded() {
 #[test]
 fn connections_stalled_in_the_request_line_or_silent_are_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(
+    let server = Proc::serve(
         &dir.path().join("data"),
         &["--header-timeout", "1s", "--idle-timeout", "2s"],
+        &[],
     );
     let mut stalled: Vec<TcpStream> = (0..20)
         .map(|i| {
@@ -260,7 +251,7 @@ fn connections_stalled_in_the_request_line_or_silent_are_closed() {
 #[test]
 fn connections_beyond_the_cap_get_503_with_retry_after() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(
+    let server = Proc::serve(
         &dir.path().join("data"),
         &[
             "--max-connections",
@@ -270,6 +261,7 @@ fn connections_beyond_the_cap_get_503_with_retry_after() {
             "--idle-timeout",
             "300s",
         ],
+        &[],
     );
     // The listener accepts in order: these two hold both places.
     let first = TcpStream::connect(addr(&server)).expect("connect");
@@ -305,7 +297,7 @@ async fn event_streams_beyond_the_cap_get_503_and_streams_send_keep_alives() {
     let dir = tempfile::tempdir().expect("tempdir");
     let routes = common::slow_route(dir.path(), "0").display().to_string();
     // No workers: the conversion stays queued, its event stream stays open.
-    let server = start(
+    let server = Proc::serve(
         &dir.path().join("data"),
         &[
             "--routes",
@@ -316,6 +308,7 @@ async fn event_streams_beyond_the_cap_get_503_and_streams_send_keep_alives() {
             "--idle-timeout",
             "2s",
         ],
+        &[],
     );
     let client = reqwest::Client::new();
     let id = submit_txt(&client, &server, "hello").await;
@@ -361,7 +354,7 @@ async fn event_streams_beyond_the_cap_get_503_and_streams_send_keep_alives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_unknown_conversions_answer_404() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(&dir.path().join("data"), &[]);
+    let server = Proc::serve(&dir.path().join("data"), &[], &[]);
     let client = reqwest::Client::new();
     for _ in 0..300 {
         let id = uuid::Uuid::now_v7();
@@ -381,7 +374,7 @@ async fn events_of_unknown_conversions_answer_404() {
 async fn ranges_never_overflow_and_unsatisfiable_ones_answer_416() {
     let dir = tempfile::tempdir().expect("tempdir");
     let routes = common::slow_route(dir.path(), "0").display().to_string();
-    let server = start(&dir.path().join("data"), &["--routes", &routes]);
+    let server = Proc::serve(&dir.path().join("data"), &["--routes", &routes], &[]);
     let client = reqwest::Client::new();
     let id = submit_txt(&client, &server, "hello range").await;
     let deadline = Instant::now() + SAFETY;
@@ -444,7 +437,7 @@ fn assert_hardened(resp: &reqwest::Response) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_has_security_headers_and_a_request_id() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(&dir.path().join("data"), &[]);
+    let server = Proc::serve(&dir.path().join("data"), &[], &[]);
     let client = reqwest::Client::new();
 
     let ok = client
@@ -505,7 +498,7 @@ async fn cors_is_off_by_default_and_on_for_allowed_origins() {
             .send()
     };
 
-    let closed = start(&dir.path().join("a"), &[]);
+    let closed = Proc::serve(&dir.path().join("a"), &[], &[]);
     let resp = preflight(&closed, "https://app.example.com")
         .await
         .expect("preflight");
@@ -519,9 +512,10 @@ async fn cors_is_off_by_default_and_on_for_allowed_origins() {
     assert!(!resp.headers().contains_key("access-control-allow-origin"));
     drop(closed);
 
-    let open = start(
+    let open = Proc::serve(
         &dir.path().join("b"),
         &["--cors-allow-origin", "https://app.example.com"],
+        &[],
     );
     let resp = preflight(&open, "https://app.example.com")
         .await

@@ -175,21 +175,10 @@ async fn crash_and_survive(client: &reqwest::Client, base: &str, runner: &mut Pr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_survives_conversions_that_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data").display().to_string();
-    let mut server = Proc::spawn(
-        &[
-            "--data-dir",
-            &data,
-            "--job-memory-limit",
-            "256MiB",
-            "--concurrency",
-            "2",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ],
+    let mut server = Proc::serve(
+        &dir.path().join("data"),
+        &["--job-memory-limit", "256MiB", "--concurrency", "2"],
         &env(),
-        true,
     );
     let base = server.base().to_owned();
     crash_and_survive(&reqwest::Client::new(), &base, &mut server).await;
@@ -198,23 +187,12 @@ async fn serve_survives_conversions_that_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_survives_conversions_that_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data").display().to_string();
-    let api = Proc::spawn(
-        &[
-            "--data-dir",
-            &data,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-workers",
-        ],
-        &env(),
-        true,
-    );
+    let data = dir.path().join("data");
+    let api = Proc::serve(&data, &["--no-workers"], &env());
     let mut worker = Proc::spawn(
         &[
             "--data-dir",
-            &data,
+            &data.display().to_string(),
             "--job-memory-limit",
             "256MiB",
             "--concurrency",
@@ -266,20 +244,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_kills_the_converter_process_and_cpu_time_is_limited() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data").display().to_string();
-    let server = Proc::spawn(
-        &[
-            "--data-dir",
-            &data,
-            "--job-cpu-limit",
-            "1",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &env(),
-        true,
-    );
+    let server = Proc::serve(&dir.path().join("data"), &["--job-cpu-limit", "1"], &env());
     let client = reqwest::Client::new();
     let base = server.base().to_owned();
     let pid = server.child.id();
@@ -318,12 +283,7 @@ async fn cancelling_kills_the_converter_process_and_cpu_time_is_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converter_processes_die_with_a_killed_server() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data").display().to_string();
-    let mut server = Proc::spawn(
-        &["--data-dir", &data, "serve", "--listen", "127.0.0.1:0"],
-        &env(),
-        true,
-    );
+    let mut server = Proc::serve(&dir.path().join("data"), &[], &env());
     let client = reqwest::Client::new();
     let base = server.base().to_owned();
     let pid = server.child.id();

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use common::{Proc, expect_succeeded_once, pg_and_redis_urls, reachable, skip_or_fail};
 use converto_adapters::rabbitmq::{RabbitConfig, RabbitJobQueue};
-use futures::StreamExt;
 
 const CONVERSIONS: usize = 200;
 
@@ -51,55 +50,30 @@ async fn split_deployment_on_rabbitmq_survives_a_killed_worker() {
     ];
     let (blobs_arg, routes_arg) = (blobs.display().to_string(), routes.display().to_string());
     let data_arg = dir.path().join("data").display().to_string();
-    let common = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "--data-dir",
-            &data_arg,
-            "--store",
-            &pg,
-            "--queue",
-            &amqp,
-            "--blobs",
-            &blobs_arg,
-            "--routes",
-            &routes_arg,
-            "--lease",
-            "3",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
-    let mut migrate = Proc::spawn(&common(&["migrate"]), &env, false);
-    assert!(
-        migrate.child.wait().expect("migrate").success(),
-        "converto migrate failed"
-    );
+    let fixed = [
+        "--data-dir",
+        &data_arg,
+        "--store",
+        &pg,
+        "--queue",
+        &amqp,
+        "--blobs",
+        &blobs_arg,
+        "--routes",
+        &routes_arg,
+        "--lease",
+        "3",
+    ];
+    Proc::run_ok(&common::args(&fixed, &["migrate"]), &env);
 
-    let run = |extra: &[&str], serve: bool| Proc::spawn(&common(extra), &env, serve);
+    let run = |extra: &[&str], serve: bool| Proc::spawn(&common::args(&fixed, extra), &env, serve);
     let api = run(&["serve", "--no-workers", "--listen", "127.0.0.1:0"], true);
     let mut worker_1 = run(&["--concurrency", "4", "worker"], false);
     let _worker_2 = run(&["--concurrency", "4", "worker"], false);
     let base = api.base().to_owned();
 
     let client = reqwest::Client::new();
-    let ids: Vec<(usize, String)> = futures::stream::iter(0..CONVERSIONS)
-        .map(|i| {
-            let (client, base) = (client.clone(), base.clone());
-            async move {
-                let body = format!("job {i}").into_bytes();
-                let name = format!("j{i}.txt");
-                (
-                    i,
-                    common::submit(&client, &base, &name, body, "slowtxt").await,
-                )
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let ids = common::submit_jobs(&client, &base, CONVERSIONS, 16).await;
 
     common::wait_for_succeeded(&client, &base, 20, Duration::from_secs(120)).await;
     worker_1.kill9();

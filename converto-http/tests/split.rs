@@ -43,34 +43,25 @@ async fn split_deployment_survives_a_killed_worker() {
     ];
     let (blobs_arg, routes_arg) = (blobs.display().to_string(), routes.display().to_string());
     let data_arg = dir.path().join("data").display().to_string();
-    let common = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "--data-dir",
-            &data_arg,
-            "--store",
-            &pg,
-            "--queue",
-            &redis,
-            "--progress",
-            &redis,
-            "--blobs",
-            &blobs_arg,
-            "--routes",
-            &routes_arg,
-            "--lease",
-            "3",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
-    let mut migrate = Proc::spawn(&common(&["migrate"]), &env, false);
-    let migrated = migrate.child.wait().expect("migrate");
-    assert!(migrated.success(), "converto migrate failed");
+    let fixed = [
+        "--data-dir",
+        &data_arg,
+        "--store",
+        &pg,
+        "--queue",
+        &redis,
+        "--progress",
+        &redis,
+        "--blobs",
+        &blobs_arg,
+        "--routes",
+        &routes_arg,
+        "--lease",
+        "3",
+    ];
+    Proc::run_ok(&common::args(&fixed, &["migrate"]), &env);
 
-    let run = |extra: &[&str], serve: bool| Proc::spawn(&common(extra), &env, serve);
+    let run = |extra: &[&str], serve: bool| Proc::spawn(&common::args(&fixed, extra), &env, serve);
     let api_a = run(&["serve", "--no-workers", "--listen", "127.0.0.1:0"], true);
     let api_b = run(&["serve", "--no-workers", "--listen", "127.0.0.1:0"], true);
     let mut worker_1 = run(&["--concurrency", "4", "worker"], false);
@@ -78,20 +69,7 @@ async fn split_deployment_survives_a_killed_worker() {
     let (a, b) = (api_a.base().to_owned(), api_b.base().to_owned());
 
     let client = reqwest::Client::new();
-    let ids: Vec<(usize, String)> = futures::stream::iter(0..CONVERSIONS)
-        .map(|i| {
-            let (client, a) = (client.clone(), a.clone());
-            async move {
-                let body = format!("job {i}").into_bytes();
-                (
-                    i,
-                    common::submit(&client, &a, &format!("j{i}.txt"), body, "slowtxt").await,
-                )
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let ids = common::submit_jobs(&client, &a, CONVERSIONS, 16).await;
 
     // Kill one worker once work is under way.
     common::wait_for_succeeded(&client, &b, 100, Duration::from_secs(120)).await;
@@ -125,20 +103,20 @@ async fn events_on_an_api_node_follow_a_worker_to_the_end_by_default() {
     let env = vec![("CONVERTO_POSTGRES_SCHEMA", format!("converto_events_{tag}"))];
     // The API node and the worker share the data directory (hence the blob directory), as two
     // processes on one host would; nothing names a queue or a progress bus.
-    let args = |extra: &[&str]| -> Vec<String> {
-        let mut v = vec![
-            "--data-dir".to_owned(),
-            dir.path().join("data").display().to_string(),
-            "--store".to_owned(),
-            pg.clone(),
-            "--routes".to_owned(),
-            routes.display().to_string(),
-        ];
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
-    let mut migrate = Proc::spawn(&args(&["migrate"]), &env, false);
-    assert!(migrate.child.wait().expect("migrate").success());
+    let (data_arg, routes_arg) = (
+        dir.path().join("data").display().to_string(),
+        routes.display().to_string(),
+    );
+    let fixed = [
+        "--data-dir",
+        &data_arg,
+        "--store",
+        &pg,
+        "--routes",
+        &routes_arg,
+    ];
+    let args = |extra: &[&str]| common::args(&fixed, extra);
+    Proc::run_ok(&args(&["migrate"]), &env);
     let api = Proc::spawn(
         &args(&["serve", "--no-workers", "--listen", "127.0.0.1:0"]),
         &env,

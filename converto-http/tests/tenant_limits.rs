@@ -6,22 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{converto, triangle_stl};
 use serde_json::Value;
-
-fn converto(data_dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_converto"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("CONVERTO_LOG", "warn")
-        .env_remove("CONVERTO_STORE")
-        .env_remove("CONVERTO_AUTH")
-        .output()
-        .expect("run converto")
-}
 
 /// Runs `converto ARGS`, asserts success and returns stdout.
 fn ok(data_dir: &Path, args: &[&str]) -> String {
@@ -50,30 +38,12 @@ fn key_for(data_dir: &Path, tenant: &str) -> String {
     .to_owned()
 }
 
-/// A binary STL of one triangle (134 bytes).
-fn triangle() -> Vec<u8> {
-    let mut stl = vec![0u8; 80];
-    stl.extend_from_slice(&1u32.to_le_bytes());
-    for v in [
-        [0.0f32, 0.0, 1.0],
-        [0.0, 0.0, 0.0],
-        [1.0, 0.0, 0.0],
-        [0.0, 1.0, 0.0],
-    ] {
-        for c in v {
-            stl.extend_from_slice(&c.to_le_bytes());
-        }
-    }
-    stl.extend_from_slice(&[0, 0]);
-    stl
-}
-
 async fn submit(client: &reqwest::Client, url: &str, key: &str) -> (u16, Value) {
     let form = reqwest::multipart::Form::new()
         .text("target_format", "obj")
         .part(
             "file",
-            reqwest::multipart::Part::bytes(triangle()).file_name("triangle.stl"),
+            reqwest::multipart::Part::bytes(triangle_stl()).file_name("triangle.stl"),
         );
     let resp = client
         .post(url)
@@ -87,22 +57,8 @@ async fn submit(client: &reqwest::Client, url: &str, key: &str) -> (u16, Value) 
 }
 
 fn serve(data_dir: &Path) -> common::Proc {
-    let data_dir = data_dir.display().to_string();
-    common::Proc::spawn(
-        &[
-            "--data-dir",
-            &data_dir,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--auth",
-            "keys",
-            // No workers: conversions stay queued.
-            "--no-workers",
-        ],
-        &[],
-        true,
-    )
+    // No workers: conversions stay queued.
+    common::Proc::serve(data_dir, &["--auth", "keys", "--no-workers"], &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +153,7 @@ async fn limits_set_with_the_cli_hold_on_a_running_server() {
     let resp = client
         .put(put_url)
         .bearer_auth(&globex)
-        .body(triangle())
+        .body(triangle_stl())
         .send()
         .await
         .expect("put");

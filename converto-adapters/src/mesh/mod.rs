@@ -73,6 +73,7 @@ mod glb;
 mod limits;
 mod model;
 mod obj;
+mod pipeline;
 mod ply;
 mod preview;
 mod stl;

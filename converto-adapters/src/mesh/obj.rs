@@ -6,7 +6,7 @@ use super::error::{Location, MeshError, Reason, excerpt};
 use super::limits::{Fan, MeshLimits, more_possible, push_bounded};
 use super::model::{Mesh, MeshFormat, Monitor};
 use super::text::{LineReader, coordinate, parse_i64, skip_utf8_bom, tokens};
-use super::write::{push_f32, push_u64, write_pieces};
+use super::write::{push_f32, push_index_line, write_pieces};
 
 const FORMAT: MeshFormat = MeshFormat::Obj;
 
@@ -165,7 +165,6 @@ pub fn write_obj<W: Write>(
     let total = vertices + mesh.triangles.len();
     write_pieces(writer, total, monitor, |lines, buf| {
         let mut floats = ryu::Buffer::new();
-        let mut ints = itoa::Buffer::new();
         let v_lines = lines.start.min(vertices)..lines.end.min(vertices);
         for p in mesh.positions.get(v_lines).unwrap_or_default() {
             buf.push(b'v');
@@ -177,12 +176,7 @@ pub fn write_obj<W: Write>(
         }
         let f_lines = lines.start.max(vertices) - vertices..lines.end.max(vertices) - vertices;
         for t in mesh.triangles.get(f_lines).unwrap_or_default() {
-            buf.push(b'f');
-            for &i in t {
-                buf.push(b' ');
-                push_u64(buf, &mut ints, u64::from(i) + 1);
-            }
-            buf.push(b'\n');
+            push_index_line(buf, b'f', t.map(|i| u64::from(i) + 1));
         }
     })
 }

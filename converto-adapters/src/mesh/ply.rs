@@ -7,7 +7,7 @@ use super::error::{Location, MeshError, Reason, excerpt};
 use super::limits::{Fan, MeshLimits, more_possible, push_bounded};
 use super::model::{Mesh, MeshFormat, Monitor};
 use super::text::{LineReader, parse_f64, skip_utf8_bom, tokens};
-use super::write::{Chunked, push_f32, push_u64};
+use super::write::{Chunked, push_f32, push_index_line};
 
 const FORMAT: MeshFormat = MeshFormat::Ply;
 /// The longest header accepted.
@@ -693,7 +693,6 @@ pub fn write_ply_ascii<W: Write>(
     let mut out = Chunked::new(writer, total, monitor);
     out.buf.extend_from_slice(header(mesh, "ascii").as_bytes());
     let mut floats = ryu::Buffer::new();
-    let mut ints = itoa::Buffer::new();
     for p in &mesh.positions {
         for (i, &c) in p.iter().enumerate() {
             if i > 0 {
@@ -705,12 +704,7 @@ pub fn write_ply_ascii<W: Write>(
         out.item()?;
     }
     for t in &mesh.triangles {
-        out.buf.push(b'3');
-        for &i in t {
-            out.buf.push(b' ');
-            push_u64(&mut out.buf, &mut ints, u64::from(i));
-        }
-        out.buf.push(b'\n');
+        push_index_line(&mut out.buf, b'3', t.map(u64::from));
         out.item()?;
     }
     out.finish()

@@ -9,13 +9,12 @@
 //! misplaced keyword, a NUL byte, a line over the limit) is applied by the line-by-line code,
 //! which names its line, and nothing after the first error is applied.
 
-use std::collections::VecDeque;
 use std::io::BufRead;
-use std::sync::mpsc;
 
 use super::error::{Location, MeshError, Reason, excerpt};
 use super::limits::{Fan, MeshLimits, more_possible};
 use super::model::{Mesh, MeshFormat, VertexMerger};
+use super::pipeline::{Ahead, ordered};
 use super::text::{coordinate, decimal_prefix, parse_f64, tokens};
 
 const FORMAT: MeshFormat = MeshFormat::Stl;
@@ -33,11 +32,10 @@ struct Tuning {
     /// Smaller files are parsed on the calling thread alone (a thread costs more than it
     /// saves on them).
     parallel_from: u64,
-    /// Blocks read ahead of the one being applied, at most.
-    in_flight: usize,
-    /// Blocks waiting for the helper thread, at most: with 0 a block goes to the helper only
-    /// when it is idle, and is otherwise parsed by the reading thread.
-    waiting: usize,
+    /// Blocks read ahead of the one being applied (at most), and waiting for the helper
+    /// thread: with none waiting, a block goes to the helper only when it is idle, and is
+    /// otherwise parsed by the reading thread.
+    ahead: Ahead,
 }
 
 /// 64 KiB blocks: with at most 2 in flight plus the one being read, the reader holds about
@@ -46,8 +44,10 @@ const TUNING: Tuning = Tuning {
     block: 64 * 1024,
     carry_room: 8 * 1024,
     parallel_from: 2 << 20,
-    in_flight: 2,
-    waiting: 0,
+    ahead: Ahead {
+        in_flight: 2,
+        waiting: 0,
+    },
 };
 
 /// The `BufReader` capacity [`read_mesh`](super::read_mesh) gives an STL: the ASCII reader
@@ -148,17 +148,16 @@ impl Parsed {
 #[inline]
 fn classify(text: &[u8], start: usize, vertices: &mut Vec<[f32; 3]>) -> (Line, usize) {
     let word_start = skip_space(text, start);
-    let word_end = token_end(text, word_start);
-    let word = text.get(word_start..word_end).unwrap_or_default();
-    // Writers nearly always spell keywords in lower case.
-    let kind = match word {
-        b"" => return (Line::Blank, word_end),
-        b"vertex" => Line::Vertex,
-        b"facet" => Line::Facet,
-        b"outer" => Line::Outer,
-        b"endloop" => Line::EndLoop,
-        b"endfacet" => Line::EndFacet,
-        _ => keyword(word),
+    let (kind, word_end) = match lower_case_keyword(text, word_start) {
+        Some(found) => found,
+        None => {
+            let word_end = token_end(text, word_start);
+            let word = text.get(word_start..word_end).unwrap_or_default();
+            if word.is_empty() {
+                return (Line::Blank, word_end);
+            }
+            (keyword(word), word_end)
+        }
     };
     if kind != Line::Vertex {
         return (kind, line_end(text, word_end));
@@ -176,6 +175,30 @@ fn classify(text: &[u8], start: usize, vertices: &mut Vec<[f32; 3]>) -> (Line, u
     (Line::Vertex, line_end(text, at))
 }
 
+/// The keywords of a facet in lower case, as writers nearly always spell them: eight bytes
+/// (zero-padded) and how many of them are the word.
+const KEYWORDS: [([u8; 8], usize, Line); 5] = [
+    (*b"vertex\0\0", 6, Line::Vertex),
+    (*b"facet\0\0\0", 5, Line::Facet),
+    (*b"outer\0\0\0", 5, Line::Outer),
+    (*b"endloop\0", 7, Line::EndLoop),
+    (*b"endfacet", 8, Line::EndFacet),
+];
+
+/// The lower-case keyword at `at` and where it ends, compared eight bytes at once; `None`
+/// for anything else (or too near the end of `text`), which [`token_end`] and [`keyword`] take.
+#[inline]
+fn lower_case_keyword(text: &[u8], at: usize) -> Option<(Line, usize)> {
+    let head = text.get(at..at + 8)?;
+    let v = u64::from_le_bytes(<[u8; 8]>::try_from(head).ok()?);
+    KEYWORDS.iter().find_map(|&(word, len, kind)| {
+        let mask = u64::MAX >> (64 - 8 * len as u32);
+        let end = at + len;
+        (v & mask == u64::from_le_bytes(word) && text.get(end).is_none_or(u8::is_ascii_whitespace))
+            .then_some((kind, end))
+    })
+}
+
 /// The index of the first `\n` from `at` on, or the end of `text`.
 #[inline]
 fn line_end(text: &[u8], at: usize) -> usize {
@@ -184,7 +207,27 @@ fn line_end(text: &[u8], at: usize) -> usize {
         // `\r\n`, usual after a vertex's last number.
         Some(b'\r') if text.get(at + 1) == Some(&b'\n') => at + 1,
         _ => {
-            memchr::memchr(b'\n', text.get(at..).unwrap_or_default()).map_or(text.len(), |i| at + i)
+            // The rest of a short line (`outer loop`, a facet's normal), eight bytes at a
+            // time: cheaper than a call to `memchr` for a few dozen bytes.
+            let mut from = at;
+            for _ in 0..8 {
+                let Some(chunk) = text
+                    .get(from..from + 8)
+                    .and_then(|c| <[u8; 8]>::try_from(c).ok())
+                else {
+                    break;
+                };
+                let v = u64::from_le_bytes(chunk) ^ 0x0A0A_0A0A_0A0A_0A0A;
+                // The high bit of the first zero byte (a `\n`) is set; borrows only corrupt
+                // the bytes above it.
+                let zero = v.wrapping_sub(0x0101_0101_0101_0101) & !v & 0x8080_8080_8080_8080;
+                if zero != 0 {
+                    return from + (zero.trailing_zeros() / 8) as usize;
+                }
+                from += 8;
+            }
+            memchr::memchr(b'\n', text.get(from..).unwrap_or_default())
+                .map_or(text.len(), |i| from + i)
         }
     }
 }
@@ -210,6 +253,10 @@ fn number(text: &[u8], at: &mut usize) -> Option<f64> {
 /// stopping at the line's `\n`), or the end.
 #[inline]
 fn skip_space(text: &[u8], mut at: usize) -> usize {
+    // Between numbers: one space, then a digit, a sign or a point.
+    if text.get(at) == Some(&b' ') && text.get(at + 1).is_some_and(|&b| b > b' ') {
+        return at + 1;
+    }
     // Indentation is runs of spaces: eight bytes at a time.
     while let Some(chunk) = text
         .get(at..at + 8)
@@ -601,9 +648,13 @@ fn read_ascii_tuned<R: BufRead>(
     let parallel = size >= tuning.parallel_from
         && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
     if parallel {
-        std::thread::scope(|scope| {
-            read_parallel(scope, &mut blocks, &mut builder, max_line, tuning)
-        })?;
+        ordered(
+            tuning.ahead,
+            "ASCII STL parser",
+            |block| blocks.next(block),
+            |block| block.parse(max_line),
+            |block| builder.apply(block),
+        )?;
     } else {
         let mut block = Parsed::default();
         while blocks.next(&mut block)? {
@@ -612,74 +663,6 @@ fn read_ascii_tuned<R: BufRead>(
         }
     }
     builder.finish()
-}
-
-/// Reads and applies blocks on this thread; parses them here and on a helper thread.
-fn read_parallel<'s, R: BufRead>(
-    scope: &'s std::thread::Scope<'s, '_>,
-    blocks: &mut Blocks<R>,
-    builder: &mut Builder<'_>,
-    max_line: usize,
-    tuning: Tuning,
-) -> Result<(), MeshError> {
-    let in_flight = tuning.in_flight;
-    // When the helper is busy (and `waiting` blocks wait for it), this thread parses the
-    // block itself rather than wait.
-    let (to_helper, jobs) = mpsc::sync_channel::<Parsed>(tuning.waiting);
-    let (done, from_helper) = mpsc::channel::<Parsed>();
-    scope.spawn(move || {
-        for mut block in jobs {
-            block.parse(max_line);
-            if done.send(block).is_err() {
-                break;
-            }
-        }
-    });
-    let gone = || MeshError::from(std::io::Error::other("ASCII STL parser thread stopped"));
-    // Blocks in file order: parsed (`Some`) or still with the helper (`None`; the helper
-    // returns blocks in the order it gets them).
-    let mut queue: VecDeque<Option<Parsed>> = VecDeque::with_capacity(in_flight + 1);
-    let mut spare: Vec<Parsed> = Vec::new();
-    let mut more = true;
-    loop {
-        // Apply what is ready, in order.
-        while let Some(front) = queue.front_mut() {
-            if front.is_none() {
-                match from_helper.try_recv() {
-                    Ok(block) => *front = Some(block),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => return Err(gone()),
-                }
-            }
-            if let Some(block) = queue.pop_front().flatten() {
-                builder.apply(&block)?;
-                spare.push(block);
-            }
-        }
-        if !more && queue.is_empty() {
-            return Ok(());
-        }
-        if !more || queue.len() >= in_flight {
-            // Wait for the oldest block the helper has.
-            if let Some(front @ None) = queue.front_mut() {
-                *front = Some(from_helper.recv().map_err(|_| gone())?);
-            }
-            continue;
-        }
-        let mut block = spare.pop().unwrap_or_default();
-        if !blocks.next(&mut block)? {
-            more = false;
-            continue;
-        }
-        match to_helper.try_send(block) {
-            Ok(()) => queue.push_back(None),
-            Err(mpsc::TrySendError::Full(mut block)) => {
-                block.parse(max_line);
-                queue.push_back(Some(block));
-            }
-            Err(mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -835,15 +818,19 @@ mod tests {
                 block: 1 + rng.below(64),
                 carry_room: rng.below(8),
                 parallel_from: 0,
-                in_flight: 1 + rng.below(4),
-                waiting: rng.below(3),
+                ahead: Ahead {
+                    in_flight: 1 + rng.below(4),
+                    waiting: rng.below(3),
+                },
             },
             Tuning {
                 block: 1 + rng.below(300),
                 carry_room: 16,
                 parallel_from: u64::MAX,
-                in_flight: 1,
-                waiting: 0,
+                ahead: Ahead {
+                    in_flight: 1,
+                    waiting: 0,
+                },
             },
         ];
         for tuning in tunings {

@@ -1,12 +1,11 @@
 //! Shared pieces of the writers.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::ops::Range;
-use std::sync::mpsc;
 
 use super::error::MeshError;
 use super::model::{Encoding, Mesh, MeshFormat, Monitor, Stage};
+use super::pipeline::{Ahead, ordered};
 
 /// Flush to the writer in blocks of about this many bytes.
 const BLOCK: usize = 256 * 1024;
@@ -57,8 +56,11 @@ impl<'m, 'a, W: Write> Chunked<'m, 'a, W> {
 const PIECE: usize = 4096;
 /// Fewer items are formatted on the calling thread alone.
 const PARALLEL_FROM: usize = 64 * 1024;
-/// Pieces formatted ahead of the one being written, at most.
-const PIECES_IN_FLIGHT: usize = 3;
+/// Pieces formatted ahead of the one being written, at most, and waiting for the helper.
+const AHEAD: Ahead = Ahead {
+    in_flight: 3,
+    waiting: 1,
+};
 
 /// Writes `total` items, each formatted by `format(range, buf)` (which appends the items of
 /// `range`, in order, to `buf`), in pieces of [`PIECE`] items, with progress per piece.
@@ -77,7 +79,7 @@ where
     W: Write,
     F: Fn(Range<usize>, &mut Vec<u8>) + Sync,
 {
-    let pieces = (0..total)
+    let mut pieces = (0..total)
         .step_by(PIECE)
         .map(|start| start..(start + PIECE).min(total));
     let mut write = |piece: &Piece| -> Result<(), MeshError> {
@@ -93,67 +95,22 @@ where
             write(&piece)?;
         }
     } else {
-        std::thread::scope(|scope| -> Result<(), MeshError> {
-            let format = &format;
-            let (to_helper, jobs) = mpsc::sync_channel::<Piece>(1);
-            let (done, from_helper) = mpsc::channel::<Piece>();
-            scope.spawn(move || {
-                for mut piece in jobs {
-                    let items = piece.items.clone();
-                    piece.format(items, format);
-                    if done.send(piece).is_err() {
-                        break;
-                    }
-                }
-            });
-            let gone = || MeshError::from(std::io::Error::other("mesh writer thread stopped"));
-            // Pieces in order: formatted (`Some`) or with the helper (`None`, returned in the
-            // order it gets them).
-            let mut queue: VecDeque<Option<Piece>> = VecDeque::new();
-            let mut spare: Vec<Piece> = Vec::new();
-            let mut pieces = pieces.peekable();
-            loop {
-                while let Some(front) = queue.front_mut() {
-                    if front.is_none() {
-                        match from_helper.try_recv() {
-                            Ok(piece) => *front = Some(piece),
-                            Err(mpsc::TryRecvError::Empty) => break,
-                            Err(mpsc::TryRecvError::Disconnected) => return Err(gone()),
-                        }
-                    }
-                    if let Some(piece) = queue.pop_front().flatten() {
-                        write(&piece)?;
-                        spare.push(piece);
-                    }
-                }
-                let Some(items) = pieces.peek().cloned() else {
-                    if queue.is_empty() {
-                        return Ok(());
-                    }
-                    if let Some(front @ None) = queue.front_mut() {
-                        *front = Some(from_helper.recv().map_err(|_| gone())?);
-                    }
-                    continue;
+        ordered(
+            AHEAD,
+            "mesh writer",
+            |piece: &mut Piece| {
+                let Some(items) = pieces.next() else {
+                    return Ok(false);
                 };
-                if queue.len() >= PIECES_IN_FLIGHT {
-                    if let Some(front @ None) = queue.front_mut() {
-                        *front = Some(from_helper.recv().map_err(|_| gone())?);
-                    }
-                    continue;
-                }
-                pieces.next();
-                let mut piece = spare.pop().unwrap_or_default();
-                piece.items = items.clone();
-                match to_helper.try_send(piece) {
-                    Ok(()) => queue.push_back(None),
-                    Err(mpsc::TrySendError::Full(mut piece)) => {
-                        piece.format(items, format);
-                        queue.push_back(Some(piece));
-                    }
-                    Err(mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
-                }
-            }
-        })?;
+                piece.items = items;
+                Ok(true)
+            },
+            |piece| {
+                let items = piece.items.clone();
+                piece.format(items, &format);
+            },
+            |piece| write(piece),
+        )?;
     }
     writer.flush()?;
     monitor.update(Stage::Writing, total as u64, total as u64)
@@ -182,10 +139,61 @@ pub(crate) fn push_f32(buf: &mut Vec<u8>, floats: &mut ryu::Buffer, v: f32) {
     buf.extend_from_slice(text.as_bytes());
 }
 
-/// Appends an unsigned integer.
-pub(crate) fn push_u64(buf: &mut Vec<u8>, ints: &mut itoa::Buffer, v: u64) {
-    buf.extend_from_slice(ints.format(v).as_bytes());
+/// Appends `prefix`, the three numbers (each after a space) and a line end: an OBJ face
+/// (`f 1 2 3`) or an ASCII PLY one (`3 0 1 2`).
+///
+/// The line is put together on the stack and appended at once: appending number by number
+/// costs a copy call each, more than formatting the number does.
+pub(crate) fn push_index_line(buf: &mut Vec<u8>, prefix: u8, values: [u64; 3]) {
+    // The longest line: the prefix, three times a space and 20 digits, the line end. Filled
+    // from its end, so no number's length is needed before it is written.
+    let mut line = [0u8; 1 + 3 * 21 + 1];
+    let mut start = line.len();
+    let mut put = |byte: u8, start: &mut usize| {
+        *start -= 1;
+        if let Some(slot) = line.get_mut(*start) {
+            *slot = byte;
+        }
+    };
+    put(b'\n', &mut start);
+    for v in values.into_iter().rev() {
+        let mut rest = v;
+        while rest >= 100 {
+            let [tens, ones] = two_digits(rest % 100);
+            rest /= 100;
+            put(ones, &mut start);
+            put(tens, &mut start);
+        }
+        if rest >= 10 {
+            let [tens, ones] = two_digits(rest);
+            put(ones, &mut start);
+            put(tens, &mut start);
+        } else {
+            put(b'0' + rest as u8, &mut start);
+        }
+        put(b' ', &mut start);
+    }
+    put(prefix, &mut start);
+    buf.extend_from_slice(line.get(start..).unwrap_or_default());
 }
+
+/// The two digits of `n` (below 100).
+#[inline]
+fn two_digits(n: u64) -> [u8; 2] {
+    let at = n as usize * 2;
+    PAIRS
+        .get(at..at + 2)
+        .and_then(|d| <[u8; 2]>::try_from(d).ok())
+        .unwrap_or([b'0'; 2])
+}
+
+/// The two digits of 0 to 99, one after the other.
+const PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
 
 /// The unit normal of a counter-clockwise triangle (zero when degenerate).
 pub(crate) fn normal(a: [f32; 3], b: [f32; 3], c: [f32; 3]) -> [f32; 3] {
@@ -240,6 +248,20 @@ pub(crate) fn output_size(mesh: &Mesh, format: MeshFormat, encoding: Encoding) -
 mod tests {
     use super::*;
     use crate::mesh::write_mesh;
+
+    #[test]
+    fn index_lines_read_as_written() {
+        for values in [
+            [0, 1, 9],
+            [10, 99, 100],
+            [u64::from(u32::MAX), u64::MAX, 12_345],
+        ] {
+            let mut buf = b"x".to_vec();
+            push_index_line(&mut buf, b'f', values);
+            let [a, b, c] = values;
+            assert_eq!(buf, format!("xf {a} {b} {c}\n").into_bytes());
+        }
+    }
 
     #[test]
     fn output_size_is_exact_for_binary_and_an_upper_bound_for_text() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::PostgresError;
+use crate::settings::{LoneUserInfo, redact_query_password, redact_userinfo};
 
 /// The schema converto installs into unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "converto";
@@ -130,7 +131,7 @@ impl PostgresConfig {
         }
         if let Some(v) = lookup("CONVERTO_POSTGRES_QUEUE_SYNCHRONOUS_COMMIT") {
             config.queue_synchronous_commit =
-                crate::parse_switch(&v).ok_or_else(|| PostgresError::InvalidEnv {
+                crate::settings::parse_switch(&v).ok_or_else(|| PostgresError::InvalidEnv {
                     variable: "CONVERTO_POSTGRES_QUEUE_SYNCHRONOUS_COMMIT",
                     value: v.chars().take(64).collect(),
                 })?;
@@ -226,31 +227,7 @@ fn validate_schema(schema: &str) -> Result<(), PostgresError> {
 
 /// The URL with its password (in the user-info part or a `password=` parameter) replaced.
 pub(crate) fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
-            }
-        }
-    }
-    if let Some(q) = out.find('?') {
-        let (base, query) = out.split_at(q + 1);
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        out = format!("{base}{}", redacted.join("&"));
-    }
-    out
+    redact_query_password(&redact_userinfo(url, LoneUserInfo::User))
 }
 
 impl fmt::Debug for PostgresConfig {

@@ -2,32 +2,29 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use converto_core::keys::{ApiKey, KeyHash, KeyStore, KeyStoreError, NewApiKey, Scopes};
+use converto_core::keys::{ApiKey, KeyHash, KeyStore, KeyStoreError, NewApiKey};
 
 use super::{BACKEND, PostgresError, Shared, now_micros};
-
-/// The columns of a key, in the order `decode` reads them by name.
-macro_rules! columns {
-    () => {
-        "id, prefix, tenant, scopes, created_at, expires_at, revoked_at"
-    };
-}
+use crate::sql_rows::{api_key, api_key_columns};
 
 const INSERT: &str = "INSERT INTO api_keys \
     (id, key_hash, prefix, tenant, scopes, created_at, expires_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7)";
-const FIND: &str = concat!("SELECT ", columns!(), " FROM api_keys WHERE key_hash = $1");
+const FIND: &str = concat!(
+    "SELECT ",
+    api_key_columns!(),
+    " FROM api_keys WHERE key_hash = $1"
+);
 const LIST: &str = concat!(
     "SELECT ",
-    columns!(),
+    api_key_columns!(),
     " FROM api_keys ORDER BY created_at, id"
 );
 const REVOKE: &str = concat!(
     "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 RETURNING ",
-    columns!()
+    api_key_columns!()
 );
 
 /// API keys in PostgreSQL (see [`PostgresBackend::keys`](super::PostgresBackend::keys)).
@@ -52,25 +49,7 @@ fn sql(e: sqlx::Error) -> KeyStoreError {
 }
 
 fn decode(row: &PgRow) -> Result<ApiKey, KeyStoreError> {
-    let corrupt = |column: &str, e: &dyn std::fmt::Display| {
-        KeyStoreError::Corrupt(format!("column {column}: {e}"))
-    };
-    let text = |name: &str| -> Result<String, KeyStoreError> {
-        row.try_get(name).map_err(|e| corrupt(name, &e))
-    };
-    let time = |name: &str| -> Result<Option<DateTime<Utc>>, KeyStoreError> {
-        row.try_get(name).map_err(|e| corrupt(name, &e))
-    };
-    let scopes: Scopes = text("scopes")?.parse().map_err(|e| corrupt("scopes", &e))?;
-    Ok(ApiKey {
-        id: text("id")?,
-        prefix: text("prefix")?,
-        tenant: text("tenant")?,
-        scopes,
-        created_at: time("created_at")?.ok_or_else(|| corrupt("created_at", &"NULL"))?,
-        expires_at: time("expires_at")?,
-        revoked_at: time("revoked_at")?,
-    })
+    api_key(row, |t: DateTime<Utc>| t)
 }
 
 #[async_trait]

@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+mod batch;
 mod config;
 mod keys;
 mod progress;
@@ -103,6 +104,9 @@ pub enum PostgresError {
     /// A query or connection failed.
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
+    /// The statement of a batch of concurrent calls failed (every call in it gets this error).
+    #[error("a batched statement failed: {0}")]
+    Batched(#[source] Arc<sqlx::Error>),
     /// Running the migrations failed.
     #[error("migrating schema {schema} failed: {source}")]
     Migrate {
@@ -136,6 +140,7 @@ impl PostgresError {
     pub fn is_temporary(&self) -> bool {
         match self {
             PostgresError::Sql(e) => sql_is_temporary(e),
+            PostgresError::Batched(e) => sql_is_temporary(e),
             PostgresError::Migrate {
                 source: sqlx::migrate::MigrateError::Execute(e),
                 ..

@@ -8,21 +8,68 @@ use converto_core::ConversionId;
 use converto_core::progress::{BusError, Event, EventStream, ProgressBus};
 use futures::StreamExt;
 use parking_lot::Mutex;
+use sqlx::PgPool;
 use sqlx::types::Json;
 use tokio::sync::{OnceCell, broadcast};
 use tokio_stream::wrappers::BroadcastStream;
+use uuid::Uuid;
 
+use super::batch::Batcher;
 use super::{ListenerTask, PostgresError, Shared, start_listener};
 
-/// Stores the event as the conversion's latest progress and sends it, in one statement (the
-/// notification is delivered when the statement commits).
-const PUBLISH_PROGRESS: &str = "WITH up AS ( \
-         INSERT INTO progress (id, event, updated_at) VALUES ($1, $2, now()) \
+/// Publishes a batch of events in one statement: stores the progress events (`$2`, `$3`: at
+/// most one per conversion, its last) as their conversions' latest progress, and sends every
+/// event's payload (`$4`) in order on the channel `$1`. The notifications are delivered when
+/// the statement commits.
+const PUBLISH: &str = "WITH up AS ( \
+         INSERT INTO progress (id, event, updated_at) \
+         SELECT id, event::jsonb, now() FROM unnest($2::uuid[], $3::text[]) AS u(id, event) \
          ON CONFLICT (id) DO UPDATE SET event = EXCLUDED.event, updated_at = EXCLUDED.updated_at) \
-     SELECT pg_notify($3, $4)::text";
-const PUBLISH: &str = "SELECT pg_notify($1, $2)::text";
+     SELECT pg_notify($1, p)::text FROM unnest($4::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n";
 const LATEST: &str = "SELECT event FROM progress WHERE id = $1";
-const FORGET: &str = "DELETE FROM progress WHERE id = $1";
+const FORGET: &str = "DELETE FROM progress WHERE id = ANY($1::uuid[])";
+
+/// The most events, or forgotten conversions, one statement carries.
+const BATCH_MAX: usize = 256;
+/// How many statements of each kind run at once.
+const BATCH_LANES: usize = 2;
+
+/// One event to publish: its payload, and for a progress event its stored form.
+struct Publish {
+    stored: Option<(Uuid, String)>,
+    payload: String,
+}
+
+/// Publishes a batch of events in one statement.
+async fn publish_many(
+    pool: PgPool,
+    channel: Arc<str>,
+    events: Vec<Publish>,
+) -> Result<Vec<()>, sqlx::Error> {
+    // The last progress of each conversion is the one kept.
+    let mut stored: HashMap<Uuid, &str> = HashMap::new();
+    for e in &events {
+        if let Some((id, json)) = &e.stored {
+            stored.insert(*id, json);
+        }
+    }
+    let (ids, jsons): (Vec<Uuid>, Vec<&str>) = stored.into_iter().unzip();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+    sqlx::query(PUBLISH)
+        .bind(&*channel)
+        .bind(ids)
+        .bind(jsons)
+        .bind(payloads)
+        .execute(&pool)
+        .await?;
+    Ok(vec![(); events.len()])
+}
+
+/// Forgets a batch of conversions' latest progress in one statement.
+async fn forget_many(pool: PgPool, ids: Vec<Uuid>) -> Result<Vec<()>, sqlx::Error> {
+    sqlx::query(FORGET).bind(&ids).execute(&pool).await?;
+    Ok(vec![(); ids.len()])
+}
 
 /// PostgreSQL refuses notification payloads of 8000 bytes or more; stay well below.
 const MAX_PAYLOAD: usize = 7900;
@@ -39,12 +86,17 @@ type Topics = Arc<Mutex<HashMap<ConversionId, broadcast::Sender<Event>>>>;
 /// broadcast channels, so subscribers cost no connections. A subscriber that falls behind skips
 /// progress events but still gets the newest ones, the last included. Notifications sent while
 /// the listening connection is down (it reconnects with backoff) are lost.
+///
+/// Concurrent publishes (and forgets) are sent in batches, one statement for every call
+/// waiting at the time; each publisher's events still go out in the order it published them.
 #[derive(Debug)]
 pub struct PostgresProgressBus {
     shared: Shared,
     channel: String,
     topics: Topics,
     listener: OnceCell<ListenerTask>,
+    publishes: Batcher<Publish, ()>,
+    forgets: Batcher<Uuid, ()>,
 }
 
 fn sql(e: sqlx::Error) -> BusError {
@@ -102,11 +154,25 @@ fn fan_out(topics: &Topics, payload: &str) {
 impl PostgresProgressBus {
     pub(super) fn new(shared: Shared) -> Self {
         let channel = shared.channel("progress");
+        let (pool, to) = (shared.pool.clone(), Arc::<str>::from(channel.as_str()));
+        let publishes = Batcher::new(
+            BATCH_MAX,
+            BATCH_LANES,
+            Arc::new(move |events| Box::pin(publish_many(pool.clone(), Arc::clone(&to), events))),
+        );
+        let pool = shared.pool.clone();
+        let forgets = Batcher::new(
+            BATCH_MAX,
+            BATCH_LANES,
+            Arc::new(move |ids| Box::pin(forget_many(pool.clone(), ids))),
+        );
         Self {
             shared,
             channel,
             topics: Topics::default(),
             listener: OnceCell::new(),
+            publishes,
+            forgets,
         }
     }
 
@@ -142,16 +208,16 @@ impl PostgresProgressBus {
 #[async_trait]
 impl ProgressBus for PostgresProgressBus {
     async fn publish(&self, event: Event) -> Result<(), BusError> {
-        let body = payload(&event)?;
-        let query = match &event {
-            Event::Progress { id, .. } => sqlx::query(PUBLISH_PROGRESS)
-                .bind(id.as_uuid())
-                .bind(Json(&event))
-                .bind(&self.channel)
-                .bind(body),
-            Event::Status { .. } => sqlx::query(PUBLISH).bind(&self.channel).bind(body),
+        let payload = payload(&event)?;
+        let stored = match &event {
+            Event::Progress { id, .. } => Some((
+                *id.as_uuid(),
+                serde_json::to_string(&event)
+                    .map_err(|e| BusError::backend(super::BACKEND, false, e))?,
+            )),
+            Event::Status { .. } => None,
         };
-        query.execute(&self.shared.pool).await.map_err(sql)?;
+        self.publishes.call(Publish { stored, payload }).await?;
         Ok(())
     }
 
@@ -181,11 +247,7 @@ impl ProgressBus for PostgresProgressBus {
     }
 
     async fn forget(&self, id: ConversionId) -> Result<(), BusError> {
-        sqlx::query(FORGET)
-            .bind(id.as_uuid())
-            .execute(&self.shared.pool)
-            .await
-            .map_err(sql)?;
+        self.forgets.call(*id.as_uuid()).await?;
         Ok(())
     }
 

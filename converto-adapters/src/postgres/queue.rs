@@ -13,19 +13,66 @@ use converto_core::queue::{
     JobQueue, JobSpec, Lease, Look, QueueError, QueueStats, ReserveOptions, new_lease_token,
     wait_for_jobs,
 };
+use sqlx::PgPool;
 use sqlx::types::Json;
 use tokio::sync::{Notify, OnceCell};
 use uuid::Uuid;
 
+use super::batch::{Batcher, unique_passes};
 use super::{ListenerTask, PostgresError, Shared, micros, start_listener};
 
-/// Enqueue, and wake the reservers (of every process) waiting on this schema's channel. The
-/// notification also goes out for delayed jobs: a waiting reserver recomputes its timer.
+/// Enqueues a batch of jobs (no id twice), and wakes the reservers (of every process) waiting
+/// on this schema's channel, once for the batch; returns the ids inserted. The notification
+/// also goes out for delayed jobs: a waiting reserver recomputes its timer.
+///
+/// One notification per statement matters beyond saving calls: a transaction that notifies
+/// holds PostgreSQL's notification queue lock from its commit's start to its end, its disk
+/// flush included, so notifying writers commit one at a time.
 const ENQUEUE: &str = "WITH ins AS ( \
          INSERT INTO jobs (id, priority, not_before, deliveries, tenant) \
-         VALUES ($1, $2, $3, $4, $6) \
+         SELECT * FROM unnest($1::uuid[], $2::integer[], $3::timestamptz[], $4::bigint[], \
+                              $5::text[]) \
          ON CONFLICT (id) DO NOTHING RETURNING id) \
-     SELECT ins.id FROM ins, pg_notify($5, '') AS n";
+     SELECT coalesce(array_agg(ins.id), '{}') AS ids, pg_notify($6, '')::text AS n FROM ins";
+
+/// The most jobs one enqueue statement carries.
+const ENQUEUE_BATCH: usize = 256;
+/// How many enqueue statements run at once.
+const ENQUEUE_LANES: usize = 2;
+
+/// Enqueues a batch of jobs in one statement per pass (a job named twice goes in a second):
+/// for each, whether it was inserted.
+async fn enqueue_many(
+    pool: PgPool,
+    channel: Arc<str>,
+    jobs: Vec<JobSpec>,
+) -> Result<Vec<bool>, sqlx::Error> {
+    let ids: Vec<Uuid> = jobs.iter().map(|j| *j.id.as_uuid()).collect();
+    let mut inserted = vec![false; jobs.len()];
+    for pass in unique_passes(&ids) {
+        let (done, _): (Vec<Uuid>, Option<String>) = sqlx::query_as(ENQUEUE)
+            .bind(pass.iter().map(|&i| ids[i]).collect::<Vec<_>>())
+            .bind(pass.iter().map(|&i| jobs[i].priority).collect::<Vec<_>>())
+            .bind(pass.iter().map(|&i| jobs[i].not_before).collect::<Vec<_>>())
+            .bind(
+                pass.iter()
+                    .map(|&i| i64::from(jobs[i].attempts))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                pass.iter()
+                    .map(|&i| jobs[i].tenant.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(&*channel)
+            .fetch_one(&pool)
+            .await?;
+        for &i in &pass {
+            inserted[i] = done.contains(&ids[i]);
+        }
+    }
+    Ok(inserted)
+}
 
 /// Leases up to `N` deliverable jobs in the fair order of [`converto_core::queue`], in one
 /// statement. `$1` holds one fresh token per row, `$2` the lease in microseconds, `$3` the
@@ -197,6 +244,8 @@ pub struct PostgresJobQueue {
     completed: AtomicU64,
     /// A maintenance vacuum is running.
     vacuuming: Arc<AtomicBool>,
+    /// Concurrent enqueues, sent together.
+    enqueues: Batcher<JobSpec, bool>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -217,9 +266,19 @@ fn sql(e: sqlx::Error) -> QueueError {
 impl PostgresJobQueue {
     pub(super) fn new(shared: Shared) -> Self {
         let channel = shared.channel("jobs");
+        let (pool, to) = (
+            shared.queue_pool.clone(),
+            Arc::<str>::from(channel.as_str()),
+        );
+        let enqueues = Batcher::new(
+            ENQUEUE_BATCH,
+            ENQUEUE_LANES,
+            Arc::new(move |jobs| Box::pin(enqueue_many(pool.clone(), Arc::clone(&to), jobs))),
+        );
         Self {
             shared,
             channel,
+            enqueues,
             wake: Arc::new(Notify::new()),
             listener: OnceCell::new(),
             completed: AtomicU64::new(0),
@@ -366,17 +425,7 @@ impl PostgresJobQueue {
 #[async_trait]
 impl JobQueue for PostgresJobQueue {
     async fn enqueue(&self, job: JobSpec) -> Result<bool, QueueError> {
-        let inserted: Option<Uuid> = sqlx::query_scalar(ENQUEUE)
-            .bind(job.id.as_uuid())
-            .bind(job.priority)
-            .bind(job.not_before)
-            .bind(i64::from(job.attempts))
-            .bind(&self.channel)
-            .bind(&job.tenant)
-            .fetch_optional(&self.shared.queue_pool)
-            .await
-            .map_err(sql)?;
-        Ok(inserted.is_some())
+        Ok(self.enqueues.call(job).await?)
     }
 
     async fn reserve_with(

@@ -1,21 +1,25 @@
 //! [`PostgresConversionStore`]: conversion records in the `conversions` table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Display;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use converto_core::conversion::{
     Artifact, Conversion, ErrorInfo, NewConversion, Progress, Status, Transition,
 };
 use converto_core::store::{
-    ConversionStore, Created, ListQuery, Page, StoreError, transition_by_cas,
+    ConversionStore, Created, ListQuery, Page, RecentRecords, StoreError, TenantUsage,
 };
 use converto_core::{ConversionId, Format, search};
+use sqlx::PgPool;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
+use super::batch::{Batcher, unique_passes};
 use super::{PostgresError, Shared, now_micros, to_i64};
 
 /// The columns of a record, in the order `decode` reads them by name.
@@ -27,14 +31,35 @@ macro_rules! columns {
     };
 }
 
+/// Inserts a batch of new records (no id twice), one row of the arrays each; a record whose
+/// tenant already has its idempotency key is skipped. Returns the ids inserted. Tags travel as
+/// JSON arrays (arrays of arrays must be rectangular in PostgreSQL).
 const INSERT: &str = concat!(
     "INSERT INTO conversions (",
     columns!(),
-    ", search) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-     $17, $18, $19, $20, $21, $22, $23, to_tsvector('converto_search'::regconfig, $24)) \
-     ON CONFLICT (tenant, idempotency_key) DO NOTHING"
+    ", stored_bytes, search) SELECT id, tenant, source_format, target_format, options::jsonb, \
+     labels::jsonb, priority, status, progress::jsonb, attempts, error::jsonb, \
+     artifacts::jsonb, input_key, input_name, input_size, idempotency_key, created_at, \
+     started_at, finished_at, updated_at, version, description, \
+     ARRAY(SELECT jsonb_array_elements_text(tags::jsonb)), stored_bytes, \
+     to_tsvector('converto_search'::regconfig, search) \
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::integer[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], \
+         $13::text[], $14::text[], $15::bigint[], $16::text[], $17::timestamptz[], \
+         $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::bigint[], \
+         $22::text[], $23::text[], $24::bigint[], $25::text[]) \
+       AS v(id, tenant, source_format, target_format, options, labels, priority, status, \
+            progress, attempts, error, artifacts, input_key, input_name, input_size, \
+            idempotency_key, created_at, started_at, finished_at, updated_at, version, \
+            description, tags, stored_bytes, search) \
+     ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id"
 );
-const GET: &str = concat!("SELECT ", columns!(), " FROM conversions WHERE id = $1");
+/// The records of a batch of reads ([`PostgresConversionStore::fetch`]).
+const GET_MANY: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM conversions WHERE id = ANY($1::uuid[])"
+);
 const GET_BY_KEY: &str = concat!(
     "SELECT ",
     columns!(),
@@ -44,10 +69,20 @@ const DELETE: &str = concat!(
     "DELETE FROM conversions WHERE id = $1 RETURNING ",
     columns!()
 );
-/// The compare-and-set: only the version read before applying the transition may be replaced.
-const UPDATE_IF_VERSION: &str = "UPDATE conversions SET status = $3, progress = $4, \
-     attempts = $5, error = $6, artifacts = $7, started_at = $8, finished_at = $9, \
-     updated_at = $10, version = $11 WHERE id = $1 AND version = $2";
+/// The compare-and-set of a batch of transitions, one row of the arrays per record (no record
+/// twice): only the version read before applying the transition may be replaced. Returns the
+/// ids written.
+const UPDATE_IF_VERSION: &str = "UPDATE conversions AS c SET status = v.status, \
+     progress = v.progress::jsonb, attempts = v.attempts, error = v.error::jsonb, \
+     artifacts = v.artifacts::jsonb, started_at = v.started_at, finished_at = v.finished_at, \
+     updated_at = v.updated_at, version = v.next_version, stored_bytes = v.stored_bytes \
+     FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
+         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::bigint[], \
+         $12::bigint[]) \
+         AS v(id, version, status, progress, attempts, error, artifacts, started_at, \
+              finished_at, updated_at, next_version, stored_bytes) \
+     WHERE c.id = v.id AND c.version = v.version \
+     RETURNING c.id";
 /// One tenant's usage, an index-only scan of `conversions_tenant_usage`.
 const TENANT_USAGE: &str = "SELECT count(*) FILTER (WHERE status = 'queued'), \
      count(*) FILTER (WHERE status = 'running'), coalesce(sum(stored_bytes), 0)::bigint \
@@ -58,29 +93,335 @@ const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM conversions GROUP BY
 /// compare-and-set. Each lost round means another writer made progress.
 const CAS_ATTEMPTS: u32 = 32;
 
+/// The most reads, or writes, one batch statement carries.
+const BATCH_MAX: usize = 256;
+/// How many batch statements of each kind (reads, writes) run at once.
+const BATCH_LANES: usize = 2;
+
+/// How many records the store keeps as the starting point of their next transition.
+const RECENT_RECORDS: usize = 4096;
+
+/// A transition's write, ready for [`UPDATE_IF_VERSION`]'s arrays.
+struct Write {
+    id: Uuid,
+    version: i64,
+    status: &'static str,
+    progress: Option<String>,
+    attempts: i64,
+    error: Option<String>,
+    artifacts: String,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+    next_version: i64,
+    stored_bytes: i64,
+}
+
+impl Write {
+    /// `next` written over `version`.
+    fn new(next: &Conversion, version: u64) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: *next.id.as_uuid(),
+            version: to_i64("version", version)?,
+            status: next.status.as_str(),
+            progress: next.progress.as_ref().map(json).transpose()?,
+            attempts: i64::from(next.attempts),
+            error: next.error.as_ref().map(json).transpose()?,
+            artifacts: json(&next.artifacts)?,
+            started_at: next.started_at,
+            finished_at: next.finished_at,
+            updated_at: next.updated_at,
+            next_version: to_i64("version", next.version)?,
+            stored_bytes: to_i64("stored_bytes", TenantUsage::bytes_of(next))?,
+        })
+    }
+}
+
+/// A new record, ready for [`INSERT`]'s arrays.
+struct Insert {
+    id: Uuid,
+    tenant: String,
+    source_format: String,
+    target_format: String,
+    options: String,
+    labels: String,
+    priority: i32,
+    status: &'static str,
+    progress: Option<String>,
+    attempts: i64,
+    error: Option<String>,
+    artifacts: String,
+    input_key: String,
+    input_name: Option<String>,
+    input_size: i64,
+    idempotency_key: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+    version: i64,
+    description: Option<String>,
+    tags: String,
+    stored_bytes: i64,
+    search: String,
+}
+
+impl Insert {
+    fn new(r: &Conversion) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: *r.id.as_uuid(),
+            tenant: r.tenant.clone(),
+            source_format: r.source_format.as_str().to_owned(),
+            target_format: r.target_format.as_str().to_owned(),
+            options: json(&r.options)?,
+            labels: json(&r.labels)?,
+            priority: r.priority,
+            status: r.status.as_str(),
+            progress: r.progress.as_ref().map(json).transpose()?,
+            attempts: i64::from(r.attempts),
+            error: r.error.as_ref().map(json).transpose()?,
+            artifacts: json(&r.artifacts)?,
+            input_key: r.input_key.clone(),
+            input_name: r.input_name.clone(),
+            input_size: to_i64("input_size", r.input_size)?,
+            idempotency_key: r.idempotency_key.clone(),
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            updated_at: r.updated_at,
+            version: to_i64("version", r.version)?,
+            description: r.description.clone(),
+            tags: json(&r.tags)?,
+            stored_bytes: to_i64("stored_bytes", TenantUsage::bytes_of(r))?,
+            search: search::index_text(r.input_name.as_deref(), r.description.as_deref()),
+        })
+    }
+}
+
+/// What became of one insert of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inserted {
+    /// The record is stored.
+    Yes,
+    /// Its tenant already had a record with its idempotency key: nothing was stored.
+    KeyTaken,
+    /// A record with its id exists: nothing was stored.
+    IdTaken,
+}
+
+/// Inserts a batch of new records, one statement per pass; should a pass fail on a taken id,
+/// its records are inserted one by one to tell whose id it was.
+async fn insert_many(pool: PgPool, rows: Vec<Insert>) -> Result<Vec<Inserted>, sqlx::Error> {
+    let mut outcome = vec![Inserted::KeyTaken; rows.len()];
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    for pass in unique_passes(&ids) {
+        match insert_pass(&pool, &rows, &pass).await {
+            Ok(done) => {
+                for &i in &pass {
+                    if done.contains(&ids[i]) {
+                        outcome[i] = Inserted::Yes;
+                    }
+                }
+            }
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() && pass.len() > 1 => {
+                for &i in &pass {
+                    outcome[i] = match insert_pass(&pool, &rows, &[i]).await {
+                        Ok(done) if done.contains(&ids[i]) => Inserted::Yes,
+                        Ok(_) => Inserted::KeyTaken,
+                        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                            Inserted::IdTaken
+                        }
+                        Err(e) => return Err(e),
+                    };
+                }
+            }
+            // The idempotency constraint is the conflict target, so a unique violation can
+            // only be the primary key.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                for &i in &pass {
+                    outcome[i] = Inserted::IdTaken;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(outcome)
+}
+
+/// One [`INSERT`] of the rows at `pass`; the ids inserted.
+async fn insert_pass(
+    pool: &PgPool,
+    rows: &[Insert],
+    pass: &[usize],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    macro_rules! col {
+        ($($f:tt)+) => {
+            pass.iter().map(|&i| { let r = &rows[i]; r.$($f)+ }).collect::<Vec<_>>()
+        };
+    }
+    let done: Vec<Uuid> = sqlx::query_scalar(INSERT)
+        .bind(col!(id))
+        .bind(col!(tenant.as_str()))
+        .bind(col!(source_format.as_str()))
+        .bind(col!(target_format.as_str()))
+        .bind(col!(options.as_str()))
+        .bind(col!(labels.as_str()))
+        .bind(col!(priority))
+        .bind(col!(status))
+        .bind(col!(progress.as_deref()))
+        .bind(col!(attempts))
+        .bind(col!(error.as_deref()))
+        .bind(col!(artifacts.as_str()))
+        .bind(col!(input_key.as_str()))
+        .bind(col!(input_name.as_deref()))
+        .bind(col!(input_size))
+        .bind(col!(idempotency_key.as_deref()))
+        .bind(col!(created_at))
+        .bind(col!(started_at))
+        .bind(col!(finished_at))
+        .bind(col!(updated_at))
+        .bind(col!(version))
+        .bind(col!(description.as_deref()))
+        .bind(col!(tags.as_str()))
+        .bind(col!(stored_bytes))
+        .bind(col!(search.as_str()))
+        .fetch_all(pool)
+        .await?;
+    Ok(done.into_iter().collect())
+}
+
+/// A JSON column's text.
+fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::backend(super::BACKEND, false, e))
+}
+
+/// Reads a batch of records: one answer per id asked, in order.
+async fn fetch_many(
+    pool: PgPool,
+    ids: Vec<Uuid>,
+) -> Result<Vec<Result<Option<Conversion>, StoreError>>, sqlx::Error> {
+    let rows = sqlx::query(GET_MANY).bind(&ids).fetch_all(&pool).await?;
+    let mut by_id = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        if let Ok(id) = row.try_get::<Uuid, _>("id") {
+            by_id.insert(id, row);
+        }
+    }
+    Ok(ids
+        .iter()
+        .map(|id| by_id.get(id).map(|row| decode(row)).transpose())
+        .collect())
+}
+
+/// Writes a batch of compare-and-sets: for each, whether it was written. A record named twice
+/// is written in a second statement after the first (one `UPDATE … FROM` may change a row only
+/// once); within a statement the records are locked in id order, as every batch locks them, so
+/// concurrent batches never deadlock.
+async fn write_many(pool: PgPool, writes: Vec<Write>) -> Result<Vec<bool>, sqlx::Error> {
+    let mut written = vec![false; writes.len()];
+    let ids: Vec<Uuid> = writes.iter().map(|w| w.id).collect();
+    for pass in unique_passes(&ids) {
+        let col = |f: fn(&Write) -> _| pass.iter().map(|&i| f(&writes[i])).collect::<Vec<_>>();
+        let done: Vec<Uuid> = sqlx::query_scalar(UPDATE_IF_VERSION)
+            .bind(pass.iter().map(|&i| ids[i]).collect::<Vec<_>>())
+            .bind(col(|w| w.version))
+            .bind(pass.iter().map(|&i| writes[i].status).collect::<Vec<_>>())
+            .bind(
+                pass.iter()
+                    .map(|&i| writes[i].progress.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(col(|w| w.attempts))
+            .bind(
+                pass.iter()
+                    .map(|&i| writes[i].error.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                pass.iter()
+                    .map(|&i| writes[i].artifacts.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                pass.iter()
+                    .map(|&i| writes[i].started_at)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                pass.iter()
+                    .map(|&i| writes[i].finished_at)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                pass.iter()
+                    .map(|&i| writes[i].updated_at)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(col(|w| w.next_version))
+            .bind(col(|w| w.stored_bytes))
+            .fetch_all(&pool)
+            .await?;
+        let done: HashSet<Uuid> = done.into_iter().collect();
+        for &i in &pass {
+            written[i] = done.contains(&ids[i]);
+        }
+    }
+    Ok(written)
+}
+
 /// Conversion records in PostgreSQL.
 ///
 /// Filtered columns (tenant, formats, status, timestamps, input name) are real columns; options,
 /// labels, progress, error and artifacts are JSONB. Transitions read the record, apply
 /// [`Transition::apply`] and write it back only if its version is unchanged, so of concurrent
 /// writers exactly one wins and the others see the winner's result.
+///
+/// Concurrent reads of single records, and concurrent transitions' writes, are sent in
+/// batches, one statement (and for writes one transaction and commit) for every call waiting
+/// at the time: a busy engine's jobs share round trips and commits instead of queueing for
+/// connections one call at a time (see the `batch` module). Each write still succeeds or fails
+/// on its own record's version.
 #[derive(Debug)]
 pub struct PostgresConversionStore {
     shared: Shared,
+    reads: Batcher<Uuid, Result<Option<Conversion>, StoreError>>,
+    writes: Batcher<Write, bool>,
+    inserts: Batcher<Insert, Inserted>,
+    /// The records this store wrote last (see [`RecentRecords`]).
+    recent: RecentRecords,
 }
 
 impl PostgresConversionStore {
     pub(super) fn new(shared: Shared) -> Self {
-        Self { shared }
+        let pool = shared.pool.clone();
+        let reads = Batcher::new(
+            BATCH_MAX,
+            BATCH_LANES,
+            Arc::new(move |ids| Box::pin(fetch_many(pool.clone(), ids))),
+        );
+        let pool = shared.pool.clone();
+        let writes = Batcher::new(
+            BATCH_MAX,
+            BATCH_LANES,
+            Arc::new(move |w| Box::pin(write_many(pool.clone(), w))),
+        );
+        let pool = shared.pool.clone();
+        let inserts = Batcher::new(
+            BATCH_MAX,
+            BATCH_LANES,
+            Arc::new(move |rows| Box::pin(insert_many(pool.clone(), rows))),
+        );
+        Self {
+            shared,
+            reads,
+            writes,
+            inserts,
+            recent: RecentRecords::new(RECENT_RECORDS),
+        }
     }
 
     async fn fetch(&self, id: ConversionId) -> Result<Option<Conversion>, StoreError> {
-        let row = sqlx::query(GET)
-            .bind(id.as_uuid())
-            .fetch_optional(&self.shared.pool)
-            .await
-            .map_err(sql)?;
-        row.as_ref().map(decode).transpose()
+        self.reads.call(*id.as_uuid()).await?
     }
 }
 
@@ -330,55 +671,19 @@ impl PostgresConversionStore {
 impl ConversionStore for PostgresConversionStore {
     async fn create(&self, new: NewConversion) -> Result<Created, StoreError> {
         let record = new.into_record(now_micros());
-        let input_size = to_i64("input_size", record.input_size)?;
-        let version = to_i64("version", record.version)?;
         // Twice at most: the record an idempotency key named may be deleted between our insert
         // (which then did nothing) and our read of it; the second insert then succeeds.
         for _ in 0..2 {
-            let inserted = sqlx::query(INSERT)
-                .bind(record.id.as_uuid())
-                .bind(&record.tenant)
-                .bind(record.source_format.as_str())
-                .bind(record.target_format.as_str())
-                .bind(Json(&record.options))
-                .bind(Json(&record.labels))
-                .bind(record.priority)
-                .bind(record.status.as_str())
-                .bind(record.progress.as_ref().map(Json))
-                .bind(i64::from(record.attempts))
-                .bind(record.error.as_ref().map(Json))
-                .bind(Json(&record.artifacts))
-                .bind(&record.input_key)
-                .bind(&record.input_name)
-                .bind(input_size)
-                .bind(&record.idempotency_key)
-                .bind(record.created_at)
-                .bind(record.started_at)
-                .bind(record.finished_at)
-                .bind(record.updated_at)
-                .bind(version)
-                .bind(&record.description)
-                .bind(&record.tags)
-                .bind(search::index_text(
-                    record.input_name.as_deref(),
-                    record.description.as_deref(),
-                ))
-                .execute(&self.shared.pool)
-                .await;
-            match inserted {
-                Ok(r) if r.rows_affected() == 1 => {
+            match self.inserts.call(Insert::new(&record)?).await? {
+                Inserted::Yes => {
+                    self.recent.keep(&record);
                     return Ok(Created {
                         conversion: record,
                         created: true,
                     });
                 }
-                Ok(_) => {}
-                // The idempotency constraint is the conflict target, so a unique violation
-                // can only be the primary key.
-                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                    return Err(StoreError::AlreadyExists { id: record.id });
-                }
-                Err(e) => return Err(sql(e)),
+                Inserted::IdTaken => return Err(StoreError::AlreadyExists { id: record.id }),
+                Inserted::KeyTaken => {}
             }
             // An idempotent replay: return the record the key already names.
             let existing = sqlx::query(GET_BY_KEY)
@@ -437,31 +742,21 @@ impl ConversionStore for PostgresConversionStore {
         id: ConversionId,
         transition: &Transition,
     ) -> Result<Conversion, StoreError> {
-        let written = transition_by_cas(
-            transition,
-            now_micros,
-            CAS_ATTEMPTS,
-            || async move { self.fetch(id).await?.ok_or(StoreError::NotFound { id }) },
-            |next, version| async move {
-                let updated = sqlx::query(UPDATE_IF_VERSION)
-                    .bind(id.as_uuid())
-                    .bind(to_i64("version", version)?)
-                    .bind(next.status.as_str())
-                    .bind(next.progress.as_ref().map(Json))
-                    .bind(i64::from(next.attempts))
-                    .bind(next.error.as_ref().map(Json))
-                    .bind(Json(&next.artifacts))
-                    .bind(next.started_at)
-                    .bind(next.finished_at)
-                    .bind(next.updated_at)
-                    .bind(to_i64("version", next.version)?)
-                    .execute(&self.shared.pool)
-                    .await
-                    .map_err(sql)?;
-                Ok((updated.rows_affected() == 1).then_some(next))
-            },
-        )
-        .await?;
+        let written = self
+            .recent
+            .transition(
+                id,
+                transition,
+                now_micros,
+                CAS_ATTEMPTS,
+                || async move { self.fetch(id).await?.ok_or(StoreError::NotFound { id }) },
+                |next, version| async move {
+                    let write = Write::new(&next, version)?;
+                    let written = self.writes.call(write).await?;
+                    Ok(written.then_some(next))
+                },
+            )
+            .await?;
         if let Some(next) = written {
             return Ok(next);
         }
@@ -473,6 +768,7 @@ impl ConversionStore for PostgresConversionStore {
     }
 
     async fn delete(&self, id: ConversionId) -> Result<Conversion, StoreError> {
+        self.recent.forget(id);
         let row = sqlx::query(DELETE)
             .bind(id.as_uuid())
             .fetch_optional(&self.shared.pool)
@@ -497,10 +793,7 @@ impl ConversionStore for PostgresConversionStore {
             .collect()
     }
 
-    async fn tenant_usage(
-        &self,
-        tenant: &str,
-    ) -> Result<converto_core::store::TenantUsage, StoreError> {
+    async fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage, StoreError> {
         let (queued, running, bytes): (i64, i64, i64) = sqlx::query_as(TENANT_USAGE)
             .bind(tenant)
             .fetch_one(&self.shared.pool)

@@ -2,9 +2,6 @@
 //! the `webhook_*` tables of converto's schema (migration `20261202070000`).
 
 use async_trait::async_trait;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use sqlx::Row;
 
 use converto_core::ConversionId;
 use converto_core::webhook::{
@@ -12,6 +9,7 @@ use converto_core::webhook::{
 };
 
 use super::{BACKEND, PostgresError, Shared};
+use crate::sql_rows::{WebhookRows, attempts_kept};
 
 /// Webhook state in PostgreSQL (see
 /// [`PostgresBackend::webhooks`](super::PostgresBackend::webhooks)).
@@ -26,30 +24,17 @@ impl PostgresWebhookStore {
     }
 }
 
-fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> WebhookError {
-    move |e| {
-        let e = PostgresError::Sql(e);
-        let mut out = converto_core::BackendError::new(BACKEND, e.is_temporary(), e);
-        out.operation = Some(operation);
-        WebhookError::Backend(out)
-    }
-}
+/// JSON bodies and statement errors, as every SQL webhook store reads and reports them.
+const ROWS: WebhookRows = WebhookRows {
+    backend: BACKEND,
+    sql_error,
+};
 
-fn to_json(v: &impl Serialize) -> Result<String, WebhookError> {
-    serde_json::to_string(v).map_err(|e| WebhookError::backend(BACKEND, false, e))
-}
-
-fn from_json<T: DeserializeOwned>(s: &str) -> Result<T, WebhookError> {
-    serde_json::from_str(s).map_err(|e| WebhookError::backend(BACKEND, false, e))
-}
-
-fn bodies<T: DeserializeOwned>(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<T>, WebhookError> {
-    rows.iter()
-        .map(|r| {
-            let body: String = r.try_get("body").map_err(db("decode"))?;
-            from_json(&body)
-        })
-        .collect()
+fn sql_error(operation: &'static str, e: sqlx::Error) -> WebhookError {
+    let e = PostgresError::Sql(e);
+    let mut out = converto_core::BackendError::new(BACKEND, e.is_temporary(), e);
+    out.operation = Some(operation);
+    WebhookError::Backend(out)
 }
 
 #[async_trait]
@@ -58,10 +43,10 @@ impl WebhookStore for PostgresWebhookStore {
         sqlx::query("INSERT INTO webhook_endpoints (id, tenant, body) VALUES ($1, $2, $3)")
             .bind(&endpoint.id)
             .bind(&endpoint.tenant)
-            .bind(to_json(endpoint)?)
+            .bind(ROWS.encode(endpoint)?)
             .execute(&self.shared.pool)
             .await
-            .map_err(db("create webhook endpoint"))?;
+            .map_err(ROWS.db("create webhook endpoint"))?;
         Ok(())
     }
 
@@ -72,8 +57,8 @@ impl WebhookStore for PostgresWebhookStore {
         .bind(tenant)
         .fetch_all(&self.shared.pool)
         .await
-        .map_err(db("list webhook endpoints"))?;
-        bodies(&rows)
+        .map_err(ROWS.db("list webhook endpoints"))?;
+        ROWS.bodies(&rows)
     }
 
     async fn endpoint(&self, tenant: &str, id: &str) -> Result<Option<Endpoint>, WebhookError> {
@@ -82,8 +67,8 @@ impl WebhookStore for PostgresWebhookStore {
             .bind(id)
             .fetch_all(&self.shared.pool)
             .await
-            .map_err(db("get webhook endpoint"))?;
-        Ok(bodies(&rows)?.pop())
+            .map_err(ROWS.db("get webhook endpoint"))?;
+        Ok(ROWS.bodies(&rows)?.pop())
     }
 
     async fn delete_endpoint(&self, tenant: &str, id: &str) -> Result<bool, WebhookError> {
@@ -92,7 +77,7 @@ impl WebhookStore for PostgresWebhookStore {
             .bind(id)
             .execute(&self.shared.pool)
             .await
-            .map_err(db("delete webhook endpoint"))?;
+            .map_err(ROWS.db("delete webhook endpoint"))?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -106,12 +91,12 @@ impl WebhookStore for PostgresWebhookStore {
             "UPDATE webhook_endpoints SET body = jsonb_set(body::jsonb, '{secrets}', $1::jsonb)::text \
              WHERE tenant = $2 AND id = $3",
         )
-        .bind(to_json(secrets)?)
+        .bind(ROWS.encode(secrets)?)
         .bind(tenant)
         .bind(id)
         .execute(&self.shared.pool)
         .await
-        .map_err(db("rotate webhook endpoint"))?;
+        .map_err(ROWS.db("rotate webhook endpoint"))?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -131,7 +116,7 @@ impl WebhookStore for PostgresWebhookStore {
         .bind(id)
         .execute(&self.shared.pool)
         .await
-        .map_err(db("disable webhook endpoint"))?;
+        .map_err(ROWS.db("disable webhook endpoint"))?;
         Ok(())
     }
 
@@ -140,14 +125,9 @@ impl WebhookStore for PostgresWebhookStore {
             .bind(tenant)
             .fetch_optional(&self.shared.pool)
             .await
-            .map_err(db("get webhook signing secret"))?;
-        match row {
-            Some(r) => {
-                let s: String = r.try_get("secrets").map_err(db("decode"))?;
-                Ok(Some(from_json(&s)?))
-            }
-            None => Ok(None),
-        }
+            .map_err(ROWS.db("get webhook signing secret"))?;
+        row.map(|row| ROWS.decode(&ROWS.text(&row, "secrets")?))
+            .transpose()
     }
 
     async fn init_tenant_secrets(
@@ -160,13 +140,13 @@ impl WebhookStore for PostgresWebhookStore {
              ON CONFLICT (tenant) DO NOTHING",
         )
         .bind(tenant)
-        .bind(to_json(secrets)?)
+        .bind(ROWS.encode(secrets)?)
         .execute(&self.shared.pool)
         .await
-        .map_err(db("create webhook signing secret"))?;
+        .map_err(ROWS.db("create webhook signing secret"))?;
         self.tenant_secrets(tenant)
             .await?
-            .ok_or_else(|| WebhookError::backend(BACKEND, true, "signing secret vanished"))
+            .ok_or_else(|| ROWS.secrets_vanished())
     }
 
     async fn set_tenant_secrets(
@@ -179,10 +159,10 @@ impl WebhookStore for PostgresWebhookStore {
              ON CONFLICT (tenant) DO UPDATE SET secrets = EXCLUDED.secrets",
         )
         .bind(tenant)
-        .bind(to_json(secrets)?)
+        .bind(ROWS.encode(secrets)?)
         .execute(&self.shared.pool)
         .await
-        .map_err(db("rotate webhook signing secret"))?;
+        .map_err(ROWS.db("rotate webhook signing secret"))?;
         Ok(())
     }
 
@@ -192,10 +172,10 @@ impl WebhookStore for PostgresWebhookStore {
              ON CONFLICT (conversion_id) DO UPDATE SET body = EXCLUDED.body",
         )
         .bind(sub.conversion.to_string())
-        .bind(to_json(sub)?)
+        .bind(ROWS.encode(sub)?)
         .execute(&self.shared.pool)
         .await
-        .map_err(db("subscribe webhook"))?;
+        .map_err(ROWS.db("subscribe webhook"))?;
         Ok(())
     }
 
@@ -204,8 +184,8 @@ impl WebhookStore for PostgresWebhookStore {
             .bind(id.to_string())
             .fetch_all(&self.shared.pool)
             .await
-            .map_err(db("get webhook subscription"))?;
-        Ok(bodies(&rows)?.pop())
+            .map_err(ROWS.db("get webhook subscription"))?;
+        Ok(ROWS.bodies(&rows)?.pop())
     }
 
     async fn put_message(&self, message: &Message) -> Result<MessageState, WebhookError> {
@@ -216,17 +196,16 @@ impl WebhookStore for PostgresWebhookStore {
         .bind(message.id.to_string())
         .bind(message.conversion.to_string())
         .bind(message.state.as_str())
-        .bind(to_json(message)?)
+        .bind(ROWS.encode(message)?)
         .execute(&self.shared.pool)
         .await
-        .map_err(db("put webhook message"))?;
+        .map_err(ROWS.db("put webhook message"))?;
         let state: String = sqlx::query_scalar("SELECT state FROM webhook_messages WHERE id = $1")
             .bind(message.id.to_string())
             .fetch_one(&self.shared.pool)
             .await
-            .map_err(db("put webhook message"))?;
-        MessageState::parse(&state)
-            .ok_or_else(|| WebhookError::backend(BACKEND, false, "unknown message state"))
+            .map_err(ROWS.db("put webhook message"))?;
+        ROWS.state(&state)
     }
 
     async fn message(&self, id: ConversionId) -> Result<Option<Message>, WebhookError> {
@@ -234,14 +213,8 @@ impl WebhookStore for PostgresWebhookStore {
             .bind(id.to_string())
             .fetch_optional(&self.shared.pool)
             .await
-            .map_err(db("get webhook message"))?;
-        let Some(row) = row else { return Ok(None) };
-        let state: String = row.try_get("state").map_err(db("decode"))?;
-        let body: String = row.try_get("body").map_err(db("decode"))?;
-        let mut m: Message = from_json(&body)?;
-        m.state = MessageState::parse(&state)
-            .ok_or_else(|| WebhookError::backend(BACKEND, false, "unknown message state"))?;
-        Ok(Some(m))
+            .map_err(ROWS.db("get webhook message"))?;
+        row.as_ref().map(|row| ROWS.message(row)).transpose()
     }
 
     async fn set_message_state(
@@ -254,28 +227,28 @@ impl WebhookStore for PostgresWebhookStore {
             .bind(id.to_string())
             .execute(&self.shared.pool)
             .await
-            .map_err(db("set webhook message state"))?;
+            .map_err(ROWS.db("set webhook message state"))?;
         Ok(())
     }
 
     async fn record_attempt(&self, attempt: &Attempt, keep: usize) -> Result<(), WebhookError> {
         let id = attempt.conversion.to_string();
-        let keep = i64::try_from(keep.max(1)).unwrap_or(i64::MAX);
+        let keep = attempts_kept(keep);
         let mut tx = self
             .shared
             .pool
             .begin()
             .await
-            .map_err(db("record webhook attempt"))?;
+            .map_err(ROWS.db("record webhook attempt"))?;
         sqlx::query(
             "INSERT INTO webhook_attempts (conversion_id, tenant, body) VALUES ($1, $2, $3)",
         )
         .bind(&id)
         .bind(&attempt.tenant)
-        .bind(to_json(attempt)?)
+        .bind(ROWS.encode(attempt)?)
         .execute(&mut *tx)
         .await
-        .map_err(db("record webhook attempt"))?;
+        .map_err(ROWS.db("record webhook attempt"))?;
         sqlx::query(
             "DELETE FROM webhook_attempts WHERE conversion_id = $1 AND seq <= ( \
                SELECT seq FROM webhook_attempts WHERE conversion_id = $1 \
@@ -285,8 +258,10 @@ impl WebhookStore for PostgresWebhookStore {
         .bind(keep)
         .execute(&mut *tx)
         .await
-        .map_err(db("record webhook attempt"))?;
-        tx.commit().await.map_err(db("record webhook attempt"))?;
+        .map_err(ROWS.db("record webhook attempt"))?;
+        tx.commit()
+            .await
+            .map_err(ROWS.db("record webhook attempt"))?;
         Ok(())
     }
 
@@ -303,8 +278,8 @@ impl WebhookStore for PostgresWebhookStore {
         .bind(tenant)
         .fetch_all(&self.shared.pool)
         .await
-        .map_err(db("list webhook attempts"))?;
-        bodies(&rows)
+        .map_err(ROWS.db("list webhook attempts"))?;
+        ROWS.bodies(&rows)
     }
 
     async fn forget_conversion(&self, id: ConversionId) -> Result<(), WebhookError> {
@@ -318,7 +293,7 @@ impl WebhookStore for PostgresWebhookStore {
                 .bind(&id)
                 .execute(&self.shared.pool)
                 .await
-                .map_err(db("forget webhook conversion"))?;
+                .map_err(ROWS.db("forget webhook conversion"))?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::RabbitError;
+use crate::settings::{LoneUserInfo, millis, redact_userinfo};
 
 /// The URL used when none is configured: the broker's default vhost `/` on localhost.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -103,7 +104,7 @@ impl RabbitConfig {
             config.queue_prefix = prefix;
         }
         if let Some(v) = get("CONVERTO_RABBITMQ_CONSUME") {
-            config.consume = crate::parse_switch(&v).ok_or(RabbitError::InvalidEnv {
+            config.consume = crate::settings::parse_switch(&v).ok_or(RabbitError::InvalidEnv {
                 var: "CONVERTO_RABBITMQ_CONSUME",
             })?;
         }
@@ -194,10 +195,6 @@ impl RabbitConfig {
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
 impl fmt::Debug for RabbitConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitConfig")
@@ -213,22 +210,7 @@ impl fmt::Debug for RabbitConfig {
 
 /// The URL with any password replaced by `***`.
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest_at = scheme_end + 3;
-    let rest = &url[rest_at..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &authority[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None => userinfo.to_owned(),
-    };
-    format!("{}{user}{}", &url[..rest_at], &url[rest_at + at..])
+    redact_userinfo(url, LoneUserInfo::User)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::RedisError;
+use crate::settings::{LoneUserInfo, millis, redact_query_password, redact_userinfo};
 
 /// The URL used when none is configured.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
@@ -166,10 +167,6 @@ impl RedisConfig {
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
@@ -182,44 +179,10 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-/// The URL with any password replaced by `***`.
+/// The URL with any password (in the user-info part or a `password=` parameter) replaced by
+/// `***`. redis-rs reads a lone user-info part (`redis://secret@host`) as the password.
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest_at = scheme_end + 3;
-    let rest = &url[rest_at..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        // No user info; a password may still travel as a query parameter.
-        return redact_query_password(url);
-    };
-    let userinfo = &authority[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None if userinfo.is_empty() => String::new(),
-        // `redis://secret@host`: redis-rs reads a lone user-info part as the password.
-        None => "***".to_owned(),
-    };
-    let redacted = format!("{}{}@{}", &url[..rest_at], user, &rest[at + 1..]);
-    redact_query_password(&redacted)
-}
-
-fn redact_query_password(url: &str) -> String {
-    let Some(q) = url.find('?') else {
-        return url.to_owned();
-    };
-    let (head, query) = url.split_at(q + 1);
-    let query = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-    format!("{head}{query}")
+    redact_query_password(&redact_userinfo(url, LoneUserInfo::Password))
 }
 
 #[cfg(test)]

@@ -171,7 +171,7 @@ impl S3Config {
         let flag = |names: &[&'static str]| -> Result<Option<bool>, S3ConfigError> {
             for &name in names {
                 if let Some(value) = lookup(name).filter(|v| !v.is_empty()) {
-                    return match crate::parse_switch(&value) {
+                    return match crate::settings::parse_switch(&value) {
                         Some(on) => Ok(Some(on)),
                         None => Err(S3ConfigError::InvalidBool { name, value }),
                     };

@@ -2,33 +2,27 @@
 
 use async_trait::async_trait;
 use chrono::{SubsecRound, Utc};
+use sqlx::error::ErrorKind;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
-use sqlx::{Row, error::ErrorKind};
 
-use converto_core::keys::{ApiKey, KeyHash, KeyStore, KeyStoreError, NewApiKey, Scopes};
+use converto_core::keys::{ApiKey, KeyHash, KeyStore, KeyStoreError, NewApiKey};
 
 use super::{SqliteError, from_nanos, query_error, to_nanos};
-
-/// The columns of a key, in the order `decode` reads them by name.
-macro_rules! columns {
-    () => {
-        "id, prefix, tenant, scopes, created_at, expires_at, revoked_at"
-    };
-}
+use crate::sql_rows::{api_key, api_key_columns};
 
 const FIND: &str = concat!(
     "SELECT ",
-    columns!(),
+    api_key_columns!(),
     " FROM converto_api_keys WHERE key_hash = ?"
 );
 const LIST: &str = concat!(
     "SELECT ",
-    columns!(),
+    api_key_columns!(),
     " FROM converto_api_keys ORDER BY created_at, id"
 );
 const REVOKE: &str = concat!(
     "UPDATE converto_api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? RETURNING ",
-    columns!()
+    api_key_columns!()
 );
 
 /// API keys in a SQLite database (see [`SqliteBackend::keys`](super::SqliteBackend::keys)).
@@ -48,25 +42,7 @@ fn backend(e: SqliteError) -> KeyStoreError {
 }
 
 fn decode(row: &SqliteRow) -> Result<ApiKey, KeyStoreError> {
-    let corrupt = |column: &str, e: &dyn std::fmt::Display| {
-        KeyStoreError::Corrupt(format!("column {column}: {e}"))
-    };
-    let text = |name: &str| -> Result<String, KeyStoreError> {
-        row.try_get(name).map_err(|e| corrupt(name, &e))
-    };
-    let time = |name: &str| -> Result<Option<i64>, KeyStoreError> {
-        row.try_get(name).map_err(|e| corrupt(name, &e))
-    };
-    let scopes: Scopes = text("scopes")?.parse().map_err(|e| corrupt("scopes", &e))?;
-    Ok(ApiKey {
-        id: text("id")?,
-        prefix: text("prefix")?,
-        tenant: text("tenant")?,
-        scopes,
-        created_at: from_nanos(time("created_at")?.ok_or_else(|| corrupt("created_at", &"NULL"))?),
-        expires_at: time("expires_at")?.map(from_nanos),
-        revoked_at: time("revoked_at")?.map(from_nanos),
-    })
+    api_key(row, from_nanos)
 }
 
 #[async_trait]

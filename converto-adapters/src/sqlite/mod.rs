@@ -7,7 +7,8 @@
 //! [`SqliteConversionStore`] and a [`SqliteJobQueue`] sharing one connection pool. For a file
 //! database the store also keeps a few plain connections that answer `get` on the caller's
 //! thread, without the pool's thread hop, and fall back to the pool whenever they cannot answer
-//! at once (`read.rs`: no cache, every read sees every committed write).
+//! at once, and a few threads that read list and search pages, one message per page (`read.rs`:
+//! no cache, every read sees every committed write).
 //!
 //! Several processes (or several backends in one process) may share a file: records are changed
 //! with compare-and-set on their version, and jobs are reserved inside `BEGIN IMMEDIATE`

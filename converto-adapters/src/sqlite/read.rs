@@ -1,16 +1,22 @@
-//! Point reads of one record, and list pages, on the caller's thread, beside the sqlx pool.
+//! Point reads of one record on the caller's thread, and list pages on threads of their own,
+//! beside the sqlx pool.
 //!
 //! sqlx runs every SQLite connection on a thread of its own: a query is a message to that
 //! thread and an answer back, two thread wake-ups that cost far more than reading one row by
 //! its primary key from the page cache (a few microseconds). Status reads (`GET
 //! /v1/conversions/{id}`) are the hottest query of the service, so [`PointReader`] keeps a few
-//! plain connections (rusqlite, the same SQLite library) and answers them directly.
+//! plain connections (rusqlite, the same SQLite library) and answers them directly. List and
+//! search pages go to a few page-reading threads, each with a connection of its own: one
+//! message there and one answer back per page, where the pool sends one per row.
 //!
 //! Nothing is cached: every read is its own read transaction, so it sees every transaction
 //! committed before it started, by this process or any other sharing the file (WAL mode), as
-//! the sqlx path does. A read never waits: when every connection is in use, or SQLite reports
-//! anything at all (a busy database, a schema change, an I/O error, a row that does not
-//! decode), the caller falls back to the pool, which has the busy timeout and reports errors.
+//! the sqlx path does. A point read never waits, since it runs on an async runtime's thread:
+//! when every connection is in use, or SQLite reports anything at all (a busy database, a
+//! schema change, an I/O error, a row that does not decode), the caller falls back to the
+//! pool, which has the busy timeout and reports errors. A page-reading thread is off the
+//! runtime, so it waits for a writer's lock as the pool does (the same busy timeout); whatever
+//! SQLite reports after that, it hands its statement back for the pool to run.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,8 +27,8 @@ use converto_core::{ConversionId, Format};
 use parking_lot::Mutex;
 use rusqlite::{OpenFlags, OptionalExtension, Row};
 
-use super::from_nanos;
 use super::store::{Arg, COLUMNS, Statement};
+use super::{BUSY_TIMEOUT, from_nanos};
 
 /// The most connections kept for point reads, and the most threads reading pages; fewer when
 /// the machine has fewer threads to run reads on.
@@ -30,6 +36,41 @@ const MAX_READERS: usize = 8;
 
 /// A read run on a page-reading thread.
 type Job = Box<dyn FnOnce(&rusqlite::Connection) + Send>;
+
+/// How a page-reading thread turns the rows of a statement into an answer: `None` when it
+/// cannot (the pool then runs the statement and says what is wrong).
+pub(super) type Read<T> = fn(&rusqlite::Connection, &Statement) -> Option<T>;
+
+/// A statement on its way to a page-reading thread, with where its answer goes.
+///
+/// However the read ends, the asker hears back: with the answer, or with its statement for the
+/// pool to run, when the read declines, panics, or never runs because the threads are gone
+/// (the job is dropped unsent). Dropping a `PageRead` that has not answered hands the statement
+/// back.
+struct PageRead<T> {
+    statement: Statement,
+    read: Read<T>,
+    answer: Option<tokio::sync::oneshot::Sender<Result<T, Statement>>>,
+}
+
+impl<T> PageRead<T> {
+    fn run(mut self, conn: &rusqlite::Connection) {
+        if let Some(value) = (self.read)(conn, &self.statement)
+            && let Some(answer) = self.answer.take()
+        {
+            // The asker may have gone (a dropped request): nobody to answer then.
+            let _ = answer.send(Ok(value));
+        }
+    }
+}
+
+impl<T> Drop for PageRead<T> {
+    fn drop(&mut self) {
+        if let Some(answer) = self.answer.take() {
+            let _ = answer.send(Err(std::mem::take(&mut self.statement)));
+        }
+    }
+}
 
 /// A few connections for point reads, each used by one thread at a time.
 pub(super) struct PointReader {
@@ -60,14 +101,16 @@ impl PointReader {
         let count = std::thread::available_parallelism()
             .map_or(2, usize::from)
             .clamp(2, MAX_READERS);
+        // Point reads run on the async runtime's threads: they never wait for a lock.
         let connections = (0..count)
-            .map(|_| open_one(path).map(Mutex::new))
+            .map(|_| open_one(path, Duration::ZERO).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| tracing::debug!(error = %e, "no direct SQLite reads; using the pool"))
             .ok()?;
         let (pages, jobs) = flume::unbounded::<Job>();
         for _ in 0..count {
-            let conn = open_one(path)
+            // Off the runtime, a page may wait for a writer's lock as the pool would.
+            let conn = open_one(path, BUSY_TIMEOUT)
                 .map_err(|e| tracing::debug!(error = %e, "no direct SQLite reads; using the pool"))
                 .ok()?;
             let jobs = jobs.clone();
@@ -109,48 +152,50 @@ impl PointReader {
         }
     }
 
-    /// Runs `read` on a page-reading thread; `None` when that fails or `read` cannot answer.
-    async fn on_thread<T: Send + 'static>(
+    /// What `read` makes of the rows of `statement`, read on a page-reading thread; the
+    /// statement back when this reader cannot answer now and the pool should.
+    pub(super) async fn read<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&rusqlite::Connection) -> Option<T> + Send + 'static,
-    ) -> Option<T> {
+        statement: Statement,
+        read: Read<T>,
+    ) -> Result<T, Statement> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            // The asker may have gone (a dropped request): nobody to answer then.
-            let _ = answer.send(read(conn));
-        });
-        self.pages.send(job).ok()?;
-        answered.await.ok().flatten()
+        let request = PageRead {
+            statement,
+            read,
+            answer: Some(answer),
+        };
+        // Unsent (every thread has gone), the job is dropped here and hands the statement back.
+        let _ = self.pages.send(Box::new(move |conn| request.run(conn)));
+        match answered.await {
+            Ok(answer) => answer,
+            Err(_) => unreachable!("a page read answers, or hands its statement back when dropped"),
+        }
     }
+}
 
-    /// The one integer `statement` selects, or `None` when this reader cannot answer now and
-    /// the pool should.
-    pub(super) async fn integer(&self, statement: Statement) -> Option<i64> {
-        self.on_thread(move |conn| {
-            let mut stmt = conn.prepare_cached(&statement.sql).ok()?;
-            stmt.query_row(rusqlite::params_from_iter(args(&statement)), |row| {
-                row.get(0)
-            })
-            .ok()
-        })
-        .await
-    }
+/// The one integer `statement` selects.
+pub(super) fn integer(conn: &rusqlite::Connection, statement: &Statement) -> Option<i64> {
+    let mut stmt = conn.prepare_cached(&statement.sql).ok()?;
+    stmt.query_row(rusqlite::params_from_iter(args(statement)), |row| {
+        row.get(0)
+    })
+    .ok()
+}
 
-    /// The records `statement` selects (a list or search page), or `None` when this reader
-    /// cannot answer now and the pool should.
-    pub(super) async fn select(&self, statement: Statement) -> Option<Vec<Conversion>> {
-        self.on_thread(move |conn| {
-            let mut stmt = conn.prepare_cached(&statement.sql).ok()?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(args(&statement)), |row| {
-                    Ok(decode(row))
-                })
-                .ok()?;
-            // Any row that does not decode: the pool's decoder says what is wrong with it.
-            rows.map(|row| row.ok().flatten()).collect()
+/// The records `statement` selects (a list or search page).
+pub(super) fn records(
+    conn: &rusqlite::Connection,
+    statement: &Statement,
+) -> Option<Vec<Conversion>> {
+    let mut stmt = conn.prepare_cached(&statement.sql).ok()?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args(statement)), |row| {
+            Ok(decode(row))
         })
-        .await
-    }
+        .ok()?;
+    // Any row that does not decode: the pool's decoder says what is wrong with it.
+    rows.map(|row| row.ok().flatten()).collect()
 }
 
 /// The arguments of `statement`, for rusqlite.
@@ -165,24 +210,21 @@ fn args(statement: &Statement) -> impl Iterator<Item = rusqlite::types::ToSqlOut
     })
 }
 
-fn open_one(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+/// A read-only connection that waits up to `busy_timeout` for another connection's lock.
+fn open_one(path: &Path, busy_timeout: Duration) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    // Never wait for a lock on the caller's thread: the pool waits instead.
-    conn.busy_timeout(Duration::ZERO)?;
+    conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "query_only", true)?;
     // Point reads, and the list and search statements (one per shape of query).
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
-fn text(row: &Row<'_>, i: usize) -> Option<String> {
-    row.get(i).ok()
-}
-
-fn opt_text(row: &Row<'_>, i: usize) -> Option<Option<String>> {
+/// The value in column `i`, owned.
+fn get<T: rusqlite::types::FromSql>(row: &Row<'_>, i: usize) -> Option<T> {
     row.get(i).ok()
 }
 
@@ -196,16 +238,8 @@ fn opt_str_ref<'r>(row: &'r Row<'_>, i: usize) -> Option<Option<&'r str>> {
     row.get_ref(i).ok()?.as_str_or_null().ok()
 }
 
-fn int(row: &Row<'_>, i: usize) -> Option<i64> {
-    row.get(i).ok()
-}
-
-fn opt_int(row: &Row<'_>, i: usize) -> Option<Option<i64>> {
-    row.get(i).ok()
-}
-
 fn number<T: TryFrom<i64>>(row: &Row<'_>, i: usize) -> Option<T> {
-    int(row, i)?.try_into().ok()
+    get::<i64>(row, i)?.try_into().ok()
 }
 
 fn json<T: serde::de::DeserializeOwned>(row: &Row<'_>, i: usize) -> Option<T> {
@@ -228,7 +262,7 @@ fn format(row: &Row<'_>, i: usize) -> Option<Format> {
 fn decode(row: &Row<'_>) -> Option<Conversion> {
     Some(Conversion {
         id: str_ref(row, 0)?.parse().ok()?,
-        tenant: text(row, 1)?,
+        tenant: get(row, 1)?,
         source_format: format(row, 2)?,
         target_format: format(row, 3)?,
         options: json(row, 4)?,
@@ -239,16 +273,16 @@ fn decode(row: &Row<'_>) -> Option<Conversion> {
         attempts: number(row, 9)?,
         error: opt_json(row, 10)?,
         artifacts: json(row, 11)?,
-        input_key: text(row, 12)?,
-        input_name: opt_text(row, 13)?,
+        input_key: get(row, 12)?,
+        input_name: get(row, 13)?,
         input_size: number(row, 14)?,
-        idempotency_key: opt_text(row, 15)?,
-        created_at: from_nanos(int(row, 16)?),
-        started_at: opt_int(row, 17)?.map(from_nanos),
-        finished_at: opt_int(row, 18)?.map(from_nanos),
-        updated_at: from_nanos(int(row, 19)?),
+        idempotency_key: get(row, 15)?,
+        created_at: from_nanos(get(row, 16)?),
+        started_at: get::<Option<i64>>(row, 17)?.map(from_nanos),
+        finished_at: get::<Option<i64>>(row, 18)?.map(from_nanos),
+        updated_at: from_nanos(get(row, 19)?),
         version: number(row, 20)?,
-        description: opt_text(row, 21)?,
+        description: get(row, 21)?,
         tags: json(row, 22)?,
     })
 }
@@ -259,15 +293,21 @@ mod tests {
 
     use super::super::SqliteBackend;
 
-    /// The store of a file database answers `get` here (not through the pool), and stops once
-    /// the pool is closed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn file_databases_read_directly() {
+    /// A backend on a new database file, which lives as long as the directory.
+    async fn file_backend() -> (tempfile::TempDir, SqliteBackend) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("converto.db");
         let backend = SqliteBackend::connect(path.to_str().expect("utf-8"))
             .await
             .expect("connect");
+        (dir, backend)
+    }
+
+    /// The store of a file database answers `get` here (not through the pool), and stops once
+    /// the pool is closed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn file_databases_read_directly() {
+        let (_dir, backend) = file_backend().await;
         let store = backend.store();
         let reader = store.reader.as_ref().expect("a point reader");
         let created = store
@@ -283,7 +323,10 @@ mod tests {
             ..Default::default()
         };
         let statement = super::super::store::list_query(&query, "", None).expect("statement");
-        let direct = reader.select(statement).await.expect("a direct read");
+        let direct = reader
+            .read(statement, super::records)
+            .await
+            .expect("a direct read");
         assert_eq!(direct, vec![created.clone()]);
         assert_eq!(store.list(&query).await.expect("list").items, direct);
         backend.close().await;
@@ -299,5 +342,39 @@ mod tests {
             memory.store().reader.is_none(),
             "memory databases use the pool"
         );
+    }
+
+    /// A page read that cannot answer hands its statement back for the pool, and so does one
+    /// dropped before it ran (no thread left to run it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn declined_reads_hand_the_statement_back() {
+        let (_dir, backend) = file_backend().await;
+        let store = backend.store();
+        let reader = store.reader.as_ref().expect("a point reader");
+        let statement = |sql: &str| super::Statement {
+            sql: sql.to_owned(),
+            args: Vec::new(),
+        };
+        let sql = "SELECT count(*) AS n FROM converto_conversions";
+        assert_eq!(
+            reader.read(statement(sql), super::integer).await.ok(),
+            Some(0)
+        );
+
+        let bad = "SELECT no_such_column AS n FROM converto_conversions";
+        let back = reader
+            .read(statement(bad), super::integer)
+            .await
+            .expect_err("an unknown column declines");
+        assert_eq!(back.sql, bad);
+
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        drop(super::PageRead {
+            statement: statement(sql),
+            read: super::integer,
+            answer: Some(answer),
+        });
+        let back = answered.await.expect("an answer").expect_err("no read ran");
+        assert_eq!(back.sql, sql);
     }
 }

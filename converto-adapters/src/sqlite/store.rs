@@ -253,7 +253,7 @@ fn fts_query(terms: &[String]) -> String {
 pub(crate) const SEARCH_WINDOWS: [usize; 2] = [256, 4096];
 
 /// One argument of a [`Statement`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) enum Arg {
     /// A TEXT value.
     Text(String),
@@ -263,7 +263,7 @@ pub(super) enum Arg {
 
 /// SQL with its `?` arguments, bound by the pool (sqlx) or by the direct reader (rusqlite,
 /// `read.rs`): the same statement runs on either.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub(super) struct Statement {
     pub(super) sql: String,
     pub(super) args: Vec<Arg>,
@@ -526,37 +526,45 @@ impl SqliteConversionStore {
         Ok(plan)
     }
 
-    /// The integer `statement` selects, read as [`select`](Self::select) reads.
-    async fn integer(&self, statement: Statement) -> Result<i64, StoreError> {
-        if let Some(reader) = &self.reader
-            && !self.pool.is_closed()
-            && let Some(n) = reader.integer(statement.clone()).await
-        {
-            return Ok(n);
-        }
-        let row = statement
-            .query()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(query_error("list"))?;
-        column::<i64>(&row, "n")
-    }
-
-    /// The records `statement` selects: read by the direct reader's threads when it can, else
-    /// through the pool.
-    async fn select(&self, statement: Statement) -> Result<Vec<Conversion>, StoreError> {
-        if let Some(reader) = &self.reader
-            && !self.pool.is_closed()
-            && let Some(records) = reader.select(statement.clone()).await
-        {
-            return Ok(records);
-        }
+    /// What `statement` selects: made by `direct` on the reader's page-reading threads when
+    /// they can answer, else by `from_rows` from the pool's rows.
+    async fn read_or_pool<T: Send + 'static>(
+        &self,
+        statement: Statement,
+        direct: super::read::Read<T>,
+        from_rows: fn(&[SqliteRow]) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let statement = match &self.reader {
+            // A closed pool answers with its error, whatever the reader could still read.
+            Some(reader) if !self.pool.is_closed() => match reader.read(statement, direct).await {
+                Ok(answer) => return Ok(answer),
+                Err(declined) => declined,
+            },
+            _ => statement,
+        };
         let rows = statement
             .query()
             .fetch_all(&self.pool)
             .await
             .map_err(query_error("list"))?;
-        rows.iter().map(decode).collect()
+        from_rows(&rows)
+    }
+
+    /// The integer (column `n`) `statement` selects.
+    async fn integer(&self, statement: Statement) -> Result<i64, StoreError> {
+        self.read_or_pool(statement, super::read::integer, |rows| match rows.first() {
+            Some(row) => column::<i64>(row, "n"),
+            None => Err(corrupt("n", "no row")),
+        })
+        .await
+    }
+
+    /// The records `statement` selects.
+    async fn select(&self, statement: Statement) -> Result<Vec<Conversion>, StoreError> {
+        self.read_or_pool(statement, super::read::records, |rows| {
+            rows.iter().map(decode).collect()
+        })
+        .await
     }
 }
 

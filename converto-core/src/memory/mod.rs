@@ -1,7 +1,7 @@
 //! In-memory backends: for tests, embedding and single-process use. Nothing survives the process.
 
 mod blob;
-mod ids;
+pub(crate) mod ids;
 mod keys;
 mod progress;
 mod queue;

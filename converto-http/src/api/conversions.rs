@@ -14,7 +14,7 @@ use converto_core::store::ListQuery;
 use converto_core::{ConversionId, Format, Status, Submission, SubmitInput};
 use futures::StreamExt;
 use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 use super::upload::stage;
 use super::views::{ConversionView, ListView};
@@ -33,11 +33,8 @@ pub(crate) struct SubmitForm {
     file: Vec<u8>,
     /// An http(s) URL the record is POSTed to on every terminal status, signed with the
     /// tenant's signing secret (`POST /v1/webhook-secret/rotate`).
-    #[schema(
-        nullable = false,
-        max_length = 2048,
-        pattern = r"^https?://([A-Za-z0-9](-?[A-Za-z0-9]){0,31}\.){0,8}[A-Za-z](-?[A-Za-z0-9]){0,31}(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,256}){0,16}(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]{0,1024})?$"
-    )]
+    // Its pattern, `URL_PATTERN`, is added by `webhooks::document`.
+    #[schema(nullable = false, max_length = 2048)]
     webhook_url: Option<String>,
     /// `true`: also POST to `webhook_url` when an attempt starts.
     #[schema(nullable = false)]
@@ -85,10 +82,8 @@ pub struct SubmitJson {
     pub file_name: Option<String>,
     /// An http(s) URL the record is POSTed to on every terminal status, signed with the
     /// tenant's signing secret (`POST /v1/webhook-secret/rotate`).
-    #[schema(
-        max_length = 2048,
-        pattern = r"^https?://([A-Za-z0-9](-?[A-Za-z0-9]){0,31}\.){0,8}[A-Za-z](-?[A-Za-z0-9]){0,31}(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,256}){0,16}(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]{0,1024})?$"
-    )]
+    // Its pattern, `URL_PATTERN`, is added by `webhooks::document`.
+    #[schema(max_length = 2048)]
     pub webhook_url: Option<String>,
     /// `true`: also POST to `webhook_url` when an attempt starts.
     #[serde(default)]
@@ -835,8 +830,8 @@ pub(crate) async fn list(
 }
 
 /// One conversion, with progress and artifact links.
-#[utoipa::path(get, path = "/v1/conversions/{id}", tag = "conversions", params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)")),
-    responses((status = 200, body = ConversionView), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/conversions/{id}", tag = "conversions", params(ConversionIdParam),
+    responses((status = 200, body = ConversionView), OneConversionErrors))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -859,8 +854,8 @@ pub(crate) async fn get(
 }
 
 /// Remove a conversion and its files (cancelling it first if it is still live).
-#[utoipa::path(delete, path = "/v1/conversions/{id}", tag = "conversions", params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)")),
-    responses((status = 204, description = "Removed"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 409, description = "It changed while being removed; try again", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/v1/conversions/{id}", tag = "conversions", params(ConversionIdParam),
+    responses((status = 204, description = "Removed"), (status = 409, description = "It changed while being removed; try again", body = Problem, content_type = "application/problem+json"), OneConversionErrors))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -875,8 +870,8 @@ pub(crate) async fn delete(
 }
 
 /// Cancel queued or running work.
-#[utoipa::path(post, path = "/v1/conversions/{id}/cancel", tag = "conversions", params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)")),
-    responses((status = 200, body = ConversionView), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/conversions/{id}/cancel", tag = "conversions", params(ConversionIdParam),
+    responses((status = 200, body = ConversionView), (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json"), OneConversionErrors))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
@@ -891,8 +886,8 @@ pub(crate) async fn cancel(
 }
 
 /// Server-Sent Events: `status` and `progress` events until the conversion ends.
-#[utoipa::path(get, path = "/v1/conversions/{id}/events", tag = "conversions", params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)")),
-    responses((status = 200, description = "text/event-stream of `status` and `progress` events", content_type = "text/event-stream"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/conversions/{id}/events", tag = "conversions", params(ConversionIdParam),
+    responses((status = 200, description = "text/event-stream of `status` and `progress` events", content_type = "text/event-stream"), OneConversionErrors))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     principal: Principal,
@@ -1000,6 +995,41 @@ async fn discard_input(engine: &TenantEngine, input: SubmitInput) {
     }
 }
 
+/// The refusals every endpoint of one conversion documents (each adds its own).
+#[derive(IntoResponses)]
+#[allow(dead_code)] // documents the answers for the OpenAPI spec
+pub(crate) enum OneConversionErrors {
+    #[response(
+        status = 400,
+        description = "Malformed id",
+        content_type = "application/problem+json"
+    )]
+    MalformedId(Problem),
+    #[response(
+        status = 404,
+        description = "No such conversion",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    #[response(
+        status = 503,
+        description = "A backend is unavailable, or too many requests at once (see Retry-After)",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}
+
+/// The `{id}` of the paths of one conversion, as the spec documents it (the handlers take it
+/// as a string and answer a malformed one with a 400).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the parameter for the OpenAPI spec
+pub(crate) struct ConversionIdParam {
+    /// The conversion id (a UUIDv7, lowercase)
+    #[param(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")]
+    id: String,
+}
+
 /// The query of a signed download link (`signed_url` of an artifact).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -1028,7 +1058,7 @@ pub fn is_signed_artifact_link(method: &axum::http::Method, uri: &axum::http::Ur
 /// Download an artifact (Range, ETag and Content-Disposition supported), or be redirected to
 /// a presigned object-storage URL when the server is configured so.
 #[utoipa::path(get, path = "/v1/conversions/{id}/artifacts/{name}", tag = "conversions",
-    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)"), ("name" = String, Path, description = "The artifact's name, as listed in the conversion"), LinkParams),
+    params(ConversionIdParam, ("name" = String, Path, description = "The artifact's name, as listed in the conversion"), LinkParams),
     responses((status = 200, description = "The bytes", content_type = "application/octet-stream"), (status = 206, description = "Partial content", content_type = "application/octet-stream"), (status = 304, description = "Not modified"),
         (status = 307, description = "Redirect to a presigned URL"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 403, description = "A signed link that is forged, altered or expired", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion or artifact", body = Problem, content_type = "application/problem+json"), (status = 416, description = "Range not satisfiable (Content-Range gives the size)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable, or too many requests at once (see Retry-After)", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn artifact(

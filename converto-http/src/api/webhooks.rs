@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::ToSchema;
 
+use super::conversions::ConversionIdParam;
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
@@ -46,11 +47,8 @@ pub struct CreateEndpoint {
     ///
     /// It must have the documented shape ([`URL_PATTERN`]): a host name (not an IP literal),
     /// an optional port, path and query.
-    #[schema(
-        max_length = 2048,
-        example = "https://example.com/converto",
-        pattern = r"^https?://([A-Za-z0-9](-?[A-Za-z0-9]){0,31}\.){0,8}[A-Za-z](-?[A-Za-z0-9]){0,31}(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,256}){0,16}(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]{0,1024})?$"
-    )]
+    // Its pattern, `URL_PATTERN`, is added by `webhooks::document`.
+    #[schema(max_length = 2048, example = "https://example.com/converto")]
     pub url: String,
     /// Also send `conversion.started` when an attempt starts (terminal statuses are always
     /// sent).
@@ -278,7 +276,7 @@ pub(crate) async fn rotate_signing_secret(
 
 /// Every attempt to deliver this conversion's webhooks (the last 50), oldest first.
 #[utoipa::path(get, path = "/v1/conversions/{id}/deliveries", tag = "webhooks",
-    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "The conversion id (a UUIDv7, lowercase)")),
+    params(ConversionIdParam),
     responses((status = 200, body = DeliveriesView), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such conversion", body = Problem, content_type = "application/problem+json"), (status = 503, description = "A backend is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn deliveries(
     State(state): State<AppState>,
@@ -304,6 +302,30 @@ pub(crate) async fn deliveries(
 /// come on top, at delivery.
 pub(crate) const URL_PATTERN: &str = r"^https?://([A-Za-z0-9](-?[A-Za-z0-9]){0,31}\.){0,8}[A-Za-z](-?[A-Za-z0-9]){0,31}(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,256}){0,16}(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]{0,1024})?$";
 
+/// The webhook URL fields of the request schemas: (schema, property).
+const URL_FIELDS: [(&str, &str); 3] = [
+    ("SubmitForm", "webhook_url"),
+    ("SubmitJson", "webhook_url"),
+    ("CreateEndpoint", "url"),
+];
+
+/// Adds [`URL_PATTERN`] to every webhook URL field of the spec. The pattern is added here
+/// rather than in the fields' `#[schema]` attributes because utoipa's `pattern` takes only a
+/// string literal: this way the text exists once.
+pub(crate) fn document(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, Schema};
+    let Some(components) = spec.components.as_mut() else {
+        return;
+    };
+    for (schema, field) in URL_FIELDS {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema)
+            && let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field)
+        {
+            property.pattern = Some(URL_PATTERN.to_owned());
+        }
+    }
+}
+
 static URL_SHAPE: std::sync::LazyLock<Option<regex::Regex>> =
     std::sync::LazyLock::new(|| regex::Regex::new(URL_PATTERN).ok());
 
@@ -326,19 +348,25 @@ pub(crate) fn check_url_shape(url: &str) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod url_shape_tests {
-    use super::{URL_PATTERN, URL_SHAPE, check_url_shape};
+    use super::{URL_FIELDS, URL_PATTERN, URL_SHAPE, check_url_shape};
 
     #[test]
     fn the_documented_shape_is_the_one_checked() {
         assert!(URL_SHAPE.is_some(), "the pattern compiles");
-        // The OpenAPI attributes repeat the pattern as literals: the same text in each.
-        let sources = [include_str!("webhooks.rs"), include_str!("conversions.rs")].concat();
-        let attribute = format!("pattern = r\"{URL_PATTERN}\"");
-        assert_eq!(
-            sources.matches(attribute.as_str()).count(),
-            3,
-            "every webhook URL field documents it"
-        );
+        // Every webhook URL field of the spec documents it.
+        let engine = converto_core::Engine::builder()
+            .backends(converto_core::Backends::in_memory())
+            .registry(converto_core::ConverterRegistry::new())
+            .build()
+            .expect("engine");
+        let state = crate::AppState::new(engine, crate::ApiSettings::default());
+        let spec = serde_json::to_value(crate::router_and_spec(state).1).expect("spec");
+        for (schema, field) in URL_FIELDS {
+            assert_eq!(
+                spec["components"]["schemas"][schema]["properties"][field]["pattern"], URL_PATTERN,
+                "{schema}.{field}"
+            );
+        }
         for good in [
             "https://example.com/hooks/converto?token=a%20b",
             "http://hooks.example.org:8080/",

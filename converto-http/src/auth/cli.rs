@@ -32,13 +32,7 @@ pub async fn run(
     command: KeysCommand,
     out: &mut dyn Write,
 ) -> Result<(), KeysCliError> {
-    if settings.store == "memory" {
-        return Err(KeysCliError::Argument(
-            "the memory store keeps nothing after this command ends; keys need a SQLite or \
-             PostgreSQL --store"
-                .into(),
-        ));
-    }
+    runtime::require_lasting_store(settings, "keys").map_err(KeysCliError::Argument)?;
     let store = runtime::open_key_store(settings).await?;
     match command {
         KeysCommand::Create {

@@ -1,5 +1,6 @@
-//! What the tests that run the real `converto` binary share: starting it, submitting, polling
-//! records, and checking what the blob directory holds. Each test binary uses part of it.
+//! What the integration tests share: for the tests that run the real `converto` binary,
+//! starting it, submitting, polling records, and checking what the blob directory holds; for
+//! the tests that call the router, reading its answers. Each test binary uses part of it.
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
@@ -46,6 +47,28 @@ impl Proc {
         Self { child, base }
     }
 
+    /// Starts `converto --data-dir DATA serve --listen 127.0.0.1:0 EXTRA...` with `env` added
+    /// (global flags may be among `extra`), and waits for the listening line.
+    pub fn serve(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Self {
+        let mut args = vec![
+            "--data-dir".to_owned(),
+            data_dir.display().to_string(),
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(&args, env, true)
+    }
+
+    /// Runs `converto ARGS` with `env` added to its end, and asserts it succeeded.
+    pub fn run_ok<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, String)]) {
+        let mut proc = Self::spawn(args, env, false);
+        let status = proc.child.wait().expect("wait for converto");
+        let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+        assert!(status.success(), "converto {shown:?} failed: {status}");
+    }
+
     /// The base URL of a `serve` process.
     pub fn base(&self) -> &str {
         self.base.as_deref().expect("a serve process")
@@ -68,6 +91,38 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `converto --data-dir DATA ARGS` to its end, the store and the authentication those of
+/// the data directory whatever the environment says.
+pub fn converto(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_converto"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("CONVERTO_LOG", "warn")
+        .env_remove("CONVERTO_STORE")
+        .env_remove("CONVERTO_AUTH")
+        .output()
+        .expect("run converto")
+}
+
+/// A binary STL of one triangle (134 bytes).
+pub fn triangle_stl() -> Vec<u8> {
+    let mut stl = vec![0u8; 80];
+    stl.extend_from_slice(&1u32.to_le_bytes());
+    for v in [
+        [0.0f32, 0.0, 1.0],
+        [0.0, 0.0, 0.0],
+        [1.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0],
+    ] {
+        for c in v {
+            stl.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    stl.extend_from_slice(&[0, 0]);
+    stl
 }
 
 /// Whether this is a CI run (`CI=true`), where a missing server fails instead of skipping.
@@ -108,6 +163,11 @@ pub fn reachable(url: &str, default_port: u16) -> Option<std::net::SocketAddr> {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .ok()
         .map(|_| addr)
+}
+
+/// Command-line arguments: `fixed`, then `extra`.
+pub fn args(fixed: &[&str], extra: &[&str]) -> Vec<String> {
+    fixed.iter().chain(extra).map(|s| s.to_string()).collect()
 }
 
 /// Writes a route file for `txt -> slowtxt`: `/bin/sh` sleeping `sleep` seconds, then copying.
@@ -156,6 +216,26 @@ pub async fn submit(
         .as_str()
         .expect("id")
         .to_owned()
+}
+
+/// Submits `n` conversions to `base`, `at_once` at a time: `job {i}` as `j{i}.txt` for
+/// `slowtxt`. Returns each `i` with its conversion's id.
+pub async fn submit_jobs(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+    at_once: usize,
+) -> Vec<(usize, String)> {
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            let body = format!("job {i}").into_bytes();
+            let id = submit(client, base, &format!("j{i}.txt"), body, "slowtxt").await;
+            (i, id)
+        })
+        .buffer_unordered(at_once)
+        .collect()
+        .await
 }
 
 /// `GET /v1/conversions/{id}`: the HTTP status and the body.
@@ -263,4 +343,39 @@ pub fn artifact_attempt_dirs(blobs: &Path, id: &str) -> usize {
             .count()
     })
     .unwrap_or(0)
+}
+
+/// The JSON body of a router's answer.
+pub async fn json_of(resp: axum::http::Response<axum::body::Body>) -> Value {
+    use http_body_util::BodyExt;
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+}
+
+/// Asserts a router's answer is a problem+json of `status` with a `urn:converto:problem:` type
+/// and a detail, and returns it.
+pub async fn problem(
+    resp: axum::http::Response<axum::body::Body>,
+    status: axum::http::StatusCode,
+) -> Value {
+    use axum::http::header;
+    assert_eq!(resp.status(), status);
+    assert_eq!(
+        resp.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let p = json_of(resp).await;
+    assert_eq!(p["status"], status.as_u16());
+    assert!(
+        p["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:converto:problem:")),
+        "{p}"
+    );
+    assert!(
+        p["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "problem without detail: {p}"
+    );
+    p
 }
