@@ -150,7 +150,7 @@ pub fn validate_key(key: &str) -> Result<(), BlobError> {
     if key.len() > 1024 {
         return bad("longer than 1024 bytes");
     }
-    if key.chars().any(|c| c.is_control()) {
+    if has_control(key) {
         return bad("contains a control character");
     }
     if key.contains('\\') {
@@ -167,6 +167,18 @@ pub fn validate_key(key: &str) -> Result<(), BlobError> {
         }
     }
     Ok(())
+}
+
+/// Whether `s` holds a control character (`char::is_control`: U+0000 to U+001F, U+007F and
+/// U+0080 to U+009F), read as bytes: the first two ranges are single bytes in UTF-8, the third
+/// is `0xC2` followed by `0x80` to `0x9F`. Keys are checked on every blob call, and this is a
+/// fraction of decoding every character.
+fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().any(|&c| c < 0x20 || c == 0x7f)
+        || (!s.is_ascii()
+            && b.windows(2)
+                .any(|w| w[0] == 0xC2 && (0x80..=0x9F).contains(&w[1])))
 }
 
 /// Checks a list prefix: empty, or a valid key optionally ending in `/`.
@@ -268,6 +280,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn control_characters_are_found_as_char_is_control_finds_them() {
+        // Every character of the first three planes' start, alone and between others.
+        for c in (0u32..0x3000).filter_map(char::from_u32) {
+            for s in [c.to_string(), format!("a{c}b"), format!("é{c}")] {
+                assert_eq!(has_control(&s), s.chars().any(char::is_control), "{s:?}");
+            }
+        }
+    }
+
+    #[test]
     fn keys_cannot_escape() {
         for bad in [
             "",
@@ -283,6 +305,7 @@ mod tests {
             assert!(validate_key(bad).is_err(), "{bad:?} accepted");
         }
         assert!(validate_key("conversions/abc/input").is_ok());
+        assert!(validate_key("conversions/ünïcode ©/input").is_ok());
         assert!(validate_prefix("").is_ok());
         assert!(validate_prefix("conversions/").is_ok());
     }

@@ -265,7 +265,9 @@ where
 /// an answer. If another writer changed the record meanwhile, the compare-and-set fails on its
 /// version and the loop reads the stored record, as it would have anyway; a transition the kept
 /// record refuses is tried again from the stored one ([`RecentRecords::transition`]). Holds at
-/// most `capacity` records (it forgets them all when full: a cache miss only costs a read).
+/// most `capacity` records (it forgets them all when full: a cache miss only costs a read), and
+/// only records of at most [`RecentRecords::MAX_RECORD_BYTES`] (counting their text and
+/// options): the memory it may hold is bounded whatever the records carry.
 #[derive(Debug)]
 pub struct RecentRecords {
     records: parking_lot::Mutex<crate::memory::ids::IdMap<Conversion>>,
@@ -273,6 +275,9 @@ pub struct RecentRecords {
 }
 
 impl RecentRecords {
+    /// The largest record kept, in bytes of text and options (larger ones are read as usual).
+    pub const MAX_RECORD_BYTES: usize = 16 * 1024;
+
     /// A cache of at most `capacity` records.
     pub fn new(capacity: usize) -> Self {
         Self {
@@ -283,6 +288,10 @@ impl RecentRecords {
 
     /// Keeps `record` (the one just written) for its next transition.
     pub fn keep(&self, record: &Conversion) {
+        if !within(record, Self::MAX_RECORD_BYTES) {
+            self.forget(record.id);
+            return;
+        }
         let mut records = self.records.lock();
         if records.len() >= self.capacity && !records.contains_key(&record.id) {
             records.clear();
@@ -359,6 +368,54 @@ impl RecentRecords {
         }
         written
     }
+}
+
+/// Whether the record's text and options come to at most `budget` bytes (counted until the
+/// budget runs out, so a huge record costs no more to look at than a small one).
+fn within(c: &Conversion, budget: usize) -> bool {
+    fn value(v: &serde_json::Value, left: &mut usize) -> bool {
+        let take = |n: usize, left: &mut usize| match left.checked_sub(n) {
+            Some(l) => {
+                *left = l;
+                true
+            }
+            None => false,
+        };
+        match v {
+            serde_json::Value::String(s) => take(s.len() + 8, left),
+            serde_json::Value::Array(a) => take(16, left) && a.iter().all(|v| value(v, left)),
+            serde_json::Value::Object(o) => {
+                take(16, left)
+                    && o.iter()
+                        .all(|(k, v)| take(k.len() + 8, left) && value(v, left))
+            }
+            _ => take(16, left),
+        }
+    }
+    let text = [
+        Some(c.tenant.as_str()),
+        Some(c.input_key.as_str()),
+        c.input_name.as_deref(),
+        c.description.as_deref(),
+        c.idempotency_key.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(str::len)
+    .chain(c.tags.iter().map(String::len))
+    .chain(c.labels.iter().map(|(k, v)| k.len() + v.len()))
+    .chain(
+        c.artifacts
+            .iter()
+            .map(|a| a.name.len() + a.blob_key.len() + a.checksum.len() + 64),
+    )
+    .chain(c.error.iter().map(|e| e.code.len() + e.message.len()))
+    .try_fold(0usize, |sum, n| sum.checked_add(n))
+    .unwrap_or(usize::MAX);
+    let Some(mut left) = budget.checked_sub(text) else {
+        return false;
+    };
+    value(&c.options, &mut left)
 }
 
 /// Stores conversion records. Every status change goes through [`Transition::apply`] under a

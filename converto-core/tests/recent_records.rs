@@ -58,38 +58,38 @@ impl Stored {
     }
 }
 
+/// A queued record, stored, and an empty cache.
+fn queued() -> (Conversion, Arc<Stored>, RecentRecords) {
+    let record = sample("t").into_record(Utc::now());
+    let stored = Stored::new(record.clone());
+    (record, stored, RecentRecords::new(16))
+}
+
+/// The record a transition wrote.
+fn written(r: Result<Option<Conversion>, StoreError>) -> Conversion {
+    r.expect("transition").expect("written")
+}
+
 fn started(attempt: u32) -> Transition {
     Transition::Start { attempt }
 }
 
 #[tokio::test]
 async fn a_kept_record_spares_the_read() {
-    let record = sample("t").into_record(Utc::now());
-    let stored = Stored::new(record.clone());
-    let recent = RecentRecords::new(16);
+    let (record, stored, recent) = queued();
     recent.keep(&record);
-    let running = stored
-        .transition(&recent, &started(1))
-        .await
-        .expect("start")
-        .expect("written");
+    let running = written(stored.transition(&recent, &started(1)).await);
     assert_eq!(running.status, Status::Running);
     assert_eq!(stored.reads.load(Ordering::SeqCst), 0);
     // The written record is kept for the next transition too.
-    let cancelled = stored
-        .transition(&recent, &Transition::Cancel)
-        .await
-        .expect("cancel")
-        .expect("written");
+    let cancelled = written(stored.transition(&recent, &Transition::Cancel).await);
     assert_eq!(cancelled.status, Status::Cancelled);
     assert_eq!(stored.reads.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
 async fn an_old_copy_loses_the_compare_and_set_and_the_stored_record_decides() {
-    let record = sample("t").into_record(Utc::now());
-    let stored = Stored::new(record.clone());
-    let recent = RecentRecords::new(16);
+    let (record, stored, recent) = queued();
     recent.keep(&record);
     // Another writer cancels it behind the kept copy's back.
     {
@@ -109,9 +109,7 @@ async fn an_old_copy_loses_the_compare_and_set_and_the_stored_record_decides() {
 
 #[tokio::test]
 async fn a_transition_an_old_copy_refuses_is_asked_of_the_stored_record() {
-    let record = sample("t").into_record(Utc::now());
-    let stored = Stored::new(record.clone());
-    let recent = RecentRecords::new(16);
+    let (record, stored, recent) = queued();
     // The kept copy says cancelled (it was never written: say, a write whose answer was lost),
     // while the stored record is still queued.
     let mut old = record.clone();
@@ -119,11 +117,7 @@ async fn a_transition_an_old_copy_refuses_is_asked_of_the_stored_record() {
         .apply(&mut old, Utc::now())
         .expect("cancel");
     recent.keep(&old);
-    let running = stored
-        .transition(&recent, &started(1))
-        .await
-        .expect("start")
-        .expect("written");
+    let running = written(stored.transition(&recent, &started(1)).await);
     assert_eq!(running.status, Status::Running);
     assert_eq!(stored.record.lock().status, Status::Running);
     assert_eq!(stored.reads.load(Ordering::SeqCst), 1);
@@ -139,4 +133,25 @@ fn the_cache_stays_within_its_capacity() {
         recent.keep(r);
     }
     assert!(recent.len() <= 2, "{}", recent.len());
+}
+
+#[test]
+fn large_records_are_not_kept() {
+    let recent = RecentRecords::new(16);
+    let mut big = sample("t").into_record(Utc::now());
+    big.options = serde_json::json!({ "text": "x".repeat(RecentRecords::MAX_RECORD_BYTES) });
+    recent.keep(&big);
+    assert!(recent.is_empty());
+    let mut nested = sample("t").into_record(Utc::now());
+    nested.options = serde_json::json!(vec![vec![1; 64]; 64]);
+    recent.keep(&nested);
+    assert!(recent.is_empty());
+    let small = sample("t").into_record(Utc::now());
+    recent.keep(&small);
+    assert_eq!(recent.len(), 1);
+    // A record that grew past the limit is forgotten, not left behind in its old form.
+    let mut grown = small.clone();
+    grown.description = Some("y".repeat(RecentRecords::MAX_RECORD_BYTES));
+    recent.keep(&grown);
+    assert!(recent.is_empty());
 }

@@ -99,7 +99,7 @@ const BATCH_MAX: usize = 256;
 const BATCH_LANES: usize = 2;
 
 /// How many records the store keeps as the starting point of their next transition.
-const RECENT_RECORDS: usize = 4096;
+const RECENT_RECORDS: usize = 1024;
 
 /// A transition's write, ready for [`UPDATE_IF_VERSION`]'s arrays.
 struct Write {

@@ -22,12 +22,24 @@ struct Stored {
     last_modified: DateTime<Utc>,
 }
 
+/// `m` and the tag in lowercase hex (what `format!("m{:x}")` writes, without the formatter).
+fn etag(tag: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (64 - tag.leading_zeros()).div_ceil(4).max(1);
+    let mut s = String::with_capacity(1 + digits as usize);
+    s.push('m');
+    for i in (0..digits).rev() {
+        s.push(char::from(HEX[((tag >> (4 * i)) & 0xf) as usize]));
+    }
+    s
+}
+
 impl Stored {
     fn meta(&self, key: &str) -> BlobMeta {
         BlobMeta {
             key: key.into(),
             size: self.bytes.len() as u64,
-            etag: format!("m{:x}", self.tag),
+            etag: etag(self.tag),
             last_modified: self.last_modified,
         }
     }
@@ -120,5 +132,15 @@ impl BlobStore for MemoryBlobStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, s)| s.meta(k))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn etags_are_written_as_the_formatter_writes_them() {
+        for tag in [0, 1, 9, 10, 15, 16, 255, 256, 0xdead_beef, u64::MAX] {
+            assert_eq!(super::etag(tag), format!("m{tag:x}"));
+        }
     }
 }
