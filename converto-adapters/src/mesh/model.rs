@@ -240,7 +240,8 @@ impl<R: Read> Read for ProgressReader<'_, '_, R> {
     }
 }
 
-/// Slots in [`VertexMerger`]'s cache of recent vertices (2^14: 256 KiB, fits in L2).
+/// Slots in [`VertexMerger`]'s cache of recent vertices (2^12 slots of 16 bytes: 64 KiB, fits in
+/// L2; 2^14 measured no faster).
 const CACHE_BITS: u32 = 12;
 /// A NaN bit pattern: coordinates are checked finite before merging, so it never matches.
 const EMPTY_KEY: [u32; 3] = [0x7FC0_0000; 3];
