@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
+use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::PostgresError;
@@ -61,6 +62,20 @@ where
             lanes: lanes.max(1),
             tx: Mutex::new(None),
         }
+    }
+
+    /// A batcher whose statements run `run` on `pool` (each batch gets a handle to it).
+    pub(super) fn on_pool<F, Fut>(pool: &PgPool, max: usize, lanes: usize, run: F) -> Self
+    where
+        F: Fn(PgPool, Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Vec<Resp>, sqlx::Error>> + Send + 'static,
+    {
+        let pool = pool.clone();
+        Self::new(
+            max,
+            lanes,
+            Arc::new(move |reqs| Box::pin(run(pool.clone(), reqs))),
+        )
     }
 
     /// Sends `req` with whatever else is waiting, and returns its answer. When the batch's

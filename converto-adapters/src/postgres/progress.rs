@@ -154,18 +154,12 @@ fn fan_out(topics: &Topics, payload: &str) {
 impl PostgresProgressBus {
     pub(super) fn new(shared: Shared) -> Self {
         let channel = shared.channel("progress");
-        let (pool, to) = (shared.pool.clone(), Arc::<str>::from(channel.as_str()));
-        let publishes = Batcher::new(
-            BATCH_MAX,
-            BATCH_LANES,
-            Arc::new(move |events| Box::pin(publish_many(pool.clone(), Arc::clone(&to), events))),
-        );
-        let pool = shared.pool.clone();
-        let forgets = Batcher::new(
-            BATCH_MAX,
-            BATCH_LANES,
-            Arc::new(move |ids| Box::pin(forget_many(pool.clone(), ids))),
-        );
+        let to = Arc::<str>::from(channel.as_str());
+        let publishes =
+            Batcher::on_pool(&shared.pool, BATCH_MAX, BATCH_LANES, move |pool, events| {
+                publish_many(pool, Arc::clone(&to), events)
+            });
+        let forgets = Batcher::on_pool(&shared.pool, BATCH_MAX, BATCH_LANES, forget_many);
         Self {
             shared,
             channel,

@@ -266,14 +266,12 @@ fn sql(e: sqlx::Error) -> QueueError {
 impl PostgresJobQueue {
     pub(super) fn new(shared: Shared) -> Self {
         let channel = shared.channel("jobs");
-        let (pool, to) = (
-            shared.queue_pool.clone(),
-            Arc::<str>::from(channel.as_str()),
-        );
-        let enqueues = Batcher::new(
+        let to = Arc::<str>::from(channel.as_str());
+        let enqueues = Batcher::on_pool(
+            &shared.queue_pool,
             ENQUEUE_BATCH,
             ENQUEUE_LANES,
-            Arc::new(move |jobs| Box::pin(enqueue_many(pool.clone(), Arc::clone(&to), jobs))),
+            move |pool, jobs| enqueue_many(pool, Arc::clone(&to), jobs),
         );
         Self {
             shared,

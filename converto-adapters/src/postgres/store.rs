@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Display;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -248,6 +247,13 @@ async fn insert_many(pool: PgPool, rows: Vec<Insert>) -> Result<Vec<Inserted>, s
     Ok(outcome)
 }
 
+/// One column of a batch statement's arrays: `rows[i].<field…>` for each index `i` of `pass`.
+macro_rules! column {
+    ($pass:expr, $rows:expr, $($f:tt)+) => {
+        $pass.iter().map(|&i| { let r = &$rows[i]; r.$($f)+ }).collect::<Vec<_>>()
+    };
+}
+
 /// One [`INSERT`] of the rows at `pass`; the ids inserted.
 async fn insert_pass(
     pool: &PgPool,
@@ -255,9 +261,7 @@ async fn insert_pass(
     pass: &[usize],
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
     macro_rules! col {
-        ($($f:tt)+) => {
-            pass.iter().map(|&i| { let r = &rows[i]; r.$($f)+ }).collect::<Vec<_>>()
-        };
+        ($($f:tt)+) => { column!(pass, rows, $($f)+) };
     }
     let done: Vec<Uuid> = sqlx::query_scalar(INSERT)
         .bind(col!(id))
@@ -321,44 +325,22 @@ async fn write_many(pool: PgPool, writes: Vec<Write>) -> Result<Vec<bool>, sqlx:
     let mut written = vec![false; writes.len()];
     let ids: Vec<Uuid> = writes.iter().map(|w| w.id).collect();
     for pass in unique_passes(&ids) {
-        let col = |f: fn(&Write) -> _| pass.iter().map(|&i| f(&writes[i])).collect::<Vec<_>>();
+        macro_rules! col {
+            ($($f:tt)+) => { column!(pass, writes, $($f)+) };
+        }
         let done: Vec<Uuid> = sqlx::query_scalar(UPDATE_IF_VERSION)
-            .bind(pass.iter().map(|&i| ids[i]).collect::<Vec<_>>())
-            .bind(col(|w| w.version))
-            .bind(pass.iter().map(|&i| writes[i].status).collect::<Vec<_>>())
-            .bind(
-                pass.iter()
-                    .map(|&i| writes[i].progress.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(col(|w| w.attempts))
-            .bind(
-                pass.iter()
-                    .map(|&i| writes[i].error.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                pass.iter()
-                    .map(|&i| writes[i].artifacts.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                pass.iter()
-                    .map(|&i| writes[i].started_at)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                pass.iter()
-                    .map(|&i| writes[i].finished_at)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                pass.iter()
-                    .map(|&i| writes[i].updated_at)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(col(|w| w.next_version))
-            .bind(col(|w| w.stored_bytes))
+            .bind(col!(id))
+            .bind(col!(version))
+            .bind(col!(status))
+            .bind(col!(progress.as_deref()))
+            .bind(col!(attempts))
+            .bind(col!(error.as_deref()))
+            .bind(col!(artifacts.as_str()))
+            .bind(col!(started_at))
+            .bind(col!(finished_at))
+            .bind(col!(updated_at))
+            .bind(col!(next_version))
+            .bind(col!(stored_bytes))
             .fetch_all(&pool)
             .await?;
         let done: HashSet<Uuid> = done.into_iter().collect();
@@ -393,24 +375,9 @@ pub struct PostgresConversionStore {
 
 impl PostgresConversionStore {
     pub(super) fn new(shared: Shared) -> Self {
-        let pool = shared.pool.clone();
-        let reads = Batcher::new(
-            BATCH_MAX,
-            BATCH_LANES,
-            Arc::new(move |ids| Box::pin(fetch_many(pool.clone(), ids))),
-        );
-        let pool = shared.pool.clone();
-        let writes = Batcher::new(
-            BATCH_MAX,
-            BATCH_LANES,
-            Arc::new(move |w| Box::pin(write_many(pool.clone(), w))),
-        );
-        let pool = shared.pool.clone();
-        let inserts = Batcher::new(
-            BATCH_MAX,
-            BATCH_LANES,
-            Arc::new(move |rows| Box::pin(insert_many(pool.clone(), rows))),
-        );
+        let reads = Batcher::on_pool(&shared.pool, BATCH_MAX, BATCH_LANES, fetch_many);
+        let writes = Batcher::on_pool(&shared.pool, BATCH_MAX, BATCH_LANES, write_many);
+        let inserts = Batcher::on_pool(&shared.pool, BATCH_MAX, BATCH_LANES, insert_many);
         Self {
             shared,
             reads,
