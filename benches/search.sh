@@ -13,6 +13,7 @@
 #   DURATION=10s BACKENDS=sqlite benches/search.sh
 #   POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test benches/search.sh
 #   CONVERTO_BIN=/tmp/old/converto benches/search.sh   # an already built binary (before/after)
+#   PER_QUERY=3s benches/search.sh           # also each request of the mix alone, 3 s each
 #
 # Besides requests/s, it prints the server's CPU time per request (user + system, from
 # /proc), which other load on the machine skews far less than the rate.
@@ -88,6 +89,17 @@ run() { # name store-url
     code=$(curl -s -o "$work/body.json" -w '%{http_code}' "http://127.0.0.1:$port$p")
     [ "$code" = 200 ] || { echo "$p answered $code: $(head -c 300 "$work/body.json")" >&2; exit 1; }
   done
+  if [ -n "${PER_QUERY:-}" ]; then
+    # Each request of the mix on its own: its rate and the server's CPU per request.
+    for p in $(grep -o '"/v1[^"]*"' "$work/mix.lua" | tr -d '"'); do
+      local before after n
+      before=$(cpu_ticks "$server")
+      n=$(wrk -t2 -c16 -d"$PER_QUERY" "http://127.0.0.1:$port$p" | awk '/requests in/ {print $1}')
+      after=$(cpu_ticks "$server")
+      printf '%-9s %8s requests  %7s ms CPU/request  %s\n' "$name" "$n" \
+        "$(echo "scale=3; ($after - $before) * 1000 / $(getconf CLK_TCK) / $n" | bc -l)" "$p"
+    done
+  fi
   echo "== $name: wrk -t2 -c100 -d$duration (load average before: $(load))"
   local cpu_before cpu_after
   cpu_before=$(cpu_ticks "$server")
