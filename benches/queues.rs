@@ -475,7 +475,12 @@ mod postgres_queue {
                 }
             }
         }
-        for name in ["reserve1_ack", "reserve1_ack_x8", "reserve64_ack_many"] {
+        for name in [
+            "reserve1_ack",
+            "reserve1_ack_x8",
+            "reserve64_ack_many",
+            "reserve500_ack_many",
+        ] {
             for (suffix, what) in [("_after_100k", "100k"), ("_after_1m", "1m")] {
                 if let (Some(fresh), Some(aged)) = (rate(name), rate(&format!("{name}{suffix}"))) {
                     lines.push(format!(

@@ -5,6 +5,7 @@
 //! each run gets a fresh schema, dropped at the end. Unreachable: fails with `CI=true`, else
 //! skips with a message.
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use converto_core::testkit::webhooks::webhook_store;
 
 #[cfg(feature = "sqlite")]

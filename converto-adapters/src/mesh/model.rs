@@ -243,6 +243,9 @@ impl<R: Read> Read for ProgressReader<'_, '_, R> {
 /// Slots in [`VertexMerger`]'s cache of recent vertices (2^12 slots of 16 bytes: 64 KiB, fits in
 /// L2; 2^14 measured no faster).
 const CACHE_BITS: u32 = 12;
+/// The most points [`VertexMerger::warm`] takes at once, and the group size of
+/// [`VertexMerger::index_all`].
+pub(crate) const WARM: usize = 256;
 /// A NaN bit pattern: coordinates are checked finite before merging, so it never matches.
 const EMPTY_KEY: [u32; 3] = [0x7FC0_0000; 3];
 /// An empty slot of the index table.
@@ -256,15 +259,34 @@ const EMPTY_SLOT: u64 = u64::MAX;
 /// per-process random hash seed (foldhash) so crafted inputs cannot force collisions. Triangles
 /// sharing a vertex are usually close together in a file, so a small direct-mapped cache of
 /// recent vertices answers most lookups before the table is touched; it changes no result.
+///
+/// A table slot is a random place in megabytes: looked up one after the other, each lookup
+/// waits for its cache miss in turn. [`VertexMerger::index_all`] (and [`VertexMerger::warm`],
+/// for callers that look vertices up one at a time) first reads the slots of a group of
+/// vertices in one tight loop whose loads nothing depends on, so their misses overlap.
 pub(crate) struct VertexMerger {
     hasher: foldhash::fast::RandomState,
     slots: Vec<u64>,
     recent: Vec<([u32; 3], u32)>,
     pub(crate) positions: Vec<[f32; 3]>,
+    /// [`VertexMerger::index_all`]'s points not in `recent`: where their index goes, their hash.
+    missed: Vec<(usize, u64)>,
 }
 
 fn bits(p: [f32; 3]) -> [u32; 3] {
     [p[0].to_bits(), p[1].to_bits(), p[2].to_bits()]
+}
+
+/// The slot of `key` in the cache of recent vertices.
+///
+/// The cache needs no protection from crafted collisions (a miss only costs a table lookup),
+/// so a plain multiplicative hash picks its slot, and most lookups end there without hashing
+/// the key properly.
+#[inline]
+fn recent_slot(key: [u32; 3]) -> usize {
+    let mixed = (u64::from(key[0]) | u64::from(key[1]) << 32).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ u64::from(key[2]).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CACHE_BITS)) as usize
 }
 
 impl VertexMerger {
@@ -277,25 +299,122 @@ impl VertexMerger {
             slots: vec![EMPTY_SLOT; (vertices * 2).next_power_of_two()],
             recent: vec![(EMPTY_KEY, 0); 1 << CACHE_BITS],
             positions: Vec::with_capacity(vertices),
+            missed: Vec::with_capacity(WARM),
         }
+    }
+
+    /// The table's (seeded) hash of `key`.
+    ///
+    /// The key is hashed as one 96-bit number (a `u128`, as foldhash hashes one: a single
+    /// folded multiply), not as 12 bytes: those are read back from memory in two overlapping
+    /// 8-byte loads just after being stored as three 4-byte values, a store-forwarding stall
+    /// that cost as much as the rest of the hash.
+    #[inline]
+    fn hash(&self, key: [u32; 3]) -> u64 {
+        let wide = u128::from(key[0]) | u128::from(key[1]) << 32 | u128::from(key[2]) << 64;
+        std::hash::BuildHasher::hash_one(&self.hasher, wide)
+    }
+
+    /// The index `recent` caches for `key`, if it does.
+    #[inline]
+    fn cached(&self, key: [u32; 3]) -> Option<u32> {
+        match self.recent.get(recent_slot(key)) {
+            Some(&(cached, index)) if cached == key => Some(index),
+            _ => None,
+        }
+    }
+
+    /// Reads the table slots the lookups of `points` (at most [`WARM`]) will start at, for
+    /// those the cache of recent vertices does not hold, so that their lookups, next, find
+    /// them in the processor's cache. Changes no result.
+    pub(crate) fn warm(&mut self, points: &[[f32; 3]]) {
+        let mut missed = std::mem::take(&mut self.missed);
+        missed.clear();
+        for &p in points.iter().take(WARM) {
+            let key = bits(p);
+            if self.cached(key).is_none() {
+                missed.push((0, self.hash(key)));
+            }
+        }
+        self.touch(&missed);
+        self.missed = missed;
+    }
+
+    /// Reads the table slots of `missed`'s hashes, all in one loop whose loads nothing depends
+    /// on.
+    #[inline]
+    fn touch(&self, missed: &[(usize, u64)]) {
+        let mask = self.slots.len() - 1;
+        let mut read = 0u64;
+        for &(_, hash) in missed {
+            read ^= self.slots.get(hash as usize & mask).copied().unwrap_or(0);
+        }
+        std::hint::black_box(read);
+    }
+
+    /// The indices of `points` (finite), in order, appended to `indices`, adding the new ones:
+    /// the same as [`VertexMerger::index`] on each in turn, faster. On an error, the points
+    /// before the one that failed are merged (and what `indices` holds is unspecified).
+    pub(crate) fn index_all(
+        &mut self,
+        points: &[[f32; 3]],
+        indices: &mut Vec<u32>,
+        format: MeshFormat,
+    ) -> Result<(), MeshError> {
+        // Reused from call to call: nothing to clear or allocate per group.
+        let mut missed = std::mem::take(&mut self.missed);
+        let mut result = Ok(());
+        for group in points.chunks(WARM) {
+            // The cache's answers (final: a vertex's index never changes), and the points it
+            // does not hold with their hashes, whose slots are then read together.
+            missed.clear();
+            for &p in group {
+                let key = bits(p);
+                if let Some(index) = self.cached(key) {
+                    indices.push(index);
+                } else {
+                    missed.push((indices.len(), self.hash(key)));
+                    indices.push(0);
+                }
+            }
+            self.touch(&missed);
+            // The others looked up in order: new vertices are numbered as one by one.
+            let first = indices.len() - group.len();
+            for &(at, hash) in &missed {
+                let p = group.get(at - first).copied().unwrap_or_default();
+                match self.lookup(p, hash, format) {
+                    Ok(index) => {
+                        if let Some(slot) = indices.get_mut(at) {
+                            *slot = index;
+                        }
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        self.missed = missed;
+        result
     }
 
     /// The index of `p` (finite), adding it if new.
     pub(crate) fn index(&mut self, p: [f32; 3], format: MeshFormat) -> Result<u32, MeshError> {
         let key = bits(p);
-        // The cache needs no protection from crafted collisions (a miss only costs a table
-        // lookup), so a plain multiplicative hash picks its slot, and most lookups end here
-        // without hashing the key properly.
-        let mixed = (u64::from(key[0]) | u64::from(key[1]) << 32)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ u64::from(key[2]).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-        let recent = (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - CACHE_BITS)) as usize;
-        if let Some(&(cached, index)) = self.recent.get(recent)
-            && cached == key
-        {
+        if let Some(index) = self.cached(key) {
             return Ok(index);
         }
-        let hash = std::hash::BuildHasher::hash_one(&self.hasher, key);
+        self.lookup(p, self.hash(key), format)
+    }
+
+    /// The index of `p`, whose hash is `hash`, from the table (adding it if new); cached.
+    #[inline]
+    fn lookup(&mut self, p: [f32; 3], hash: u64, format: MeshFormat) -> Result<u32, MeshError> {
+        let key = bits(p);
         let mask = self.slots.len() - 1;
         let mut slot = hash as usize & mask;
         let tag = hash >> 32;
@@ -313,7 +432,7 @@ impl VertexMerger {
             }
             slot = (slot + 1) & mask;
         };
-        if let Some(entry) = self.recent.get_mut(recent) {
+        if let Some(entry) = self.recent.get_mut(recent_slot(key)) {
             *entry = (key, index);
         }
         Ok(index)
@@ -363,7 +482,7 @@ impl VertexMerger {
         let mut slots = vec![EMPTY_SLOT; len];
         let mask = slots.len() - 1;
         for (index, p) in self.positions.iter().enumerate() {
-            let hash = std::hash::BuildHasher::hash_one(&self.hasher, bits(*p));
+            let hash = self.hash(bits(*p));
             let mut slot = hash as usize & mask;
             while slots.get(slot).is_some_and(|&s| s != EMPTY_SLOT) {
                 slot = (slot + 1) & mask;
@@ -373,5 +492,82 @@ impl VertexMerger {
             }
         }
         self.slots = slots;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Points with many repeats, near and far apart: a small pool drawn from at random, runs
+    /// of one point, and new points now and then.
+    fn points(n: usize, seed: u64) -> Vec<[f32; 3]> {
+        let mut state = seed;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = next();
+            let p = match r % 4 {
+                // One of a few hundred shared points.
+                0 | 1 => [(r >> 8) as f32 % 300.0, 1.0, -0.0],
+                // The point before again.
+                2 => out.last().copied().unwrap_or([0.0; 3]),
+                // A point seen once.
+                _ => [i as f32, (r >> 40) as f32, 0.5],
+            };
+            out.push(p);
+        }
+        out
+    }
+
+    /// Merging a group at a time gives the indices and positions of merging one at a time,
+    /// whatever the group boundaries, and while the table grows in the middle of a group.
+    #[test]
+    fn index_all_agrees_with_index_one_by_one() {
+        for (n, seed) in [(0, 1), (1, 2), (WARM - 1, 3), (WARM + 1, 4), (20_000, 5)] {
+            let points = points(n, seed);
+            let mut one = VertexMerger::with_capacity(8);
+            let expected: Vec<u32> = points
+                .iter()
+                .map(|&p| one.index(p, MeshFormat::Stl).expect("in range"))
+                .collect();
+            for split in [1, 7, WARM, 1000] {
+                // A small table, so that it grows while groups are looked up.
+                let mut all = VertexMerger::with_capacity(8);
+                let mut indices = Vec::new();
+                for part in points.chunks(split) {
+                    all.index_all(part, &mut indices, MeshFormat::Stl)
+                        .expect("in range");
+                }
+                assert_eq!(indices, expected, "{n} points in parts of {split}");
+                assert_eq!(
+                    all.positions, one.positions,
+                    "{n} points in parts of {split}"
+                );
+            }
+        }
+    }
+
+    /// Warming changes nothing.
+    #[test]
+    fn warm_changes_no_result() {
+        let points = points(5_000, 9);
+        let mut plain = VertexMerger::with_capacity(16);
+        let mut warmed = VertexMerger::with_capacity(16);
+        for (i, &p) in points.iter().enumerate() {
+            if i % 100 == 0 {
+                warmed.warm(points.get(i..).unwrap_or_default());
+            }
+            assert_eq!(
+                warmed.index(p, MeshFormat::Stl).expect("in range"),
+                plain.index(p, MeshFormat::Stl).expect("in range")
+            );
+        }
+        assert_eq!(warmed.positions, plain.positions);
     }
 }

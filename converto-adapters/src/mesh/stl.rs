@@ -4,7 +4,7 @@ use std::io::{BufRead, Read, Write};
 
 use super::error::{Location, MeshError, Reason};
 use super::limits::MeshLimits;
-use super::model::{Mesh, MeshFormat, Monitor, VertexMerger};
+use super::model::{Mesh, MeshFormat, Monitor, VertexMerger, WARM};
 use super::text::UTF8_BOM;
 use super::write::{Chunked, normal, push_f32};
 #[cfg(test)]
@@ -109,6 +109,8 @@ fn read_binary<R: Read>(
     let mut merger = VertexMerger::with_capacity(count);
     let mut triangles = Vec::with_capacity(count);
     let mut buf = vec![0u8; RECORD * BATCH.min(count)];
+    let mut indices = Vec::with_capacity(GROUP * 3);
+    let mut points = [[0f32; 3]; GROUP * 3];
     let mut done = 0usize;
     while done < count {
         let batch = BATCH.min(count - done);
@@ -123,31 +125,48 @@ fn read_binary<R: Read>(
             },
             _ => MeshError::from(e),
         })?;
-        for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
-            let mut corners = [0u32; 3];
-            for (corner, slot) in corners.iter_mut().enumerate() {
+        // The records merged a group at a time (see `VertexMerger::index_all`).
+        for (g, group) in bytes.chunks(RECORD * GROUP).enumerate() {
+            let first = done + g * GROUP;
+            let mut n = 0;
+            let mut bad = None;
+            for (i, record) in group.chunks_exact(RECORD).enumerate() {
                 // Bytes 0..12 are the normal, recomputed on writing.
-                let at = 12 + corner * 12;
-                let p = [
-                    le_f32(record, at),
-                    le_f32(record, at + 4),
-                    le_f32(record, at + 8),
-                ];
-                if let Some(bad) = p.iter().find(|v| !v.is_finite()) {
-                    return Err(MeshError::malformed(
-                        FORMAT,
-                        Location::Record {
-                            element: "triangle".into(),
-                            index: (done + i) as u64,
-                        },
-                        Reason::NonFinite {
-                            value: bad.to_string(),
-                        },
-                    ));
+                for at in [12, 24, 36] {
+                    let p = [
+                        le_f32(record, at),
+                        le_f32(record, at + 4),
+                        le_f32(record, at + 8),
+                    ];
+                    if let Some(v) = p.iter().find(|v| !v.is_finite()) {
+                        bad = Some((first + i, *v));
+                        break;
+                    }
+                    if let Some(slot) = points.get_mut(n) {
+                        *slot = p;
+                        n += 1;
+                    }
                 }
-                *slot = merger.index(p, FORMAT)?;
+                if bad.is_some() {
+                    break;
+                }
             }
-            triangles.push(corners);
+            // The corners before a non-finite one are merged, as one by one.
+            indices.clear();
+            merger.index_all(points.get(..n).unwrap_or_default(), &mut indices, FORMAT)?;
+            if let Some((index, value)) = bad {
+                return Err(MeshError::malformed(
+                    FORMAT,
+                    Location::Record {
+                        element: "triangle".into(),
+                        index: index as u64,
+                    },
+                    Reason::NonFinite {
+                        value: value.to_string(),
+                    },
+                ));
+            }
+            triangles.extend_from_slice(indices.as_chunks::<3>().0);
         }
         done += batch;
     }
@@ -156,6 +175,9 @@ fn read_binary<R: Read>(
         triangles,
     })
 }
+
+/// Triangles merged together (see `VertexMerger::index_all`): their corners fill a group.
+const GROUP: usize = WARM / 3;
 
 fn le_f32(record: &[u8], at: usize) -> f32 {
     record
@@ -349,4 +371,73 @@ fn push_vec3(buf: &mut Vec<u8>, floats: &mut ryu::Buffer, v: [f32; 3]) {
 /// The corner positions of a triangle of a validated mesh.
 fn corners(mesh: &Mesh, t: &[u32; 3]) -> [[f32; 3]; 3] {
     t.map(|i| mesh.positions.get(i as usize).copied().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binary STL of `triangles`.
+    fn binary(triangles: &[[[f32; 3]; 3]]) -> Vec<u8> {
+        let mut out = vec![0u8; HEADER];
+        out.extend_from_slice(&(triangles.len() as u32).to_le_bytes());
+        for t in triangles {
+            out.extend_from_slice(&[0u8; 12]);
+            for v in t.iter().flatten() {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&[0, 0]);
+        }
+        out
+    }
+
+    /// A strip of triangles over a bumpy grid: each vertex shared by up to six of them.
+    fn grid(n: usize) -> Vec<[[f32; 3]; 3]> {
+        let at = |i: usize, j: usize| [i as f32, j as f32, ((i * 7 + j * 3) % 5) as f32 * 0.1];
+        let mut out = Vec::new();
+        for i in 0..n {
+            for j in 0..n {
+                out.push([at(i, j), at(i + 1, j), at(i + 1, j + 1)]);
+                out.push([at(i, j), at(i + 1, j + 1), at(i, j + 1)]);
+            }
+        }
+        out
+    }
+
+    fn read(bytes: &[u8]) -> Result<Mesh, MeshError> {
+        read_stl(bytes, bytes.len() as u64)
+    }
+
+    /// The mesh is the one merging corner by corner, in file order, gives.
+    #[test]
+    fn binary_reading_merges_corners_in_file_order() {
+        let triangles = grid(70);
+        let mesh = read(&binary(&triangles)).expect("valid");
+        let mut merger = VertexMerger::with_capacity(1);
+        let expected: Vec<[u32; 3]> = triangles
+            .iter()
+            .map(|t| t.map(|p| merger.index(p, FORMAT).expect("in range")))
+            .collect();
+        assert_eq!(mesh.triangles, expected);
+        assert_eq!(mesh.positions, merger.positions);
+        assert_eq!(mesh.positions.len(), 71 * 71);
+    }
+
+    /// A non-finite coordinate anywhere, in any group of records, names its triangle.
+    #[test]
+    fn binary_non_finite_names_its_triangle() {
+        for (triangle, corner) in [(0, 0), (GROUP - 1, 2), (GROUP, 1), (3 * GROUP + 5, 2)] {
+            let mut triangles = grid(20);
+            if let Some(t) = triangles.get_mut(triangle) {
+                t[corner][1] = f32::INFINITY;
+            }
+            let error = read(&binary(&triangles))
+                .expect_err("not finite")
+                .to_string();
+            assert!(
+                error.contains(&format!("triangle #{triangle}:")) && error.contains("inf"),
+                "{triangle}/{corner}: {error}"
+            );
+        }
+    }
 }
