@@ -43,7 +43,7 @@ cleanup() {
   [ -n "$server" ] && kill "$server" 2>/dev/null
   wait 2>/dev/null || true
   if [[ " $backends " == *" postgres "* ]]; then
-    psql -q "$pg_url" -c "DROP SCHEMA IF EXISTS $pg_schema CASCADE" >/dev/null 2>&1 || true
+    psql -q "$pg_url" -c "DROP SCHEMA IF EXISTS $pg_schema, ${pg_schema}_wh CASCADE" >/dev/null 2>&1 || true
   fi
   rm -rf "$work"
 }
@@ -134,7 +134,7 @@ for backend in $backends; do
       run sqlite "sqlite://$db"
       ;;
     postgres)
-      psql -q "$pg_url" -c "DROP SCHEMA IF EXISTS $pg_schema CASCADE" >/dev/null 2>&1
+      psql -q "$pg_url" -c "DROP SCHEMA IF EXISTS $pg_schema, ${pg_schema}_wh CASCADE" >/dev/null 2>&1
       export CONVERTO_POSTGRES_SCHEMA=$pg_schema
       "$bin" --store "$pg_url" --queue "$pg_url" migrate >/dev/null
       start=$(date +%s.%N)
