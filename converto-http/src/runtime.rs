@@ -770,9 +770,10 @@ mod tests {
 /// The PostgreSQL schema of the webhook delivery queue beside the store's `schema`: `<schema>_wh`,
 /// or, when that would pass the 50 characters a schema may have, the first 38 characters, an
 /// underscore, 8 hex digits of the schema's SHA-256 and `_wh` (so two long names that share
-/// their first 38 characters still get different queues).
+/// their first 38 characters still get different queues). What to drop beside the store's
+/// schema when removing a deployment.
 #[cfg(feature = "postgres")]
-fn webhook_schema(schema: &str) -> String {
+pub fn webhook_schema(schema: &str) -> String {
     const MAX: usize = 50;
     if schema.len() + 3 <= MAX {
         return format!("{schema}_wh");

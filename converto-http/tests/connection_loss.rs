@@ -135,6 +135,7 @@ async fn losing_postgres_and_redis_loses_no_conversion() {
     let blobs = dir.path().join("blobs");
     let routes = common::slow_route(dir.path(), "0.1");
     let tag = uuid::Uuid::now_v7().simple().to_string();
+    let schema = format!("converto_loss_{tag}");
     let args: Vec<String> = [
         "--data-dir",
         &dir.path().join("data").display().to_string(),
@@ -161,7 +162,7 @@ async fn losing_postgres_and_redis_loses_no_conversion() {
     .collect();
     let env = [
         ("CONVERTO_LOG", "error".to_owned()),
-        ("CONVERTO_POSTGRES_SCHEMA", format!("converto_loss_{tag}")),
+        ("CONVERTO_POSTGRES_SCHEMA", schema.clone()),
         ("CONVERTO_POSTGRES_ACQUIRE_TIMEOUT_SECS", "2".to_owned()),
         ("CONVERTO_REDIS_KEY_PREFIX", format!("converto-loss:{tag}")),
         ("CONVERTO_REDIS_RESPONSE_TIMEOUT_MS", "2000".to_owned()),
@@ -222,4 +223,6 @@ async fn losing_postgres_and_redis_loses_no_conversion() {
     for (i, id) in &ids {
         expect_succeeded_once(&client, &base, &blobs, id, &format!("job {i}"), deadline).await;
     }
+    drop(server);
+    common::drop_pg_schemas(&pg, &schema).await;
 }

@@ -592,6 +592,8 @@ async fn postgres_passwords_never_reach_logs_or_readyz() {
         }
         None => panic!("bad URL {pg}"),
     };
+    // A schema of its own, dropped at the end.
+    let schema = format!("converto_pw_{}", uuid::Uuid::now_v7().simple());
     // Killed and reaped on drop, whatever happens.
     let mut server = Proc {
         child: Command::new(env!("CARGO_BIN_EXE_converto"))
@@ -605,6 +607,7 @@ async fn postgres_passwords_never_reach_logs_or_readyz() {
                 "127.0.0.1:0",
             ])
             .env("CONVERTO_LOG", "debug")
+            .env("CONVERTO_POSTGRES_SCHEMA", &schema)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -627,6 +630,8 @@ async fn postgres_passwords_never_reach_logs_or_readyz() {
         server.kill9();
         let err = logged.join().expect("stderr reader");
         assert!(!err.contains(SECRET), "the password was printed: {err}");
+        #[cfg(feature = "postgres")]
+        common::drop_pg_schemas(&pg, &schema).await;
         // The password was wrong for this server: the start-up error was the test.
         return;
     };
@@ -644,4 +649,6 @@ async fn postgres_passwords_never_reach_logs_or_readyz() {
     server.kill9();
     let err = logged.join().expect("stderr reader");
     assert!(!err.contains(SECRET), "the password was logged: {err}");
+    #[cfg(feature = "postgres")]
+    common::drop_pg_schemas(&pg, &schema).await;
 }

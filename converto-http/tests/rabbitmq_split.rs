@@ -42,8 +42,9 @@ async fn split_deployment_on_rabbitmq_survives_a_killed_worker() {
     let routes = common::slow_route(dir.path(), "0.05");
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let prefix = format!("converto-split.{tag}");
+    let schema = format!("converto_amqp_{tag}");
     let env = vec![
-        ("CONVERTO_POSTGRES_SCHEMA", format!("converto_amqp_{tag}")),
+        ("CONVERTO_POSTGRES_SCHEMA", schema.clone()),
         ("CONVERTO_RABBITMQ_QUEUE_PREFIX", prefix.clone()),
         // A bound, so both workers get a share of the backlog.
         ("CONVERTO_RABBITMQ_PREFETCH", "16".to_owned()),
@@ -89,4 +90,5 @@ async fn split_deployment_on_rabbitmq_survives_a_killed_worker() {
     RabbitJobQueue::delete_layout(&RabbitConfig::new(amqp).queue_prefix(prefix))
         .await
         .expect("delete the test's queues");
+    common::drop_pg_schemas(&pg, &schema).await;
 }

@@ -37,8 +37,9 @@ async fn split_deployment_survives_a_killed_worker() {
     let blobs = dir.path().join("blobs");
     let routes = common::slow_route(dir.path(), "0.05");
     let tag = uuid::Uuid::now_v7().simple().to_string();
+    let schema = format!("converto_split_{tag}");
     let env = vec![
-        ("CONVERTO_POSTGRES_SCHEMA", format!("converto_split_{tag}")),
+        ("CONVERTO_POSTGRES_SCHEMA", schema.clone()),
         ("CONVERTO_REDIS_KEY_PREFIX", format!("converto-split:{tag}")),
     ];
     let (blobs_arg, routes_arg) = (blobs.display().to_string(), routes.display().to_string());
@@ -83,6 +84,8 @@ async fn split_deployment_survives_a_killed_worker() {
     }
     let live = common::listed(&client, &a, "queued,running").await;
     assert!(live.is_empty(), "records left live: {live:?}");
+    drop((api_a, api_b, worker_1, _worker_2));
+    common::drop_pg_schemas(&pg, &schema).await;
 }
 
 /// The split deployment with every setting but the store at its default (`serve --no-workers`
@@ -100,7 +103,8 @@ async fn events_on_an_api_node_follow_a_worker_to_the_end_by_default() {
     let dir = tempfile::tempdir().expect("tempdir");
     let routes = common::slow_route(dir.path(), "1");
     let tag = uuid::Uuid::now_v7().simple().to_string();
-    let env = vec![("CONVERTO_POSTGRES_SCHEMA", format!("converto_events_{tag}"))];
+    let schema = format!("converto_events_{tag}");
+    let env = vec![("CONVERTO_POSTGRES_SCHEMA", schema.clone())];
     // The API node and the worker share the data directory (hence the blob directory), as two
     // processes on one host would; nothing names a queue or a progress bus.
     let (data_arg, routes_arg) = (
@@ -148,4 +152,6 @@ async fn events_on_an_api_node_follow_a_worker_to_the_end_by_default() {
     let succeeded = text.find("\"status\":\"succeeded\"").expect(&text);
     let running = text.find("\"status\":\"running\"").expect(&text);
     assert!(running < succeeded, "{text}");
+    drop((api, _worker));
+    common::drop_pg_schemas(&pg, &schema).await;
 }

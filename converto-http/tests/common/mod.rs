@@ -149,6 +149,30 @@ pub fn pg_and_redis_urls() -> (String, String) {
     )
 }
 
+/// Drops the PostgreSQL schema that a test's `converto` processes used (their
+/// `CONVERTO_POSTGRES_SCHEMA`) and the webhook delivery queue's schema the server creates beside
+/// it, so that test runs leave nothing in the database. Call it once the processes are gone. A
+/// failure is printed, not fatal: the test itself has passed.
+#[cfg(feature = "postgres")]
+pub async fn drop_pg_schemas(pg_url: &str, schema: &str) {
+    use sqlx::Connection;
+    let webhooks = converto_http::runtime::webhook_schema(schema);
+    // The killed processes' sessions may still hold locks for a moment.
+    let sql = format!(
+        "SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS \"{schema}\", \"{webhooks}\" CASCADE"
+    );
+    let dropped = match sqlx::PgConnection::connect(pg_url).await {
+        Ok(mut conn) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = dropped {
+        eprintln!("the schemas {schema} and {webhooks} were not dropped: {e}");
+    }
+}
+
 /// The socket address of a URL's `host:port`, if it resolves and accepts a connection.
 pub fn reachable(url: &str, default_port: u16) -> Option<std::net::SocketAddr> {
     use std::net::ToSocketAddrs;
