@@ -161,14 +161,13 @@ pub async fn drop_pg_schemas(pg_url: &str, schema: &str) {
     let sql = format!(
         "SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS \"{schema}\", \"{webhooks}\" CASCADE"
     );
-    let dropped = match sqlx::PgConnection::connect(pg_url).await {
-        Ok(mut conn) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+    let dropped = async {
+        let mut conn = sqlx::PgConnection::connect(pg_url).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut conn)
             .await
-            .map(|_| ()),
-        Err(e) => Err(e),
     };
-    if let Err(e) = dropped {
+    if let Err(e) = dropped.await {
         eprintln!("the schemas {schema} and {webhooks} were not dropped: {e}");
     }
 }
