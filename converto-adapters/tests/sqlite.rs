@@ -473,3 +473,90 @@ async fn reads_see_every_committed_write_of_either_backend() {
         );
     }
 }
+
+/// Tag and label filters go through the full-text index's facet words, which the migration's
+/// triggers write in SQL and the store spells in Rust: both must agree for any text (accents,
+/// other scripts, a tenant's name) and keep tenants apart; a label longer than FTS5 compares
+/// still matches exactly; and a deleted record's words leave the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facet_words_match_the_records_they_name() {
+    let dirs = Dirs::default();
+    let backend = connect(&dirs.fresh()).await;
+    let store = backend.store();
+    let long = |end: char| format!("{}{end}", "x".repeat(20_000));
+    let new = |tenant: &str, labels: &[(&str, &str)], tags: &[&str]| {
+        let mut new = testkit::store::sample(tenant);
+        new.labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        new.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        new
+    };
+    let (long_a, long_b) = (long('a'), long('b'));
+    let mut ids = Vec::new();
+    for n in [
+        new(
+            "Zürich 東京",
+            &[("région", "Île-de-France"), ("long", &long_a)],
+            &["printed"],
+        ),
+        new("Zürich 東京", &[("long", &long_b)], &["sample"]),
+        new("other", &[("région", "Île-de-France")], &["printed"]),
+    ] {
+        ids.push(store.create(n).await.expect("create").conversion.id);
+    }
+    let found = async |tenant: Option<&str>, labels: &[(&str, &str)], tags: &[&str]| {
+        let mut found = store
+            .list(&ListQuery {
+                tenant: tenant.map(str::to_owned),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                ..ListQuery::default()
+            })
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>();
+        found.sort();
+        found
+    };
+    let (one, two, three) = (ids[0], ids[1], ids[2]);
+    let zurich = Some("Zürich 東京");
+    let region = [("région", "Île-de-France")];
+    assert_eq!(found(zurich, &region, &[]).await, vec![one]);
+    assert_eq!(found(None, &region, &[]).await, vec![one, three]);
+    assert_eq!(found(Some("other"), &region, &[]).await, vec![three]);
+    assert_eq!(found(zurich, &[("région", "Île-de")], &[]).await, vec![]);
+    assert_eq!(found(zurich, &[("long", &long_a)], &[]).await, vec![one]);
+    assert_eq!(found(None, &[("long", &long_b)], &[]).await, vec![two]);
+    assert_eq!(found(zurich, &[], &["printed"]).await, vec![one]);
+    assert_eq!(
+        found(zurich, &[], &["printed", "sample"]).await,
+        vec![one, two]
+    );
+    assert_eq!(found(None, &[], &["printed"]).await, vec![one, three]);
+    assert_eq!(found(zurich, &region, &["sample"]).await, vec![]);
+
+    store.delete(one).await.expect("delete");
+    assert_eq!(found(None, &[], &["printed"]).await, vec![three]);
+    // The index itself forgets the record: no word of it matches any row.
+    let word = format!(
+        "t{}x{}0",
+        hex::encode("Zürich 東京"),
+        hex::encode("printed")
+    );
+    let (left,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM converto_conversions_fts WHERE converto_conversions_fts MATCH ?",
+    )
+    .bind(format!("facets : \"{word}\""))
+    .fetch_one(backend.pool())
+    .await
+    .expect("count");
+    assert_eq!(left, 0, "the deleted record's tag is still indexed");
+}

@@ -470,12 +470,6 @@ fn windowed(query: &ListQuery) -> bool {
     searches(query) && !other_range
 }
 
-/// The statement [`ConversionStore::list`] runs, after `prefix` (e.g. `EXPLAIN `).
-///
-/// Every filter narrows an indexed walk: the tenant's rows in sort order
-/// (`conversions_tenant_created`, `_tenant_finished`, `_tenant_status_created`), tags through
-/// the GIN index on `tags`, full text through the GIN index on `search`; one row more than the
-/// page tells whether another page follows.
 /// How many rows of the list order a search looks at first, then how many the second time,
 /// before it lets the tag and text indexes drive the query (see [`list_query`]).
 const SEARCH_WINDOWS: [i64; 2] = [256, 4096];
@@ -487,6 +481,11 @@ fn searches(query: &ListQuery) -> bool {
 }
 
 /// The statement [`ConversionStore::list`] runs, after `prefix` (e.g. `EXPLAIN `).
+///
+/// Every filter narrows an indexed walk: the tenant's rows in sort order
+/// (`conversions_tenant_created`, `_tenant_finished`, `_tenant_status_created`), tags through
+/// the GIN index on `tags`, full text through the GIN index on `search`; one row more than the
+/// page tells whether another page follows.
 ///
 /// A search (tags, full text or labels) runs in up to three steps, because no one plan is fast
 /// for both broad and rare matches. With `window`, the statement takes only the first `window`

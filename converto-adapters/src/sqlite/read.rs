@@ -174,8 +174,11 @@ impl PointReader {
     }
 }
 
-/// The one integer `statement` selects.
-pub(super) fn integer(conn: &rusqlite::Connection, statement: &Statement) -> Option<i64> {
+/// The one text or NULL `statement` selects.
+pub(super) fn optional_text(
+    conn: &rusqlite::Connection,
+    statement: &Statement,
+) -> Option<Option<String>> {
     let mut stmt = conn.prepare_cached(&statement.sql).ok()?;
     stmt.query_row(rusqlite::params_from_iter(args(statement)), |row| {
         row.get(0)
@@ -210,6 +213,9 @@ fn args(statement: &Statement) -> impl Iterator<Item = rusqlite::types::ToSqlOut
     })
 }
 
+/// How much of the database file a reading connection maps into memory (1 GiB).
+const READ_MAP_BYTES: i64 = 1 << 30;
+
 /// A read-only connection that waits up to `busy_timeout` for another connection's lock.
 fn open_one(path: &Path, busy_timeout: Duration) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open_with_flags(
@@ -218,6 +224,11 @@ fn open_one(path: &Path, busy_timeout: Duration) -> rusqlite::Result<rusqlite::C
     )?;
     conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "query_only", true)?;
+    // Pages read through a memory map instead of copied into each connection's small page
+    // cache: a search that reads a few hundred records spread over the file reads them where
+    // the kernel caches them (2 ms became 0.6 ms for 750 records). Address space, not memory;
+    // a larger file is read through the cache past this size.
+    conn.pragma_update(None, "mmap_size", READ_MAP_BYTES)?;
     // Point reads, and the list and search statements (one per shape of query).
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -322,7 +333,9 @@ mod tests {
             tenant: Some(created.tenant.clone()),
             ..Default::default()
         };
-        let statement = super::super::store::list_query(&query, "", None).expect("statement");
+        let statement =
+            super::super::store::list_query(&query, "", super::super::store::Matches::Every)
+                .expect("statement");
         let direct = reader
             .read(statement, super::records)
             .await
@@ -355,15 +368,15 @@ mod tests {
             sql: sql.to_owned(),
             args: Vec::new(),
         };
-        let sql = "SELECT count(*) AS n FROM converto_conversions";
+        let sql = "SELECT 'n' || count(*) AS j FROM converto_conversions";
         assert_eq!(
-            reader.read(statement(sql), super::integer).await.ok(),
-            Some(0)
+            reader.read(statement(sql), super::optional_text).await.ok(),
+            Some(Some("n0".to_owned()))
         );
 
-        let bad = "SELECT no_such_column AS n FROM converto_conversions";
+        let bad = "SELECT no_such_column AS j FROM converto_conversions";
         let back = reader
-            .read(statement(bad), super::integer)
+            .read(statement(bad), super::optional_text)
             .await
             .expect_err("an unknown column declines");
         assert_eq!(back.sql, bad);
@@ -371,7 +384,7 @@ mod tests {
         let (answer, answered) = tokio::sync::oneshot::channel();
         drop(super::PageRead {
             statement: statement(sql),
-            read: super::integer,
+            read: super::optional_text,
             answer: Some(answer),
         });
         let back = answered.await.expect("an answer").expect_err("no read ran");

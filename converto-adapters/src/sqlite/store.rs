@@ -232,20 +232,75 @@ impl SqliteConversionStore {
     }
 }
 
-/// Whether `query` filters by tags, full text or labels: the filters [`list_query`] checks
-/// row by row within a window first.
-fn searches(query: &ListQuery) -> bool {
-    !query.tags.is_empty() || !query.labels.is_empty() || !query.text_terms().is_empty()
+/// The FTS5 query for a search's tag, label and full-text filters, or `None` without any:
+/// the tags OR-ed, each label and each text term required. Tags and labels are words of the
+/// index's `facets` column (see [`facet_word`]); text terms are quoted prefixes in its
+/// `search_text` column. Terms are runs of letters and digits only (`search::query_terms`) and
+/// facet words letters and digits, so nothing in either is FTS5 syntax.
+fn fts_match(query: &ListQuery) -> Option<String> {
+    let tenant = query.tenant.as_deref();
+    let mut parts = Vec::new();
+    if !query.tags.is_empty() {
+        let tags = query
+            .tags
+            .iter()
+            .map(|tag| format!("facets : \"{}\"", tag_word(tenant, tag)))
+            .collect::<Vec<_>>();
+        parts.push(format!("({})", tags.join(" OR ")));
+    }
+    for (key, value) in &query.labels {
+        parts.push(format!("facets : \"{}\"", label_word(tenant, key, value)));
+    }
+    parts.extend(text_match(query));
+    (!parts.is_empty()).then(|| parts.join(" AND "))
 }
 
-/// The FTS5 query for full-text terms: each a quoted prefix, all required. Terms are runs of
-/// letters and digits only (`search::query_terms`), so nothing in them is FTS5 syntax.
-fn fts_query(terms: &[String]) -> String {
-    terms
-        .iter()
-        .map(|t| format!("\"{t}\"*"))
-        .collect::<Vec<_>>()
-        .join(" AND ")
+/// The FTS5 query for the full-text filter alone, or `None` without one.
+fn text_match(query: &ListQuery) -> Option<String> {
+    let terms = query.text_terms();
+    (!terms.is_empty()).then(|| {
+        terms
+            .iter()
+            .map(|term| format!("search_text : \"{term}\"*"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    })
+}
+
+/// How many characters of a word FTS5 compares: longer words that agree on these are one
+/// word to it. Label filters with longer words are checked against the record as well.
+const FTS_WORD_CHARS: usize = 32_766;
+
+/// A facet word as migration `0008_converto_search_facets.sql` writes it: `kind`, then the hex
+/// of each part's UTF-8 bytes, the parts joined by `x`, then `0`.
+fn facet_word(kind: char, parts: &[&str]) -> String {
+    let mut word = String::with_capacity(parts.iter().map(|p| 2 * p.len() + 1).sum::<usize>() + 1);
+    word.push(kind);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            word.push('x');
+        }
+        word.push_str(&hex::encode(part));
+    }
+    word.push('0');
+    word
+}
+
+/// The facet word of a tag: the tenant's own (`t`) when the search is a tenant's, else any
+/// tenant's (`g`).
+fn tag_word(tenant: Option<&str>, tag: &str) -> String {
+    match tenant {
+        Some(tenant) => facet_word('t', &[tenant, tag]),
+        None => facet_word('g', &[tag]),
+    }
+}
+
+/// The facet word of a label: the tenant's own (`l`) or any tenant's (`k`).
+fn label_word(tenant: Option<&str>, key: &str, value: &str) -> String {
+    match tenant {
+        Some(tenant) => facet_word('l', &[tenant, key, value]),
+        None => facet_word('k', &[key, value]),
+    }
 }
 
 /// How many rows of the list order a search looks at first, then how many the second time,
@@ -311,198 +366,224 @@ impl Statement {
     }
 }
 
+/// Where a search statement's rows come from, besides the list order's plain filters.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Matches<'a> {
+    /// No tag, label or text filter: the tenant's rows in list order.
+    Every,
+    /// The rowids in this JSON array: all the full-text index matches, when they are few.
+    Rowids(&'a str),
+    /// The full-text index's matches among the first `window` rows of the list order only.
+    Window(usize),
+    /// Every match of the full-text index.
+    Indexed,
+}
+
 /// The statement [`ConversionStore::list`] runs, after `prefix` (e.g. `EXPLAIN QUERY PLAN `).
 ///
-/// Every filter narrows an indexed walk: the tenant's rows in sort order
-/// (`converto_conversions_tenant_created`, `_tenant_finished`, `_tenant_status_created`), tags
-/// and labels through `converto_conversion_tags` and `converto_conversion_labels`, full text
-/// through the FTS5 table; one row more than the page tells whether another page follows.
+/// The plain filters (tenant, status, formats, time ranges, cursor) narrow an indexed walk of
+/// the tenant's rows in sort order (`converto_conversions_tenant_created`, `_tenant_finished`,
+/// `_tenant_status_created`); tag, label and text filters are one query of the full-text index
+/// ([`fts_match`]), which intersects them by merging its sorted lists of rowids. One row more
+/// than the page tells whether another page follows.
 ///
-/// A search (tags, full text or labels) runs in up to three steps, because no one plan is fast
-/// for both broad and rare matches. With `window`, the statement walks only the first `window`
-/// rows of the list order that pass the plain filters (tenant, status, formats, ranges, cursor),
-/// and checks each against the tags and labels with an index probe, and against the text with
-/// the full-text matches among the rowids of the window only (FTS5 seeks to a rowid range; the
-/// window's rows were mostly created together, so their rowids are close): when a quarter of
-/// the records match, a page is found after a few dozen rows instead of after reading and
-/// sorting every match. If that fills the page (one row more than the limit), those are exactly
-/// the first rows of the whole order (any earlier match would lie inside the window). Otherwise
-/// the matches are rare, and the statement without `window` lets the tag, label and full-text
-/// indexes find them, then sorts the few it found.
+/// A search runs in one of three ways, chosen by how many records its index query matches
+/// (see [`ConversionStore::list`]), because no one plan is fast for both broad and rare
+/// matches:
+/// - [`Matches::Rowids`]: fewer than [`RARE`] matches, found first. The statement reads the
+///   sort keys of those records, sorts them, and only then reads the page's records whole.
+/// - [`Matches::Window`]: many matches. The statement walks the list order, stopping after a
+///   page, but only within its first `window` rows, and checks each row: its tags and labels
+///   on the row, its text against the index's matches among the window's rowids (FTS5 seeks to
+///   a rowid range; the window's rows were mostly created together, so their rowids are
+///   close): when a quarter of the records match,
+///   a page is found after a few dozen rows. If that fills the page (one row more than the
+///   limit), those are exactly the first rows of the whole order (any earlier match would lie
+///   inside the window).
+/// - [`Matches::Indexed`]: many matches, but not near the start of the order. Every match's
+///   sort key is read, then the page's records.
 pub(super) fn list_query(
     query: &ListQuery,
     prefix: &str,
-    window: Option<usize>,
+    matches: Matches<'_>,
 ) -> Result<Statement, StoreError> {
-    let limit = query.effective_limit();
+    let limit = int("limit", query.effective_limit() + 1)?;
     let sort = query.sort;
     let key = if sort.by_finished() {
         "finished_at"
     } else {
         "created_at"
     };
-    let (cmp, dir) = if sort.descending() {
-        ("<", "DESC")
+    let (dir, back) = if sort.descending() {
+        ("DESC", "ASC")
     } else {
-        (">", "ASC")
+        ("ASC", "DESC")
     };
+    let order = format!(" ORDER BY c.{key} {dir}, c.id {dir}");
+    let matcher = fts_match(query);
     let mut sql = Statement::default();
     sql.push(prefix);
-    if window.is_some() {
-        sql.push("WITH w AS MATERIALIZED (SELECT rowid AS r FROM converto_conversions WHERE 1 = 1");
-    } else {
+    let matcher = match (matches, matcher) {
+        (Matches::Every, _) | (_, None) => {
+            sql.push(&format!(
+                "SELECT {COLUMNS} FROM converto_conversions AS c WHERE 1 = 1"
+            ));
+            plain_filters(&mut sql, query)?;
+            sql.push(&order).push(" LIMIT ").int(limit);
+            return Ok(sql);
+        }
+        (_, Some(matcher)) => matcher,
+    };
+    // The page's rowids, in order; then their records, in the same order.
+    let outer = |sql: &mut Statement| {
         sql.push(&format!(
-            "SELECT {COLUMNS} FROM converto_conversions WHERE 1 = 1"
+            "SELECT {COLUMNS} FROM converto_conversions AS c WHERE c.rowid IN ("
         ));
+    };
+    match matches {
+        Matches::Every => {}
+        Matches::Rowids(rowids) => {
+            outer(&mut sql);
+            // CROSS JOIN: the few matches drive the query, not a walk of the list order.
+            sql.push("SELECT c.rowid FROM json_each(")
+                .text(rowids)
+                .push(
+                    ") AS m CROSS JOIN converto_conversions AS c ON c.rowid = m.value WHERE 1 = 1",
+                );
+            plain_filters(&mut sql, query)?;
+        }
+        Matches::Indexed => {
+            outer(&mut sql);
+            sql.push("SELECT c.rowid FROM converto_conversions_fts(")
+                .text(matcher)
+                .push(
+                    ") AS m CROSS JOIN converto_conversions AS c ON c.rowid = m.rowid WHERE 1 = 1",
+                );
+            plain_filters(&mut sql, query)?;
+        }
+        Matches::Window(window) => {
+            sql.push("WITH w AS MATERIALIZED (SELECT c.rowid AS r, c.")
+                .push(key)
+                .push(" AS k, c.id AS i FROM converto_conversions AS c WHERE 1 = 1");
+            plain_filters(&mut sql, query)?;
+            sql.push(&order)
+                .push(" LIMIT ")
+                .int(int("window", window)?)
+                .push(") ");
+            outer(&mut sql);
+            sql.push("SELECT c.rowid FROM converto_conversions AS c WHERE 1 = 1");
+            plain_filters(&mut sql, query)?;
+            // Within the window: up to its last row, in list order.
+            let within = if sort.descending() { ">=" } else { "<=" };
+            sql.push(&format!(
+                " AND (c.{key}, c.id) {within} (SELECT k, i FROM w ORDER BY k {back}, i {back} LIMIT 1)"
+            ));
+            // Tags and labels on the row itself: a window's rows may lie anywhere in the table
+            // (finish order is not insertion order), so no rowid range of the index holds
+            // them all.
+            if !query.tags.is_empty() {
+                sql.push(" AND EXISTS (SELECT 1 FROM json_each(c.tags) WHERE value IN (")
+                    .texts(query.tags.iter().map(String::as_str))
+                    .push("))");
+            }
+            for (name, value) in &query.labels {
+                sql.push(" AND EXISTS (SELECT 1 FROM json_each(c.labels) AS l WHERE l.key = ")
+                    .text(name.as_str())
+                    .push(" AND l.value = ")
+                    .text(value.as_str())
+                    .push(")");
+            }
+            if let Some(text) = text_match(query) {
+                sql.push(" AND c.rowid IN (SELECT rowid FROM converto_conversions_fts(")
+                    .text(text)
+                    .push(") WHERE rowid >= (SELECT min(r) FROM w) AND rowid <= (SELECT max(r) FROM w))");
+            }
+        }
     }
+    sql.push(&order).push(" LIMIT ").int(limit).push(")");
+    sql.push(&format!(" ORDER BY {key} {dir}, id {dir}"));
+    Ok(sql)
+}
+
+/// ` AND ...` for each plain filter of `query` on the record `c`: tenant, statuses, formats,
+/// time ranges, the finished-sort rule and the cursor; and, for a label whose facet word is
+/// longer than FTS5 compares, the label itself.
+fn plain_filters(sql: &mut Statement, query: &ListQuery) -> Result<(), StoreError> {
+    let sort = query.sort;
     if let Some(tenant) = &query.tenant {
-        sql.push(" AND tenant = ").text(tenant.as_str());
+        sql.push(" AND c.tenant = ").text(tenant.as_str());
     }
     if !query.statuses.is_empty() {
-        sql.push(" AND status IN (")
+        sql.push(" AND c.status IN (")
             .texts(query.statuses.iter().map(|s| s.as_str()))
             .push(")");
     }
     if let Some(format) = &query.source_format {
-        sql.push(" AND source_format = ").text(format.as_str());
+        sql.push(" AND c.source_format = ").text(format.as_str());
     }
     if let Some(format) = &query.target_format {
-        sql.push(" AND target_format = ").text(format.as_str());
+        sql.push(" AND c.target_format = ").text(format.as_str());
     }
     if let Some(t) = query.created_after {
-        sql.push(" AND created_at >= ").int(to_nanos(t));
+        sql.push(" AND c.created_at >= ").int(to_nanos(t));
     }
     if let Some(t) = query.created_before {
-        sql.push(" AND created_at < ").int(to_nanos(t));
+        sql.push(" AND c.created_at < ").int(to_nanos(t));
     }
     if let Some(t) = query.finished_after {
-        sql.push(" AND finished_at >= ").int(to_nanos(t));
+        sql.push(" AND c.finished_at >= ").int(to_nanos(t));
     }
     if let Some(t) = query.finished_before {
-        sql.push(" AND finished_at < ").int(to_nanos(t));
+        sql.push(" AND c.finished_at < ").int(to_nanos(t));
     }
     if let Some(t) = query.updated_before {
-        sql.push(" AND updated_at < ").int(to_nanos(t));
+        sql.push(" AND c.updated_at < ").int(to_nanos(t));
     }
     if sort.by_finished() {
-        sql.push(" AND finished_at IS NOT NULL");
+        sql.push(" AND c.finished_at IS NOT NULL");
     }
     if let Some(cursor) = query.cursor {
-        sql.push(&format!(" AND ({key}, id) {cmp} ("))
+        let (key, cmp) = match (sort.by_finished(), sort.descending()) {
+            (true, true) => ("finished_at", "<"),
+            (true, false) => ("finished_at", ">"),
+            (false, true) => ("created_at", "<"),
+            (false, false) => ("created_at", ">"),
+        };
+        sql.push(&format!(" AND (c.{key}, c.id) {cmp} ("))
             .int(to_nanos(cursor.at))
             .push(", ")
             .text(cursor.id.to_string())
             .push(")");
     }
-    if let Some(window) = window {
-        sql.push(&format!(" ORDER BY {key} {dir}, id {dir} LIMIT "))
-            .int(int("window", window)?)
-            .push(&format!(
-                ") SELECT {COLUMNS} FROM converto_conversions AS c WHERE rowid IN (SELECT r FROM w)"
-            ));
-    }
-    let terms = query.text_terms();
-    if window.is_some() {
-        // Per row of the window: a probe of the tag and label tables' primary keys, and the
-        // full-text matches among the window's rowid range (read once).
-        for (name, value) in &query.labels {
-            sql.push(" AND EXISTS (SELECT 1 FROM converto_conversion_labels AS l WHERE l.key = ")
+    let tenant = query.tenant.as_deref();
+    for (name, value) in &query.labels {
+        if label_word(tenant, name, value).len() > FTS_WORD_CHARS {
+            sql.push(" AND EXISTS (SELECT 1 FROM json_each(c.labels) AS l WHERE l.key = ")
                 .text(name.as_str())
                 .push(" AND l.value = ")
                 .text(value.as_str())
-                .push(" AND l.tenant = c.tenant AND l.r = c.rowid)");
-        }
-        if !query.tags.is_empty() {
-            sql.push(" AND EXISTS (SELECT 1 FROM converto_conversion_tags AS t WHERE t.tag IN (")
-                .texts(query.tags.iter().map(String::as_str))
-                .push(") AND t.tenant = c.tenant AND t.r = c.rowid)");
-        }
-        if !terms.is_empty() {
-            sql.push(
-                " AND rowid IN (SELECT rowid FROM converto_conversions_fts \
-                 WHERE converto_conversions_fts MATCH ",
-            )
-            .text(fts_query(&terms))
-            .push(" AND rowid >= (SELECT min(r) FROM w) AND rowid <= (SELECT max(r) FROM w))");
-        }
-    } else if searches(query) {
-        // The rowids every kind of match allows, intersected as sets of integers before any
-        // record is read: a label and a word that never meet cost two index reads, not a
-        // record read for each match of either.
-        sql.push(" AND rowid IN (");
-        let mut first = true;
-        let mut next = |sql: &mut Statement| {
-            if !std::mem::take(&mut first) {
-                sql.push(" INTERSECT ");
-            }
-        };
-        for (name, value) in &query.labels {
-            next(&mut sql);
-            sql.push("SELECT r FROM converto_conversion_labels WHERE key = ")
-                .text(name.as_str())
-                .push(" AND value = ")
-                .text(value.as_str());
-            if let Some(tenant) = &query.tenant {
-                sql.push(" AND tenant = ").text(tenant.as_str());
-            }
-        }
-        if !query.tags.is_empty() {
-            next(&mut sql);
-            sql.push("SELECT r FROM converto_conversion_tags WHERE tag IN (")
-                .texts(query.tags.iter().map(String::as_str))
                 .push(")");
-            if let Some(tenant) = &query.tenant {
-                sql.push(" AND tenant = ").text(tenant.as_str());
-            }
         }
-        if !terms.is_empty() {
-            next(&mut sql);
-            sql.push(
-                "SELECT rowid FROM converto_conversions_fts WHERE converto_conversions_fts MATCH ",
-            )
-            .text(fts_query(&terms));
-        }
-        sql.push(")");
     }
-    sql.push(&format!(" ORDER BY {key} {dir}, id {dir} LIMIT "))
-        .int(int("limit", limit + 1)?);
-    Ok(sql)
+    Ok(())
 }
 
-/// Below how many records a tag or label filter lets its index drive a search at once, rather
-/// than walking windows of the list order first (see [`ConversionStore::list`]).
+/// Below how many index matches a search reads them all and sorts them, rather than walking
+/// windows of the list order first (see [`ConversionStore::list`]).
 const RARE: i64 = 2048;
 
-/// How many records (up to [`RARE`]) the rarest tag or label filter of `query` names, or `None`
-/// without such filters. A few index entries read per filter.
-fn rarest_filter(query: &ListQuery) -> Option<Statement> {
-    if query.tags.is_empty() && query.labels.is_empty() {
-        return None;
-    }
+/// The rowids (a JSON array) of the records the full-text index query `matcher` matches, if
+/// fewer than [`RARE`]; else NULL. Reads at most [`RARE`] of the index's matches.
+fn rare_matches(matcher: &str) -> Statement {
     let mut sql = Statement::default();
-    sql.push("SELECT min(n) AS n FROM (SELECT 0 AS n WHERE 0");
-    let tenant = |sql: &mut Statement| {
-        if let Some(tenant) = &query.tenant {
-            sql.push(" AND tenant = ").text(tenant.as_str());
-        }
-    };
-    if !query.tags.is_empty() {
-        sql.push(" UNION ALL SELECT count(*) FROM (SELECT 1 FROM converto_conversion_tags WHERE tag IN (")
-            .texts(query.tags.iter().map(String::as_str))
-            .push(")");
-        tenant(&mut sql);
-        sql.push(" LIMIT ").int(RARE).push(")");
-    }
-    for (name, value) in &query.labels {
-        sql.push(" UNION ALL SELECT count(*) FROM (SELECT 1 FROM converto_conversion_labels WHERE key = ")
-            .text(name.as_str())
-            .push(" AND value = ")
-            .text(value.as_str());
-        tenant(&mut sql);
-        sql.push(" LIMIT ").int(RARE).push(")");
-    }
-    sql.push(")");
-    Some(sql)
+    sql.push("SELECT CASE WHEN count(*) < ")
+        .int(RARE)
+        .push(" THEN json_group_array(rowid) END AS j FROM (SELECT rowid FROM converto_conversions_fts(")
+        .text(matcher)
+        .push(") LIMIT ")
+        .int(RARE)
+        .push(")");
+    sql
 }
 
 impl SqliteConversionStore {
@@ -512,9 +593,17 @@ impl SqliteConversionStore {
     #[doc(hidden)]
     pub async fn explain_list(&self, query: &ListQuery) -> Result<Vec<String>, StoreError> {
         let mut plan = Vec::new();
-        let windows = searches(query).then_some(SEARCH_WINDOWS[0]);
-        for window in windows.into_iter().map(Some).chain([None]) {
-            let rows = list_query(query, "EXPLAIN QUERY PLAN ", window)?
+        let ways = if fts_match(query).is_some() {
+            vec![
+                Matches::Rowids("[1, 2, 3]"),
+                Matches::Window(SEARCH_WINDOWS[0]),
+                Matches::Indexed,
+            ]
+        } else {
+            vec![Matches::Every]
+        };
+        for matches in ways {
+            let rows = list_query(query, "EXPLAIN QUERY PLAN ", matches)?
                 .query()
                 .fetch_all(&self.pool)
                 .await
@@ -550,11 +639,13 @@ impl SqliteConversionStore {
         from_rows(&rows)
     }
 
-    /// The integer (column `n`) `statement` selects.
-    async fn integer(&self, statement: Statement) -> Result<i64, StoreError> {
-        self.read_or_pool(statement, super::read::integer, |rows| match rows.first() {
-            Some(row) => column::<i64>(row, "n"),
-            None => Err(corrupt("n", "no row")),
+    /// The text or NULL (column `j`) `statement` selects.
+    async fn optional_text(&self, statement: Statement) -> Result<Option<String>, StoreError> {
+        self.read_or_pool(statement, super::read::optional_text, |rows| {
+            match rows.first() {
+                Some(row) => column::<Option<String>>(row, "j"),
+                None => Err(corrupt("j", "no row")),
+            }
         })
         .await
     }
@@ -614,24 +705,29 @@ impl ConversionStore for SqliteConversionStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let limit = query.effective_limit();
-        // A rare tag or label finds its few records faster than any window would.
-        let rare = match rarest_filter(query) {
-            Some(statement) => self.integer(statement).await? < RARE,
-            None => false,
+        let page = |items| Ok(Page::from_overfetch(items, limit, query.sort));
+        let Some(matcher) = fts_match(query) else {
+            return page(self.select(list_query(query, "", Matches::Every)?).await?);
         };
-        let windows: &[usize] = if searches(query) && !rare {
-            &SEARCH_WINDOWS
-        } else {
-            &[]
-        };
-        for &window in windows {
-            let items = self.select(list_query(query, "", Some(window))?).await?;
+        // Few matches: read and sort them all. The index stops counting at RARE.
+        if let Some(rowids) = self.optional_text(rare_matches(&matcher)).await? {
+            return page(
+                self.select(list_query(query, "", Matches::Rowids(&rowids))?)
+                    .await?,
+            );
+        }
+        for window in SEARCH_WINDOWS {
+            let items = self
+                .select(list_query(query, "", Matches::Window(window))?)
+                .await?;
             if items.len() > limit {
-                return Ok(Page::from_overfetch(items, limit, query.sort));
+                return page(items);
             }
         }
-        let items = self.select(list_query(query, "", None)?).await?;
-        Ok(Page::from_overfetch(items, limit, query.sort))
+        page(
+            self.select(list_query(query, "", Matches::Indexed)?)
+                .await?,
+        )
     }
 
     async fn transition(
