@@ -15,13 +15,15 @@
 -- checked against the record as well (`list_query`).
 --
 -- The index is contentless (the facets are not a column of converto_conversions): the triggers
--- below write each record's words and delete them with the same words, computed from the old
--- row. The tag and label tables that searches used before are gone.
+-- below write each record's words, read from the view converto_conversion_search_words, and
+-- delete them with the same words, read before the row changes or goes. The tag and label
+-- tables that searches used before are gone.
 --
 -- Like the old index, this one follows the records' rowids, which VACUUM may renumber (the
 -- table has no INTEGER PRIMARY KEY). converto never runs VACUUM; after one, rebuild the index:
 --   INSERT INTO converto_conversions_fts (converto_conversions_fts) VALUES ('delete-all');
---   then the INSERT ... SELECT statement below.
+--   INSERT INTO converto_conversions_fts (rowid, search_text, facets)
+--       SELECT r, search_text, facets FROM converto_conversion_search_words;
 
 DROP TRIGGER IF EXISTS converto_conversions_search_insert;
 DROP TRIGGER IF EXISTS converto_conversions_search_delete;
@@ -29,6 +31,17 @@ DROP TRIGGER IF EXISTS converto_conversions_search_update;
 DROP TABLE IF EXISTS converto_conversion_tags;
 DROP TABLE IF EXISTS converto_conversion_labels;
 DROP TABLE IF EXISTS converto_conversions_fts;
+
+-- What the index holds for each record: its rowid, its text, its facet words.
+CREATE VIEW converto_conversion_search_words AS
+SELECT c.rowid AS r, c.search_text AS search_text,
+    (SELECT group_concat(word, ' ') FROM (
+        SELECT 'g' || hex(value) || '0' AS word FROM json_each(c.tags)
+        UNION ALL SELECT 't' || hex(c.tenant) || 'x' || hex(value) || '0' FROM json_each(c.tags)
+        UNION ALL SELECT 'k' || hex(key) || 'x' || hex(value) || '0' FROM json_each(c.labels)
+        UNION ALL SELECT 'l' || hex(c.tenant) || 'x' || hex(key) || 'x' || hex(value) || '0'
+            FROM json_each(c.labels))) AS facets
+FROM converto_conversions AS c;
 
 CREATE VIRTUAL TABLE converto_conversions_fts USING fts5(
     search_text,
@@ -38,50 +51,31 @@ CREATE VIRTUAL TABLE converto_conversions_fts USING fts5(
     prefix = '2 3 4 5 6 7 8'
 );
 INSERT INTO converto_conversions_fts (rowid, search_text, facets)
-    SELECT c.rowid, c.search_text, (SELECT group_concat(token, ' ') FROM (
-        SELECT 'g' || hex(value) || '0' AS token FROM json_each(c.tags)
-        UNION ALL SELECT 't' || hex(c.tenant) || 'x' || hex(value) || '0' FROM json_each(c.tags)
-        UNION ALL SELECT 'k' || hex(key) || 'x' || hex(value) || '0' FROM json_each(c.labels)
-        UNION ALL SELECT 'l' || hex(c.tenant) || 'x' || hex(key) || 'x' || hex(value) || '0'
-            FROM json_each(c.labels)))
-    FROM converto_conversions AS c;
+    SELECT r, search_text, facets FROM converto_conversion_search_words;
 
 CREATE TRIGGER converto_conversions_search_insert
 AFTER INSERT ON converto_conversions BEGIN
     INSERT INTO converto_conversions_fts (rowid, search_text, facets)
-        VALUES (NEW.rowid, NEW.search_text, (SELECT group_concat(token, ' ') FROM (
-        SELECT 'g' || hex(value) || '0' AS token FROM json_each(NEW.tags)
-        UNION ALL SELECT 't' || hex(NEW.tenant) || 'x' || hex(value) || '0' FROM json_each(NEW.tags)
-        UNION ALL SELECT 'k' || hex(key) || 'x' || hex(value) || '0' FROM json_each(NEW.labels)
-        UNION ALL SELECT 'l' || hex(NEW.tenant) || 'x' || hex(key) || 'x' || hex(value) || '0'
-            FROM json_each(NEW.labels))));
+        SELECT r, search_text, facets FROM converto_conversion_search_words WHERE r = NEW.rowid;
 END;
 
+-- Before the row goes, while the view still reads its words.
 CREATE TRIGGER converto_conversions_search_delete
-AFTER DELETE ON converto_conversions BEGIN
+BEFORE DELETE ON converto_conversions BEGIN
     INSERT INTO converto_conversions_fts (converto_conversions_fts, rowid, search_text, facets)
-        VALUES ('delete', OLD.rowid, OLD.search_text, (SELECT group_concat(token, ' ') FROM (
-        SELECT 'g' || hex(value) || '0' AS token FROM json_each(OLD.tags)
-        UNION ALL SELECT 't' || hex(OLD.tenant) || 'x' || hex(value) || '0' FROM json_each(OLD.tags)
-        UNION ALL SELECT 'k' || hex(key) || 'x' || hex(value) || '0' FROM json_each(OLD.labels)
-        UNION ALL SELECT 'l' || hex(OLD.tenant) || 'x' || hex(key) || 'x' || hex(value) || '0'
-            FROM json_each(OLD.labels))));
+        SELECT 'delete', r, search_text, facets FROM converto_conversion_search_words
+        WHERE r = OLD.rowid;
+END;
+
+CREATE TRIGGER converto_conversions_search_unindex
+BEFORE UPDATE OF search_text, tags, labels, tenant ON converto_conversions BEGIN
+    INSERT INTO converto_conversions_fts (converto_conversions_fts, rowid, search_text, facets)
+        SELECT 'delete', r, search_text, facets FROM converto_conversion_search_words
+        WHERE r = OLD.rowid;
 END;
 
 CREATE TRIGGER converto_conversions_search_update
 AFTER UPDATE OF search_text, tags, labels, tenant ON converto_conversions BEGIN
-    INSERT INTO converto_conversions_fts (converto_conversions_fts, rowid, search_text, facets)
-        VALUES ('delete', OLD.rowid, OLD.search_text, (SELECT group_concat(token, ' ') FROM (
-        SELECT 'g' || hex(value) || '0' AS token FROM json_each(OLD.tags)
-        UNION ALL SELECT 't' || hex(OLD.tenant) || 'x' || hex(value) || '0' FROM json_each(OLD.tags)
-        UNION ALL SELECT 'k' || hex(key) || 'x' || hex(value) || '0' FROM json_each(OLD.labels)
-        UNION ALL SELECT 'l' || hex(OLD.tenant) || 'x' || hex(key) || 'x' || hex(value) || '0'
-            FROM json_each(OLD.labels))));
     INSERT INTO converto_conversions_fts (rowid, search_text, facets)
-        VALUES (NEW.rowid, NEW.search_text, (SELECT group_concat(token, ' ') FROM (
-        SELECT 'g' || hex(value) || '0' AS token FROM json_each(NEW.tags)
-        UNION ALL SELECT 't' || hex(NEW.tenant) || 'x' || hex(value) || '0' FROM json_each(NEW.tags)
-        UNION ALL SELECT 'k' || hex(key) || 'x' || hex(value) || '0' FROM json_each(NEW.labels)
-        UNION ALL SELECT 'l' || hex(NEW.tenant) || 'x' || hex(key) || 'x' || hex(value) || '0'
-            FROM json_each(NEW.labels))));
+        SELECT r, search_text, facets FROM converto_conversion_search_words WHERE r = NEW.rowid;
 END;
