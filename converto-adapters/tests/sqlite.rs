@@ -560,3 +560,93 @@ async fn facet_words_match_the_records_they_name() {
     .expect("count");
     assert_eq!(left, 0, "the deleted record's tag is still indexed");
 }
+
+/// A search sorted by creation time first looks among the full-text index's highest rowids,
+/// which are usually the newest records but need not be (a record created a moment before
+/// another may be inserted after it). Whatever the two orders, every page holds exactly the
+/// records the order says, nothing skipped or repeated: records in insertion order, in reverse,
+/// and with one old row made the newest, paged both ways, with a tag and with text (every
+/// record holds the word "part").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_pages_follow_creation_time_not_insertion() {
+    use converto_core::search::Sort;
+
+    let dirs = Dirs::default();
+    let backend = connect(&dirs.fresh()).await;
+    let store = backend.store();
+    let tenant = "acme";
+    let mut ids = Vec::new();
+    for n in 0..150 {
+        let mut new = testkit::store::sample(tenant);
+        new.tags = vec![if n % 3 == 0 { "rare" } else { "common" }.to_owned()];
+        new.description = Some(format!("part {n}"));
+        ids.push(store.create(new).await.expect("create").conversion.id);
+    }
+    // Creation times (seconds) by insertion position, for each arrangement.
+    type Arrangement = (&'static str, fn(i64) -> i64);
+    let arrangements: [Arrangement; 3] = [
+        ("insertion order", |n| n),
+        ("reverse", |n| 1_000 - n),
+        ("one old row newest", |n| if n == 5 { 10_000 } else { n }),
+    ];
+    for (name, created) in arrangements {
+        for (n, id) in ids.iter().enumerate() {
+            let n = i64::try_from(n).expect("small");
+            sqlx::query("UPDATE converto_conversions SET created_at = ? WHERE id = ?")
+                .bind((1_700_000_000 + created(n)) * 1_000_000_000)
+                .bind(id.to_string())
+                .execute(backend.pool())
+                .await
+                .expect("set created_at");
+        }
+        let mut records = Vec::new();
+        for id in &ids {
+            records.push(store.get(*id).await.expect("get"));
+        }
+        for sort in [Sort::CreatedDesc, Sort::CreatedAsc] {
+            for (tags, text) in [
+                (vec!["common".to_owned()], None),
+                (vec!["rare".to_owned()], None),
+                (vec![], Some("part".to_owned())),
+                (vec!["rare".to_owned()], Some("par".to_owned())),
+            ] {
+                let mut expected: Vec<_> = records
+                    .iter()
+                    .filter(|c| tags.iter().all(|t| c.tags.contains(t)))
+                    .map(|c| (c.created_at, c.id))
+                    .collect();
+                expected.sort();
+                if sort == Sort::CreatedDesc {
+                    expected.reverse();
+                }
+                let expected: Vec<_> = expected.into_iter().map(|(_, id)| id).collect();
+                let mut seen = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = store
+                        .list(&ListQuery {
+                            tenant: Some(tenant.to_owned()),
+                            tags: tags.clone(),
+                            text: text.clone(),
+                            sort,
+                            cursor,
+                            limit: 7,
+                            ..ListQuery::default()
+                        })
+                        .await
+                        .expect("list");
+                    seen.extend(page.items.iter().map(|c| c.id));
+                    cursor = page.next_cursor;
+                    if cursor.is_none() {
+                        break;
+                    }
+                    assert!(seen.len() <= expected.len(), "{name}: pages do not end");
+                }
+                assert_eq!(
+                    seen, expected,
+                    "{name}, {sort:?}, tags {tags:?}, text {text:?}"
+                );
+            }
+        }
+    }
+}

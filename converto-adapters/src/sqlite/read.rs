@@ -357,6 +357,140 @@ mod tests {
         );
     }
 
+    /// A search by creation time takes its page from the full-text index's newest matches
+    /// when their rowids follow creation time, and declines (no rows, so `list` goes on to
+    /// the other ways) when a record outside the rowids it read sorts into the page.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn newest_matches_make_the_page_only_when_proved() {
+        use super::super::store::{Matches, list_query};
+        use converto_core::store::{ConversionStore, ListQuery};
+
+        let (_dir, backend) = file_backend().await;
+        let store = backend.store();
+        let reader = store.reader.as_ref().expect("a point reader");
+        let mut ids = Vec::new();
+        for _ in 0..30 {
+            let mut new = converto_core::testkit::store::sample("acme");
+            new.tags = vec!["t".into()];
+            ids.push(store.create(new).await.expect("create").conversion.id);
+        }
+        let query = ListQuery {
+            tenant: Some("acme".into()),
+            tags: vec!["t".into()],
+            limit: 5,
+            ..Default::default()
+        };
+        let newest = async || {
+            let statement = list_query(&query, "", Matches::Newest).expect("statement");
+            reader
+                .read(statement, super::records)
+                .await
+                .expect("a direct read")
+        };
+        let page = newest().await;
+        let expected: Vec<_> = ids.iter().rev().take(6).copied().collect();
+        assert_eq!(page.iter().map(|c| c.id).collect::<Vec<_>>(), expected);
+        assert_eq!(store.list(&query).await.expect("list").items, page[..5]);
+
+        // The first record, inserted first, becomes the newest: the index's newest rowids no
+        // longer hold the page, and the statement says so.
+        sqlx::query(
+            "UPDATE converto_conversions SET created_at = created_at + 3600000000000 WHERE id = ?",
+        )
+        .bind(ids[0].to_string())
+        .execute(backend.pool())
+        .await
+        .expect("update");
+        assert!(
+            newest().await.is_empty(),
+            "a page that misses the newest record"
+        );
+        let listed = store.list(&query).await.expect("list").items;
+        assert_eq!(listed.first().map(|c| c.id), Some(ids[0]));
+        assert_eq!(listed.len(), 5);
+    }
+
+    /// A window's page, whether its rows are checked against the index's matches in the
+    /// window's rowid range or against gathered rowids, is the page `list` gives, when the
+    /// window holds one (a full page and one more row): in every order, past a cursor too,
+    /// with finish times in another order than creation.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn window_pages_are_the_list_pages() {
+        use super::super::store::{Matches, list_query};
+        use converto_core::search::{Cursor, Sort};
+        use converto_core::store::{ConversionStore, ListQuery};
+
+        let (_dir, backend) = file_backend().await;
+        let store = backend.store();
+        let reader = store.reader.as_ref().expect("a point reader");
+        for n in 0..40_i64 {
+            let mut new = converto_core::testkit::store::sample("acme");
+            new.tags = vec![if n % 3 == 0 { "a" } else { "b" }.into()];
+            let id = store.create(new).await.expect("create").conversion.id;
+            sqlx::query("UPDATE converto_conversions SET finished_at = ? WHERE id = ?")
+                .bind(1_800_000_000_000_000_000 + (n * 7 % 40) * 1_000_000_000)
+                .bind(id.to_string())
+                .execute(backend.pool())
+                .await
+                .expect("finish");
+        }
+        let (gathered,): (String,) = sqlx::query_as(
+            "SELECT json_group_array(rowid) FROM converto_conversions_fts WHERE converto_conversions_fts MATCH ?",
+        )
+        .bind(format!("facets : \"t{}x{}0\"", hex::encode("acme"), hex::encode("a")))
+        .fetch_one(backend.pool())
+        .await
+        .expect("gather");
+        let mut windows_that_answered = 0;
+        for sort in [
+            Sort::CreatedDesc,
+            Sort::CreatedAsc,
+            Sort::FinishedDesc,
+            Sort::FinishedAsc,
+        ] {
+            let mut query = ListQuery {
+                tenant: Some("acme".into()),
+                tags: vec!["a".into()],
+                sort,
+                limit: 2,
+                ..Default::default()
+            };
+            let all = store
+                .list(&ListQuery {
+                    limit: 100,
+                    ..query.clone()
+                })
+                .await
+                .expect("list")
+                .items;
+            assert_eq!(all.len(), 14);
+            for start in [0_usize, 5] {
+                query.cursor = start
+                    .checked_sub(1)
+                    .and_then(|i| Cursor::after(&all[i], sort));
+                let expected = &all[start..start + 3];
+                for set in [None, Some(gathered.as_str())] {
+                    for window in [4, 12, 40] {
+                        let statement = list_query(&query, "", Matches::Window(window, set))
+                            .expect("statement");
+                        let page = reader.read(statement, super::records).await.expect("read");
+                        if page.len() == 3 {
+                            windows_that_answered += 1;
+                            assert_eq!(
+                                page, expected,
+                                "{sort:?}, from {start}, window {window}, {set:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            windows_that_answered >= 16,
+            "{windows_that_answered} windows answered"
+        );
+    }
+
     /// A page read that cannot answer hands its statement back for the pool, and so does one
     /// dropped before it ran (no thread left to run it).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

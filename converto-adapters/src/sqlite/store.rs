@@ -373,8 +373,12 @@ pub(super) enum Matches<'a> {
     Every,
     /// The rowids in this JSON array: all the full-text index matches, when they are few.
     Rowids(&'a str),
-    /// The full-text index's matches among the first `window` rows of the list order only.
-    Window(usize),
+    /// The full-text index's newest matches by rowid, if they prove to be the page (see
+    /// [`newest_query`]); else no rows.
+    Newest,
+    /// The full-text index's matches among the first `window` rows of the list order only;
+    /// with all the matches' rowids (a JSON array) when they were gathered.
+    Window(usize, Option<&'a str>),
     /// Every match of the full-text index.
     Indexed,
 }
@@ -396,10 +400,10 @@ pub(super) enum Matches<'a> {
 ///   page, but only within its first `window` rows, and checks each row: its tags and labels
 ///   on the row, its text against the index's matches among the window's rowids (FTS5 seeks to
 ///   a rowid range; the window's rows were mostly created together, so their rowids are
-///   close): when a quarter of the records match,
-///   a page is found after a few dozen rows. If that fills the page (one row more than the
-///   limit), those are exactly the first rows of the whole order (any earlier match would lie
-///   inside the window).
+///   close): when a quarter of the records match, a page is found after a few dozen rows. If
+///   that fills the page (one row more than the limit), those are exactly the first rows of
+///   the whole order (any earlier match would lie inside the window). When the search has gathered every match's rowid (fewer than
+///   [`GATHERED`]), the walk checks rows against those instead of asking the index again.
 /// - [`Matches::Indexed`]: many matches, but not near the start of the order. Every match's
 ///   sort key is read, then the page's records.
 pub(super) fn list_query(
@@ -442,6 +446,7 @@ pub(super) fn list_query(
     };
     match matches {
         Matches::Every => {}
+        Matches::Newest => return newest_query(query, prefix, &matcher, limit),
         Matches::Rowids(rowids) => {
             outer(&mut sql);
             // CROSS JOIN: the few matches drive the query, not a walk of the list order.
@@ -461,7 +466,32 @@ pub(super) fn list_query(
                 );
             plain_filters(&mut sql, query)?;
         }
-        Matches::Window(window) => {
+        Matches::Window(window, Some(rowids)) => {
+            // Every match is known: walk the list order (its index alone, for the plain
+            // filters it holds) and keep the rows among them.
+            outer(&mut sql);
+            sql.push("SELECT c.rowid FROM converto_conversions AS c WHERE 1 = 1");
+            plain_filters(&mut sql, query)?;
+            // `+`: the rowids are checked, not looked up, or the planner would read every
+            // match's record and sort them.
+            sql.push(" AND +c.rowid IN (SELECT value FROM json_each(")
+                .text(rowids)
+                .push("))");
+            // Within the window's length of the walk.
+            sql.push(" AND (c.")
+                .push(key)
+                .push(", c.id) ")
+                .push(if sort.descending() { ">=" } else { "<=" })
+                .push(" (SELECT c.")
+                .push(key)
+                .push(", c.id FROM converto_conversions AS c WHERE 1 = 1");
+            plain_filters(&mut sql, query)?;
+            sql.push(&order)
+                .push(" LIMIT 1 OFFSET ")
+                .int(int("window", window.saturating_sub(1))?)
+                .push(")");
+        }
+        Matches::Window(window, None) => {
             sql.push("WITH w AS MATERIALIZED (SELECT c.rowid AS r, c.")
                 .push(key)
                 .push(" AS k, c.id AS i FROM converto_conversions AS c WHERE 1 = 1");
@@ -502,6 +532,109 @@ pub(super) fn list_query(
     }
     sql.push(&order).push(" LIMIT ").int(limit).push(")");
     sql.push(&format!(" ORDER BY {key} {dir}, id {dir}"));
+    Ok(sql)
+}
+
+/// How many of the full-text index's newest matches [`newest_query`] reads, per row of the
+/// page it looks for.
+const NEWEST_PER_ROW: i64 = 4;
+
+/// How many rows of the list order [`newest_query`] walks at most to prove its page.
+const NEWEST_PROOF_ROWS: i64 = 4096;
+
+/// A page sorted by creation time, found among the full-text index's first matches in rowid
+/// order (`limit` being one more than the page), or no rows when they cannot be shown to be
+/// the page.
+///
+/// Records are stored in about the order they were created, so the matches with the highest
+/// rowids (FTS5 reads them first when asked in that order, and stops) are mostly the newest,
+/// but not always: a record created a moment before another may be inserted after it. So the
+/// statement proves its page. It reads the index's first `NEWEST_PER_ROW * limit` matches past
+/// the cursor's record (rowids in `(lo, hi)` for a newest-first page); the page is the best
+/// `limit` of those that pass the plain filters. It is the page of all matches if the index
+/// had no more matches than that, or if every record that passes the plain filters and sorts
+/// before the page's last row lies inside the rowid range read: any match there was read.
+/// That last check walks the list order's index up to the page's last row, at most
+/// [`NEWEST_PROOF_ROWS`] rows.
+fn newest_query(
+    query: &ListQuery,
+    prefix: &str,
+    matcher: &str,
+    limit: i64,
+) -> Result<Statement, StoreError> {
+    let descending = query.sort.descending();
+    let (dir, back, before, past, edge) = if descending {
+        ("DESC", "ASC", "<", ">=", "min")
+    } else {
+        ("ASC", "DESC", ">", "<=", "max")
+    };
+    let order = format!(" ORDER BY c.created_at {dir}, c.id {dir}");
+    let reads = limit.saturating_mul(NEWEST_PER_ROW);
+    // The cursor's record bounds the rowids read, as the cursor bounds the order.
+    let cursor_rowid = |sql: &mut Statement, cursor: &search::Cursor| {
+        sql.push("(SELECT rowid FROM converto_conversions WHERE id = ")
+            .text(cursor.id.to_string())
+            .push(")");
+    };
+    let mut sql = Statement::default();
+    sql.push(prefix)
+        .push("WITH m AS MATERIALIZED (SELECT rowid AS r FROM converto_conversions_fts(")
+        .text(matcher)
+        .push(")");
+    if let Some(cursor) = &query.cursor {
+        sql.push(&format!(" WHERE rowid {before} "));
+        cursor_rowid(&mut sql, cursor);
+    }
+    sql.push(&format!(" ORDER BY rowid {dir} LIMIT "))
+        .int(reads)
+        .push(
+            "), p AS MATERIALIZED (SELECT c.rowid AS r, c.created_at AS k, c.id AS i \
+             FROM m CROSS JOIN converto_conversions AS c ON c.rowid = m.r WHERE 1 = 1",
+        );
+    plain_filters(&mut sql, query)?;
+    sql.push(&order).push(" LIMIT ").int(limit);
+    sql.push(&format!(
+        "), s AS MATERIALIZED (SELECT (SELECT count(*) FROM m) AS read, \
+         (SELECT {edge}(r) FROM m) AS edge, (SELECT count(*) FROM p) AS found), \
+         v AS MATERIALIZED (SELECT count(*) AS n, min(r) AS lo, max(r) AS hi FROM \
+         (SELECT c.rowid AS r FROM converto_conversions AS c WHERE 1 = 1"
+    ));
+    plain_filters(&mut sql, query)?;
+    sql.push(&format!(
+        " AND (c.created_at, c.id) {past} (SELECT k, i FROM p ORDER BY k {back}, i {back} LIMIT 1)"
+    ))
+    .push(&order)
+    .push(" LIMIT ")
+    .int(NEWEST_PROOF_ROWS)
+    .push(&format!(
+        ")) SELECT {COLUMNS} FROM converto_conversions AS c WHERE c.rowid IN (SELECT r FROM p) \
+         AND EXISTS (SELECT 1 FROM s, v WHERE "
+    ));
+    // A first page from every match the index has.
+    if query.cursor.is_none() {
+        sql.push("s.read < ").int(reads).push(" OR ");
+    }
+    sql.push("(s.found = ")
+        .int(limit)
+        .push(" AND v.n < ")
+        .int(NEWEST_PROOF_ROWS);
+    if descending {
+        sql.push(" AND v.lo >= s.edge");
+    } else {
+        sql.push(" AND v.hi <= s.edge");
+    }
+    // Past the cursor, the index was read from the cursor's record on: nothing between the
+    // cursor and the page's last row may lie on the other side of it.
+    if let Some(cursor) = &query.cursor {
+        if descending {
+            sql.push(" AND v.hi < ");
+        } else {
+            sql.push(" AND v.lo > ");
+        }
+        cursor_rowid(&mut sql, cursor);
+    }
+    sql.push(")");
+    sql.push(&format!(") ORDER BY created_at {dir}, id {dir}"));
     Ok(sql)
 }
 
@@ -570,18 +703,22 @@ fn plain_filters(sql: &mut Statement, query: &ListQuery) -> Result<(), StoreErro
 
 /// Below how many index matches a search reads them all and sorts them, rather than walking
 /// windows of the list order first (see [`ConversionStore::list`]).
-const RARE: i64 = 2048;
+const RARE: usize = 2048;
+
+/// Below how many index matches a search gathers their rowids once, for the windows to check
+/// rows against, rather than asking the index again for each window.
+const GATHERED: i64 = 4096;
 
 /// The rowids (a JSON array) of the records the full-text index query `matcher` matches, if
-/// fewer than [`RARE`]; else NULL. Reads at most [`RARE`] of the index's matches.
-fn rare_matches(matcher: &str) -> Statement {
+/// fewer than [`GATHERED`]; else NULL. Reads at most [`GATHERED`] of the index's matches.
+fn gather_matches(matcher: &str) -> Statement {
     let mut sql = Statement::default();
     sql.push("SELECT CASE WHEN count(*) < ")
-        .int(RARE)
+        .int(GATHERED)
         .push(" THEN json_group_array(rowid) END AS j FROM (SELECT rowid FROM converto_conversions_fts(")
         .text(matcher)
         .push(") LIMIT ")
-        .int(RARE)
+        .int(GATHERED)
         .push(")");
     sql
 }
@@ -595,8 +732,10 @@ impl SqliteConversionStore {
         let mut plan = Vec::new();
         let ways = if fts_match(query).is_some() {
             vec![
+                Matches::Newest,
                 Matches::Rowids("[1, 2, 3]"),
-                Matches::Window(SEARCH_WINDOWS[0]),
+                Matches::Window(SEARCH_WINDOWS[0], None),
+                Matches::Window(SEARCH_WINDOWS[0], Some("[1, 2, 3]")),
                 Matches::Indexed,
             ]
         } else {
@@ -709,25 +848,51 @@ impl ConversionStore for SqliteConversionStore {
         let Some(matcher) = fts_match(query) else {
             return page(self.select(list_query(query, "", Matches::Every)?).await?);
         };
-        // Few matches: read and sort them all. The index stops counting at RARE.
-        if let Some(rowids) = self.optional_text(rare_matches(&matcher)).await? {
-            return page(
-                self.select(list_query(query, "", Matches::Rowids(&rowids))?)
-                    .await?,
-            );
+        // By creation time, the index's newest matches are usually the page, and it can tell.
+        if !query.sort.by_finished() {
+            let items = self.select(list_query(query, "", Matches::Newest)?).await?;
+            if !items.is_empty() {
+                return page(items);
+            }
         }
-        for window in SEARCH_WINDOWS {
+        // Few matches: read and sort them all. Fewer than GATHERED: check windows against
+        // them. The index stops counting at GATHERED.
+        let gathered = self.optional_text(gather_matches(&matcher)).await?;
+        if let Some(rowids) = &gathered {
+            // A JSON array of integers: one comma fewer than its elements, if any.
+            let count = match rowids.as_str() {
+                "[]" => 0,
+                _ => rowids.bytes().filter(|&b| b == b',').count() + 1,
+            };
+            if count < RARE {
+                return page(
+                    self.select(list_query(query, "", Matches::Rowids(rowids))?)
+                        .await?,
+                );
+            }
+        }
+        // Against gathered rowids, a walk costs little more for the longer window alone.
+        let windows = match gathered {
+            Some(_) => &SEARCH_WINDOWS[1..],
+            None => &SEARCH_WINDOWS[..],
+        };
+        for &window in windows {
             let items = self
-                .select(list_query(query, "", Matches::Window(window))?)
+                .select(list_query(
+                    query,
+                    "",
+                    Matches::Window(window, gathered.as_deref()),
+                )?)
                 .await?;
             if items.len() > limit {
                 return page(items);
             }
         }
-        page(
-            self.select(list_query(query, "", Matches::Indexed)?)
-                .await?,
-        )
+        let all = match &gathered {
+            Some(rowids) => Matches::Rowids(rowids),
+            None => Matches::Indexed,
+        };
+        page(self.select(list_query(query, "", all)?).await?)
     }
 
     async fn transition(
