@@ -201,6 +201,30 @@ pub(super) fn records(
     rows.map(|row| row.ok().flatten()).collect()
 }
 
+/// The records a search statement with a `proved` column selects (see `newest_query` in
+/// `store.rs`), or `None` inside when it could not prove them the page; a row without an id is
+/// no record.
+pub(super) fn proved_records(
+    conn: &rusqlite::Connection,
+    statement: &Statement,
+) -> Option<Option<Vec<Conversion>>> {
+    let mut stmt = conn.prepare_cached(&statement.sql).ok()?;
+    let proved = stmt.column_index("proved").ok()?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(args(statement)))
+        .ok()?;
+    let mut items = Vec::new();
+    while let Some(row) = rows.next().ok()? {
+        if !row.get::<_, bool>(proved).ok()? {
+            return Some(None);
+        }
+        if row.get_ref(0).ok()? != rusqlite::types::ValueRef::Null {
+            items.push(decode(row)?);
+        }
+    }
+    Some(Some(items))
+}
+
 /// The arguments of `statement`, for rusqlite.
 fn args(statement: &Statement) -> impl Iterator<Item = rusqlite::types::ToSqlOutput<'_>> {
     statement.args.iter().map(|arg| match arg {
@@ -358,8 +382,8 @@ mod tests {
     }
 
     /// A search by creation time takes its page from the full-text index's newest matches
-    /// when their rowids follow creation time, and declines (no rows, so `list` goes on to
-    /// the other ways) when a record outside the rowids it read sorts into the page.
+    /// when their rowids follow creation time, and declines (`None`, so `list` goes on to the
+    /// other ways) when a record outside the rowids it read sorts into the page.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn newest_matches_make_the_page_only_when_proved() {
         use super::super::store::{Matches, list_query};
@@ -383,14 +407,24 @@ mod tests {
         let newest = async || {
             let statement = list_query(&query, "", Matches::Newest).expect("statement");
             reader
-                .read(statement, super::records)
+                .read(statement, super::proved_records)
                 .await
                 .expect("a direct read")
         };
-        let page = newest().await;
+        let page = newest().await.expect("a proved page");
         let expected: Vec<_> = ids.iter().rev().take(6).copied().collect();
         assert_eq!(page.iter().map(|c| c.id).collect::<Vec<_>>(), expected);
         assert_eq!(store.list(&query).await.expect("list").items, page[..5]);
+        // No match at all is a proved page too: an empty one.
+        let nothing = ListQuery {
+            tags: vec!["none".into()],
+            ..query.clone()
+        };
+        let statement = list_query(&nothing, "", Matches::Newest).expect("statement");
+        assert_eq!(
+            reader.read(statement, super::proved_records).await.ok(),
+            Some(Some(Vec::new()))
+        );
 
         // The first record, inserted first, becomes the newest: the index's newest rowids no
         // longer hold the page, and the statement says so.
@@ -401,10 +435,7 @@ mod tests {
         .execute(backend.pool())
         .await
         .expect("update");
-        assert!(
-            newest().await.is_empty(),
-            "a page that misses the newest record"
-        );
+        assert_eq!(newest().await, None, "a page that misses the newest record");
         let listed = store.list(&query).await.expect("list").items;
         assert_eq!(listed.first().map(|c| c.id), Some(ids[0]));
         assert_eq!(listed.len(), 5);

@@ -373,8 +373,8 @@ pub(super) enum Matches<'a> {
     Every,
     /// The rowids in this JSON array: all the full-text index matches, when they are few.
     Rowids(&'a str),
-    /// The full-text index's newest matches by rowid, if they prove to be the page (see
-    /// [`newest_query`]); else no rows.
+    /// The full-text index's newest matches by rowid, with whether they prove to be the page
+    /// (see [`newest_query`]).
     Newest,
     /// The full-text index's matches among the first `window` rows of the list order only;
     /// with all the matches' rowids (a JSON array) when they were gathered.
@@ -543,8 +543,9 @@ const NEWEST_PER_ROW: i64 = 4;
 const NEWEST_PROOF_ROWS: i64 = 4096;
 
 /// A page sorted by creation time, found among the full-text index's first matches in rowid
-/// order (`limit` being one more than the page), or no rows when they cannot be shown to be
-/// the page.
+/// order (`limit` being one more than the page), if they can be shown to be the page: each row
+/// carries the proof in column `proved`, and a page without records is one row of NULLs (read
+/// by [`super::read::proved_records`]).
 ///
 /// Records are stored in about the order they were created, so the matches with the highest
 /// rowids (FTS5 reads them first when asked in that order, and stops) are mostly the newest,
@@ -606,10 +607,7 @@ fn newest_query(
     .push(&order)
     .push(" LIMIT ")
     .int(NEWEST_PROOF_ROWS)
-    .push(&format!(
-        ")) SELECT {COLUMNS} FROM converto_conversions AS c WHERE c.rowid IN (SELECT r FROM p) \
-         AND EXISTS (SELECT 1 FROM s, v WHERE "
-    ));
+    .push(")), q AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM s, v WHERE ");
     // A first page from every match the index has.
     if query.cursor.is_none() {
         sql.push("s.read < ").int(reads).push(" OR ");
@@ -633,8 +631,12 @@ fn newest_query(
         }
         cursor_rowid(&mut sql, cursor);
     }
-    sql.push(")");
-    sql.push(&format!(") ORDER BY created_at {dir}, id {dir}"));
+    // The page's records, each with the proof; without any, one row of NULLs with it.
+    sql.push(&format!(
+        ")) AS proved) SELECT {COLUMNS}, q.proved AS proved FROM q \
+         LEFT JOIN converto_conversions AS c ON q.proved AND c.rowid IN (SELECT r FROM p) \
+         ORDER BY c.created_at {dir}, c.id {dir}"
+    ));
     Ok(sql)
 }
 
@@ -789,6 +791,23 @@ impl SqliteConversionStore {
         .await
     }
 
+    /// The records a [`newest_query`] selects, or `None` if it could not prove them the page.
+    async fn proved(&self, statement: Statement) -> Result<Option<Vec<Conversion>>, StoreError> {
+        self.read_or_pool(statement, super::read::proved_records, |rows| {
+            let mut items = Vec::with_capacity(rows.len());
+            for row in rows {
+                if !column::<bool>(row, "proved")? {
+                    return Ok(None);
+                }
+                if column::<Option<String>>(row, "id")?.is_some() {
+                    items.push(decode(row)?);
+                }
+            }
+            Ok(Some(items))
+        })
+        .await
+    }
+
     /// The records `statement` selects.
     async fn select(&self, statement: Statement) -> Result<Vec<Conversion>, StoreError> {
         self.read_or_pool(statement, super::read::records, |rows| {
@@ -849,11 +868,10 @@ impl ConversionStore for SqliteConversionStore {
             return page(self.select(list_query(query, "", Matches::Every)?).await?);
         };
         // By creation time, the index's newest matches are usually the page, and it can tell.
-        if !query.sort.by_finished() {
-            let items = self.select(list_query(query, "", Matches::Newest)?).await?;
-            if !items.is_empty() {
-                return page(items);
-            }
+        if !query.sort.by_finished()
+            && let Some(items) = self.proved(list_query(query, "", Matches::Newest)?).await?
+        {
+            return page(items);
         }
         // Few matches: read and sort them all. Fewer than GATHERED: check windows against
         // them. The index stops counting at GATHERED.
