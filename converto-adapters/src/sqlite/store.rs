@@ -873,6 +873,17 @@ impl ConversionStore for SqliteConversionStore {
         {
             return page(items);
         }
+        // By finish time without text, the short window checks tags and labels on its rows
+        // alone, which costs less than gathering broad matches; with text, it would ask the
+        // index over the rowids of records finished together, which may lie far apart.
+        let short_first = query.sort.by_finished() && text_match(query).is_none();
+        if short_first {
+            let window = Matches::Window(SEARCH_WINDOWS[0], None);
+            let items = self.select(list_query(query, "", window)?).await?;
+            if items.len() > limit {
+                return page(items);
+            }
+        }
         // Few matches: read and sort them all. Fewer than GATHERED: check windows against
         // them. The index stops counting at GATHERED.
         let gathered = self.optional_text(gather_matches(&matcher)).await?;
@@ -889,10 +900,12 @@ impl ConversionStore for SqliteConversionStore {
                 );
             }
         }
-        // Against gathered rowids, a walk costs little more for the longer window alone.
-        let windows = match gathered {
-            Some(_) => &SEARCH_WINDOWS[1..],
-            None => &SEARCH_WINDOWS[..],
+        // Against gathered rowids, a walk costs little more for the longer window alone (and
+        // the short one may have been walked already).
+        let windows = if gathered.is_some() || short_first {
+            &SEARCH_WINDOWS[1..]
+        } else {
+            &SEARCH_WINDOWS[..]
         };
         for &window in windows {
             let items = self
