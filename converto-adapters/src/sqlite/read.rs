@@ -475,7 +475,10 @@ mod tests {
         let (gathered,): (String,) = sqlx::query_as(
             "SELECT json_group_array(rowid) FROM converto_conversions_fts WHERE converto_conversions_fts MATCH ?",
         )
-        .bind(format!("facets : \"t{}x{}0\"", hex::encode("acme"), hex::encode("a")))
+        .bind(format!(
+            "facets : \"{}\"",
+            super::super::store::tag_word(Some("acme"), "a")
+        ))
         .fetch_one(backend.pool())
         .await
         .expect("gather");

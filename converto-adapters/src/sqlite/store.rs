@@ -274,7 +274,7 @@ const FTS_WORD_CHARS: usize = 32_766;
 /// A facet word as migration `0008_converto_search_facets.sql` writes it: `kind`, then the hex
 /// of each part's UTF-8 bytes, the parts joined by `x`, then `0`.
 fn facet_word(kind: char, parts: &[&str]) -> String {
-    let mut word = String::with_capacity(parts.iter().map(|p| 2 * p.len() + 1).sum::<usize>() + 1);
+    let mut word = String::with_capacity(facet_word_chars(parts));
     word.push(kind);
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
@@ -286,9 +286,16 @@ fn facet_word(kind: char, parts: &[&str]) -> String {
     word
 }
 
+/// How many characters [`facet_word`] spells for `parts`: the kind, two hex digits a byte, an
+/// `x` between parts, the final `0`.
+fn facet_word_chars(parts: &[&str]) -> usize {
+    let bytes: usize = parts.iter().map(|p| p.len()).sum();
+    1 + 2 * bytes + parts.len().saturating_sub(1) + 1
+}
+
 /// The facet word of a tag: the tenant's own (`t`) when the search is a tenant's, else any
 /// tenant's (`g`).
-fn tag_word(tenant: Option<&str>, tag: &str) -> String {
+pub(super) fn tag_word(tenant: Option<&str>, tag: &str) -> String {
     match tenant {
         Some(tenant) => facet_word('t', &[tenant, tag]),
         None => facet_word('g', &[tag]),
@@ -391,9 +398,11 @@ pub(super) enum Matches<'a> {
 /// ([`fts_match`]), which intersects them by merging its sorted lists of rowids. One row more
 /// than the page tells whether another page follows.
 ///
-/// A search runs in one of three ways, chosen by how many records its index query matches
-/// (see [`ConversionStore::list`]), because no one plan is fast for both broad and rare
-/// matches:
+/// A search runs in one of four ways, chosen by its order and by how many records its index
+/// query matches (see [`ConversionStore::list`]), because no one plan is fast for both broad
+/// and rare matches:
+/// - [`Matches::Newest`]: by creation time, the index's newest matches by rowid, if the
+///   statement can prove them the page (see [`newest_query`]).
 /// - [`Matches::Rowids`]: fewer than [`RARE`] matches, found first. The statement reads the
 ///   sort keys of those records, sorts them, and only then reads the page's records whole.
 /// - [`Matches::Window`]: many matches. The statement walks the list order, stopping after a
@@ -402,8 +411,9 @@ pub(super) enum Matches<'a> {
 ///   a rowid range; the window's rows were mostly created together, so their rowids are
 ///   close): when a quarter of the records match, a page is found after a few dozen rows. If
 ///   that fills the page (one row more than the limit), those are exactly the first rows of
-///   the whole order (any earlier match would lie inside the window). When the search has gathered every match's rowid (fewer than
-///   [`GATHERED`]), the walk checks rows against those instead of asking the index again.
+///   the whole order (any earlier match would lie inside the window). When the search has
+///   gathered every match's rowid (fewer than [`GATHERED`]), the walk checks rows against
+///   those instead of asking the index again.
 /// - [`Matches::Indexed`]: many matches, but not near the start of the order. Every match's
 ///   sort key is read, then the page's records.
 pub(super) fn list_query(
@@ -551,12 +561,12 @@ const NEWEST_PROOF_ROWS: i64 = 4096;
 /// rowids (FTS5 reads them first when asked in that order, and stops) are mostly the newest,
 /// but not always: a record created a moment before another may be inserted after it. So the
 /// statement proves its page. It reads the index's first `NEWEST_PER_ROW * limit` matches past
-/// the cursor's record (rowids in `(lo, hi)` for a newest-first page); the page is the best
-/// `limit` of those that pass the plain filters. It is the page of all matches if the index
-/// had no more matches than that, or if every record that passes the plain filters and sorts
-/// before the page's last row lies inside the rowid range read: any match there was read.
-/// That last check walks the list order's index up to the page's last row, at most
-/// [`NEWEST_PROOF_ROWS`] rows.
+/// the cursor's record's rowid; the page is the best `limit` of those that pass the plain
+/// filters. It is the page of all matches if the page is full and every record that passes the
+/// plain filters and sorts before the page's last row lies inside the rowid range read (any
+/// match there was read; a short page would claim that nothing follows it). That check walks
+/// the list order's index up to the page's last row, at most [`NEWEST_PROOF_ROWS`] rows. A
+/// first page (no cursor) needs no check when the index had no more matches than were read.
 fn newest_query(
     query: &ListQuery,
     prefix: &str,
@@ -690,9 +700,14 @@ fn plain_filters(sql: &mut Statement, query: &ListQuery) -> Result<(), StoreErro
             .text(cursor.id.to_string())
             .push(")");
     }
+    // The label's facet word (see `label_word`) is only measured, not spelled.
     let tenant = query.tenant.as_deref();
     for (name, value) in &query.labels {
-        if label_word(tenant, name, value).len() > FTS_WORD_CHARS {
+        let chars = match tenant {
+            Some(tenant) => facet_word_chars(&[tenant, name, value]),
+            None => facet_word_chars(&[name, value]),
+        };
+        if chars > FTS_WORD_CHARS {
             sql.push(" AND EXISTS (SELECT 1 FROM json_each(c.labels) AS l WHERE l.key = ")
                 .text(name.as_str())
                 .push(" AND l.value = ")
@@ -1002,5 +1017,27 @@ impl ConversionStore for SqliteConversionStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(super::ping(&self.pool).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The length `plain_filters` measures a label's facet word by is the word's length.
+    #[test]
+    fn facet_word_chars_is_the_words_length() {
+        for parts in [
+            &[][..],
+            &["a"][..],
+            &["Zürich 東京", "région", "Île-de-France"][..],
+            &["", "", ""][..],
+        ] {
+            assert_eq!(
+                facet_word_chars(parts),
+                facet_word('l', parts).len(),
+                "{parts:?}"
+            );
+        }
     }
 }
