@@ -474,6 +474,18 @@ fn windowed(query: &ListQuery) -> bool {
 /// before it lets the tag and text indexes drive the query (see [`list_query`]).
 const SEARCH_WINDOWS: [i64; 2] = [256, 4096];
 
+/// Whether a wider window is worth walking after a narrower one found `found` matches in
+/// `before` rows: when the matches it is likely to hold, at the narrower window's rate, fill
+/// the page and the extra row. Otherwise the matches are rare and the search goes straight to
+/// the indexes, which it would reach anyway after reading the wider window in vain (measured:
+/// a label and a word that never meet, 3.3 ms of 10 spent walking 4,096 rows). Skipping is
+/// never wrong, only slower when the guess is: the indexes find every match.
+fn worth_widening(before: i64, found: usize, wider: i64, limit: usize) -> bool {
+    let expected = (found as u128).saturating_mul(u128::try_from(wider).unwrap_or(0));
+    let needed = (limit as u128 + 1).saturating_mul(u128::try_from(before).unwrap_or(1));
+    expected >= needed
+}
+
 /// Whether `query` filters by tags, full text or labels: the filters [`list_query`] checks row
 /// by row within a window first.
 fn searches(query: &ListQuery) -> bool {
@@ -599,9 +611,21 @@ fn list_query(query: &ListQuery, prefix: &str, window: Option<i64>) -> QueryBuil
     }
     let terms = query.text_terms();
     if !terms.is_empty() {
-        qb.push(" AND search @@ to_tsquery('converto_search'::regconfig, ")
+        // In a window the text is checked row by row. A scalar subquery parses the query once
+        // per statement: once PostgreSQL caches a generic plan for the prepared window, a bare
+        // `to_tsquery($n)` is no longer folded into a constant and is parsed and stemmed again
+        // for every row it checks (measured: 3.4 -> 2.0 ms for a window of 1,233 rows). The
+        // statement without a window keeps the call in sight of the planner, which estimates
+        // the text's selectivity from its value.
+        let (open, close) = if window.is_some() {
+            ("(SELECT to_tsquery('converto_search'::regconfig, ", "))")
+        } else {
+            ("to_tsquery('converto_search'::regconfig, ", ")")
+        };
+        qb.push(" AND search @@ ")
+            .push(open)
             .push_bind(ts_query(&terms))
-            .push(")");
+            .push(close);
     }
     if fenced {
         qb.push(format!(") SELECT {} FROM matches", columns!()));
@@ -683,7 +707,13 @@ impl ConversionStore for PostgresConversionStore {
         } else {
             &[]
         };
+        let mut found_before: Option<(i64, usize)> = None;
         for &window in windows {
+            if let Some((before, found)) = found_before
+                && !worth_widening(before, found, window, limit)
+            {
+                break;
+            }
             let rows = list_query(query, "", Some(window))
                 .build()
                 .fetch_all(&self.shared.pool)
@@ -693,6 +723,7 @@ impl ConversionStore for PostgresConversionStore {
                 let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
                 return Ok(Page::from_overfetch(items, limit, query.sort));
             }
+            found_before = Some((window, rows.len()));
         }
         let rows = list_query(query, "", None)
             .build()
@@ -779,5 +810,25 @@ impl ConversionStore for PostgresConversionStore {
             .await
             .map_err(sql)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wider_window_is_walked_only_when_its_likely_matches_fill_the_page() {
+        // 20 a page: 21 rows wanted. At 2 in 256, 4,096 rows likely hold 32.
+        assert!(worth_widening(256, 2, 4096, 20));
+        // At 1 in 256, 16: short of a page, so the indexes answer at once.
+        assert!(!worth_widening(256, 1, 4096, 20));
+        assert!(!worth_widening(256, 0, 4096, 20));
+        // A page of 100 needs 7 in 256.
+        assert!(!worth_widening(256, 6, 4096, 100));
+        assert!(worth_widening(256, 7, 4096, 100));
+        // No overflow at the extremes.
+        assert!(worth_widening(1, usize::MAX, i64::MAX, usize::MAX - 1));
+        assert!(!worth_widening(i64::MAX, 0, 1, 0));
     }
 }
