@@ -51,7 +51,8 @@ const INSERT: &str = concat!(
             progress, attempts, error, artifacts, input_key, input_name, input_size, \
             idempotency_key, created_at, started_at, finished_at, updated_at, version, \
             description, tags, stored_bytes, search) \
-     ON CONFLICT (tenant, idempotency_key) DO NOTHING RETURNING id"
+     ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+     RETURNING id"
 );
 /// The records of a batch of reads ([`PostgresConversionStore::fetch`]).
 const GET_MANY: &str = concat!(
@@ -598,14 +599,17 @@ fn list_query(query: &ListQuery, prefix: &str, window: Option<i64>) -> QueryBuil
         // Containment of all of them at once uses the GIN index on labels.
         let labels: BTreeMap<String, String> = query.labels.iter().cloned().collect();
         if labels.len() == query.labels.len() {
-            qb.push(" AND labels @> ").push_bind(Json(labels));
+            // The label index holds only records with labels (as any match has).
+            qb.push(" AND labels <> '{}'::jsonb AND labels @> ")
+                .push_bind(Json(labels));
         } else {
             // The same key asked for with two values: nothing can match.
             qb.push(" AND FALSE");
         }
     }
     if !query.tags.is_empty() {
-        qb.push(" AND tags && ")
+        // The tag index holds only records with tags (as any match has).
+        qb.push(" AND tags <> '{}'::text[] AND tags && ")
             .push_bind(query.tags.clone())
             .push("::text[]");
     }
