@@ -279,23 +279,40 @@ async fn postgres_searches_use_indexes() {
                 failures.push(format!("{q:?}\n  {}", plan.join("\n  ")));
             }
         }
-        // The label index keeps only records that have labels: a statement reaches it only by
-        // saying that its matches have some. Without that, a search for a label no record has
-        // walks an order's index and filters every row (an index scan, which the check above
-        // lets pass) where the index answers at once. (The tag index is kept the same way; the
-        // planner's estimate for an unknown tag makes it walk the order either way.)
-        let q = ListQuery {
-            tenant: Some(TENANT.into()),
-            labels: vec![("project".into(), "nowhere".into())],
-            limit: 50,
-            ..ListQuery::default()
-        };
-        let plan = store.explain_list(&q).await.expect("explain");
-        if !plan.iter().any(|l| l.contains("conversions_labels")) {
-            failures.push(format!(
-                "{q:?} does not use conversions_labels\n  {}",
-                plan.join("\n  ")
-            ));
+        // The label and full-text indexes keep only records that have labels or words: a
+        // statement reaches them only by saying that its matches have some. Without that, a
+        // search for a label or word no record has walks an order's index and filters every
+        // row (an index scan, which the check above lets pass) where the index answers at once.
+        // (The tag index is kept the same way; the planner's estimate for an unknown tag makes
+        // it walk the order either way.)
+        let sparse = [
+            (
+                "conversions_labels",
+                ListQuery {
+                    tenant: Some(TENANT.into()),
+                    labels: vec![("project".into(), "nowhere".into())],
+                    limit: 50,
+                    ..ListQuery::default()
+                },
+            ),
+            (
+                "conversions_search",
+                ListQuery {
+                    tenant: Some(TENANT.into()),
+                    text: Some("nowhere".into()),
+                    limit: 50,
+                    ..ListQuery::default()
+                },
+            ),
+        ];
+        for (index, q) in sparse {
+            let plan = store.explain_list(&q).await.expect("explain");
+            if !plan.iter().any(|l| l.contains(index)) {
+                failures.push(format!(
+                    "{q:?} does not use {index}\n  {}",
+                    plan.join("\n  ")
+                ));
+            }
         }
         failures
     }

@@ -626,7 +626,8 @@ fn list_query(query: &ListQuery, prefix: &str, window: Option<i64>) -> QueryBuil
         } else {
             ("to_tsquery('converto_search'::regconfig, ", ")")
         };
-        qb.push(" AND search @@ ")
+        // The text index holds only records with words (as any match has).
+        qb.push(" AND search <> ''::tsvector AND search @@ ")
             .push(open)
             .push_bind(ts_query(&terms))
             .push(close);
