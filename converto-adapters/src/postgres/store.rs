@@ -471,8 +471,9 @@ fn windowed(query: &ListQuery) -> bool {
     searches(query) && !other_range
 }
 
-/// How many rows of the list order a search looks at first, then how many the second time,
-/// before it lets the tag and text indexes drive the query (see [`list_query`]).
+/// How many rows of the list order a search looks at first, then how many the second time
+/// (when [`worth_widening`] expects the wider window to fill the page), before it lets the
+/// tag and text indexes drive the query (see [`list_query`]).
 const SEARCH_WINDOWS: [i64; 2] = [256, 4096];
 
 /// Whether a wider window is worth walking after a narrower one found `found` matches in
