@@ -442,7 +442,11 @@ impl PostgresJobQueue {
             .iter()
             .map(|l| i64::try_from(l.token).unwrap_or(-1))
             .collect();
+        // Planned for each batch, like the store's batched transitions (see `write_many` in
+        // `store.rs`): a cached generic plan made while the table was small hashes a scan of
+        // the whole table.
         let acked: Vec<Uuid> = sqlx::query_scalar(ACK_MANY)
+            .persistent(false)
             .bind(ids)
             .bind(tokens)
             .fetch_all(&self.shared.queue_pool)

@@ -72,6 +72,10 @@ const DELETE: &str = concat!(
 /// The compare-and-set of a batch of transitions, one row of the arrays per record (no record
 /// twice): only the version read before applying the transition may be replaced. Returns the
 /// ids written.
+///
+/// It is planned for every batch (see [`write_many`]): a join's best plan depends on how many
+/// rows the batch holds and how large the table has grown, and a prepared statement's cached
+/// generic plan knows neither.
 const UPDATE_IF_VERSION: &str = "UPDATE conversions AS c SET status = v.status, \
      progress = v.progress::jsonb, attempts = v.attempts, error = v.error::jsonb, \
      artifacts = v.artifacts::jsonb, started_at = v.started_at, finished_at = v.finished_at, \
@@ -329,7 +333,15 @@ async fn write_many(pool: PgPool, writes: Vec<Write>) -> Result<Vec<bool>, sqlx:
         macro_rules! col {
             ($($f:tt)+) => { column!(pass, writes, $($f)+) };
         }
+        // Planned afresh for each batch (an unnamed statement: one more round trip, a few
+        // dozen microseconds). A connection's cached generic plan is costed once, against
+        // the table as it was when the connection first ran the statement a few times, and
+        // is never revisited until the table is analyzed: a connection that met a new,
+        // nearly empty table kept a hash join over a scan of the whole table (measured with
+        // `auto_explain` in `engine postgres_c512`: 208 batches at 21 ms each, while the
+        // index-driven plan took 7.5 ms for the same work).
         let done: Vec<Uuid> = sqlx::query_scalar(UPDATE_IF_VERSION)
+            .persistent(false)
             .bind(col!(id))
             .bind(col!(version))
             .bind(col!(status))
