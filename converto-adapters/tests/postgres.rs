@@ -333,6 +333,36 @@ async fn reserve_uses_its_index_after_many_finished_jobs() {
     db.cleanup().await;
 }
 
+/// A tenant's usage is read from the index of its records by status alone, never by walking
+/// the table or its heap (an index-only scan of `conversions_tenant_status_created`, which
+/// carries the stored bytes). Sequential scans are off for the check: on a nearly empty table
+/// the planner would rightly prefer one, and the question is whether an index covers the query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_usage_reads_an_index() {
+    let Some(db) = server().await else { return };
+    let pg = db.backend().await;
+    let mut tx = pg.pool().begin().await.expect("begin");
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .expect("set");
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT count(*) FILTER (WHERE status = 'queued'), \
+         count(*) FILTER (WHERE status = 'running'), coalesce(sum(stored_bytes), 0)::bigint \
+         FROM conversions WHERE tenant = 'acme'",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .expect("explain");
+    tx.rollback().await.expect("rollback");
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Only Scan using conversions_tenant_status_created"),
+        "tenant usage is not an index-only scan of the status index: {plan}"
+    );
+    db.cleanup().await;
+}
+
 /// Everything converto creates, its migrations table included, is inside the configured
 /// schema; `public` is untouched; migrating again is a no-op.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

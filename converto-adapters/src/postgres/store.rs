@@ -87,7 +87,8 @@ const UPDATE_IF_VERSION: &str = "UPDATE conversions AS c SET status = v.status, 
               finished_at, updated_at, next_version, stored_bytes) \
      WHERE c.id = v.id AND c.version = v.version \
      RETURNING c.id";
-/// One tenant's usage, an index-only scan of `conversions_tenant_usage`.
+/// One tenant's usage, an index-only scan of the tenant's entries in
+/// `conversions_tenant_status_created` (which includes `stored_bytes`).
 const TENANT_USAGE: &str = "SELECT count(*) FILTER (WHERE status = 'queued'), \
      count(*) FILTER (WHERE status = 'running'), coalesce(sum(stored_bytes), 0)::bigint \
      FROM conversions WHERE tenant = $1";
