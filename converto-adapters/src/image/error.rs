@@ -138,8 +138,8 @@ impl ImageFailure {
     }
 }
 
-/// Why a [`Guarded`] reader or writer stopped the work: carried inside an `io::Error` through
-/// the decoders and encoders, recognised again on the way out.
+/// Why a [`Guarded`](super::guard::Guarded) reader or writer stopped the work: carried inside
+/// an `io::Error` through the decoders and encoders, recognised again on the way out.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 pub(crate) enum GuardStop {
     #[error("cancelled")]

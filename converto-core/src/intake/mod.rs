@@ -38,7 +38,7 @@ pub enum UploadTarget {
 /// A place to upload a file before converting it, from [`Engine::create_upload`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadTicket {
-    /// The upload's id: submit with [`SubmitInput::Upload`] once the bytes are there.
+    /// The upload's id: submit [`TenantEngine::upload_input`]'s input once the bytes are there.
     pub upload_id: Uuid,
     /// When the ticket stops working.
     pub expires_at: DateTime<Utc>,

@@ -45,7 +45,7 @@ impl From<WebhookError> for ApiError {
 pub struct CreateEndpoint {
     /// An http or https URL on a public address (or one the operator allow-listed).
     ///
-    /// It must have the documented shape ([`URL_PATTERN`]): a host name (not an IP literal),
+    /// It must have the documented shape (the field's `pattern`): a host name (not an IP literal),
     /// an optional port, path and query.
     // Its pattern, `URL_PATTERN`, is added by `webhooks::document`.
     #[schema(max_length = 2048, example = "https://example.com/converto")]
