@@ -86,6 +86,9 @@ pub struct AppState {
     /// Per-tenant limits: the engine's ([`converto_core::Engine::limits`]) unless
     /// [`AppState::with_quotas`] says otherwise.
     pub quotas: quota::Quotas,
+    /// Lets `/metrics` read the backends' counts once per
+    /// [`api::system::BACKEND_GAUGES_EVERY`] at most.
+    backend_gauges: Arc<api::system::Throttle>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -110,6 +113,9 @@ impl AppState {
             metrics: prometheus(),
             auth: Arc::new(auth::Authenticator::anonymous()),
             quotas,
+            backend_gauges: Arc::new(api::system::Throttle::new(
+                api::system::BACKEND_GAUGES_EVERY,
+            )),
         }
     }
 
