@@ -496,13 +496,15 @@ impl Engine {
         }
         // Events published between the subscription and the read describe states the record
         // already shows (or older ones): drop them, so watchers never see time go backwards.
-        let (seen_at, seen_attempt) = (record.updated_at, record.attempts);
-        let live = live.filter(move |ev| {
-            futures::future::ready(match ev {
-                Event::Status { at, .. } => *at > seen_at,
-                Event::Progress { attempt, .. } => *attempt >= seen_attempt,
-            })
-        });
+        let seen = Seen {
+            at: record.updated_at,
+            attempt: record.attempts,
+            percent: initial.iter().find_map(|e| match e {
+                Event::Progress { progress, .. } => Some(progress.percent),
+                Event::Status { .. } => None,
+            }),
+        };
+        let live = live.filter(move |ev| futures::future::ready(seen.is_news(ev)));
         let events = futures::stream::iter(initial).chain(live).boxed();
         // Ends right after the terminal status, without waiting for another event.
         let stream = futures::stream::unfold(Some(events), |state| async move {
@@ -694,5 +696,79 @@ impl Inner {
         if let Err(e) = self.backends.bus.publish(event).await {
             tracing::warn!(error = %e, "publishing an event failed");
         }
+    }
+}
+
+/// What a watch read from the record when it subscribed: a live event describing an earlier
+/// state than this (published before the read, delivered after it) is dropped.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// The record's last change.
+    at: chrono::DateTime<chrono::Utc>,
+    /// Its attempt.
+    attempt: u32,
+    /// The progress it showed, if running with some.
+    percent: Option<u8>,
+}
+
+impl Seen {
+    /// Whether `ev` is news to a watcher that saw the record: a status after its last change,
+    /// or progress of a later attempt, or of this attempt at no lower percent (an attempt's
+    /// progress never goes down, so a lower percent was published before the record's).
+    fn is_news(self, ev: &Event) -> bool {
+        match ev {
+            Event::Status { at, .. } => *at > self.at,
+            Event::Progress {
+                attempt, progress, ..
+            } => {
+                *attempt > self.attempt
+                    || (*attempt == self.attempt
+                        && self.percent.is_none_or(|p| progress.percent >= p))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversion::Progress;
+
+    #[test]
+    fn a_watch_drops_live_events_older_than_the_record_it_read() {
+        let at = chrono::Utc::now();
+        let id = ConversionId::new();
+        let seen = Seen {
+            at,
+            attempt: 2,
+            percent: Some(40),
+        };
+        let progress = |attempt, percent| Event::Progress {
+            id,
+            attempt,
+            progress: Progress::new(percent, None),
+        };
+        // Published before the record showed 40%, delivered after the watch read it.
+        assert!(!seen.is_news(&progress(2, 35)));
+        assert!(seen.is_news(&progress(2, 40)));
+        assert!(seen.is_news(&progress(2, 41)));
+        // An earlier attempt's progress is old; a later attempt's starts again from zero.
+        assert!(!seen.is_news(&progress(1, 90)));
+        assert!(seen.is_news(&progress(3, 5)));
+        let status = |at| Event::Status {
+            id,
+            status: Status::Running,
+            attempt: 2,
+            error: None,
+            at,
+        };
+        assert!(!seen.is_news(&status(at)));
+        assert!(seen.is_news(&status(at + chrono::Duration::milliseconds(1))));
+        // A record without progress yet takes any progress of its attempt.
+        let fresh = Seen {
+            percent: None,
+            ..seen
+        };
+        assert!(fresh.is_news(&progress(2, 0)));
     }
 }
