@@ -483,27 +483,24 @@ impl Engine {
         if record.status.is_terminal() {
             return Ok(futures::stream::iter(initial).boxed());
         }
-        if let Some(p) = record
+        let shown = record
             .progress
             .clone()
-            .filter(|_| record.status == Status::Running)
-        {
+            .filter(|_| record.status == Status::Running);
+        // Events published between the subscription and the read describe states the record
+        // already shows (or older ones): drop them, so watchers never see time go backwards.
+        let seen = Seen {
+            at: record.updated_at,
+            attempt: record.attempts,
+            percent: shown.as_ref().map(|p| p.percent),
+        };
+        if let Some(p) = shown {
             initial.push(Event::Progress {
                 id,
                 attempt: record.attempts,
                 progress: p,
             });
         }
-        // Events published between the subscription and the read describe states the record
-        // already shows (or older ones): drop them, so watchers never see time go backwards.
-        let seen = Seen {
-            at: record.updated_at,
-            attempt: record.attempts,
-            percent: initial.iter().find_map(|e| match e {
-                Event::Progress { progress, .. } => Some(progress.percent),
-                Event::Status { .. } => None,
-            }),
-        };
         let live = live.filter(move |ev| futures::future::ready(seen.is_news(ev)));
         let events = futures::stream::iter(initial).chain(live).boxed();
         // Ends right after the terminal status, without waiting for another event.
