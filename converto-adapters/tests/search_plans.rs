@@ -118,6 +118,25 @@ fn queries() -> Vec<ListQuery> {
             text: text("turbine"),
             ..base.clone()
         },
+        ListQuery {
+            tenant: None,
+            tags: tags(&["tag7"]),
+            finished_after: Some(at("2026-06-01T00:00:10Z")),
+            finished_before: Some(at("2026-06-01T00:01:00Z")),
+            ..base.clone()
+        },
+        ListQuery {
+            tenant: None,
+            text: text("gear"),
+            created_after: Some(at("2026-06-01T00:00:10Z")),
+            ..base.clone()
+        },
+        ListQuery {
+            labels: vec![label("project", "p3")],
+            statuses: vec![Status::Failed],
+            created_before: Some(at("2026-06-01T00:01:00Z")),
+            ..base.clone()
+        },
         // The sweeper's query.
         ListQuery {
             tenant: None,

@@ -388,6 +388,9 @@ pub(super) enum Matches<'a> {
     Window(usize, Option<&'a str>),
     /// Every match of the full-text index.
     Indexed,
+    /// The records of the query's finish-time range, fewer than [`FEW_IN_RANGE`], each
+    /// checked (see [`range_count`]).
+    Range,
 }
 
 /// The statement [`ConversionStore::list`] runs, after `prefix` (e.g. `EXPLAIN QUERY PLAN `).
@@ -467,6 +470,24 @@ pub(super) fn list_query(
                 );
             plain_filters(&mut sql, query)?;
         }
+        Matches::Range => {
+            // Read through the range's index (the planner might prefer a walk in list order or
+            // by status, which would pass over every record outside the range).
+            let index = match &query.tenant {
+                Some(_) => "converto_conversions_tenant_finished",
+                None => "converto_conversions_finished",
+            };
+            sql.push(&format!(
+                "WITH w AS MATERIALIZED (SELECT c.rowid AS r FROM converto_conversions AS c INDEXED BY {index} WHERE c.finished_at IS NOT NULL"
+            ));
+            plain_filters(&mut sql, query)?;
+            sql.push(") ");
+            outer(&mut sql);
+            sql.push(
+                "SELECT c.rowid FROM w CROSS JOIN converto_conversions AS c ON c.rowid = w.r WHERE 1 = 1",
+            );
+            row_checks(&mut sql, query);
+        }
         Matches::Indexed => {
             outer(&mut sql);
             sql.push("SELECT c.rowid FROM converto_conversions_fts(")
@@ -518,31 +539,36 @@ pub(super) fn list_query(
             sql.push(&format!(
                 " AND (c.{key}, c.id) {within} (SELECT k, i FROM w ORDER BY k {back}, i {back} LIMIT 1)"
             ));
-            // Tags and labels on the row itself: a window's rows may lie anywhere in the table
-            // (finish order is not insertion order), so no rowid range of the index holds
-            // them all.
-            if !query.tags.is_empty() {
-                sql.push(" AND EXISTS (SELECT 1 FROM json_each(c.tags) WHERE value IN (")
-                    .texts(query.tags.iter().map(String::as_str))
-                    .push("))");
-            }
-            for (name, value) in &query.labels {
-                sql.push(" AND EXISTS (SELECT 1 FROM json_each(c.labels) AS l WHERE l.key = ")
-                    .text(name.as_str())
-                    .push(" AND l.value = ")
-                    .text(value.as_str())
-                    .push(")");
-            }
-            if let Some(text) = text_match(query) {
-                sql.push(" AND c.rowid IN (SELECT rowid FROM converto_conversions_fts(")
-                    .text(text)
-                    .push(") WHERE rowid >= (SELECT min(r) FROM w) AND rowid <= (SELECT max(r) FROM w))");
-            }
+            row_checks(&mut sql, query);
         }
     }
     sql.push(&order).push(" LIMIT ").int(limit).push(")");
     sql.push(&format!(" ORDER BY {key} {dir}, id {dir}"));
     Ok(sql)
+}
+
+/// The conditions of `query`'s tags, labels and text on rows `c` drawn from a CTE `w` of their
+/// rowids (`r`). Tags and labels are checked on the row itself: the rows may lie anywhere in
+/// the table (finish order is not insertion order), so no rowid range of the index holds them
+/// all; the text against the index's matches between the least and the greatest rowid of `w`.
+fn row_checks(sql: &mut Statement, query: &ListQuery) {
+    if !query.tags.is_empty() {
+        sql.push(" AND EXISTS (SELECT 1 FROM json_each(c.tags) WHERE value IN (")
+            .texts(query.tags.iter().map(String::as_str))
+            .push("))");
+    }
+    for (name, value) in &query.labels {
+        sql.push(" AND EXISTS (SELECT 1 FROM json_each(c.labels) AS l WHERE l.key = ")
+            .text(name.as_str())
+            .push(" AND l.value = ")
+            .text(value.as_str())
+            .push(")");
+    }
+    if let Some(text) = text_match(query) {
+        sql.push(" AND c.rowid IN (SELECT rowid FROM converto_conversions_fts(")
+            .text(text)
+            .push(") WHERE rowid >= (SELECT min(r) FROM w) AND rowid <= (SELECT max(r) FROM w))");
+    }
 }
 
 /// How many of the full-text index's newest matches [`newest_query`] reads, per row of the
@@ -722,6 +748,41 @@ fn plain_filters(sql: &mut Statement, query: &ListQuery) -> Result<(), StoreErro
 /// windows of the list order first (see [`ConversionStore::list`]).
 const RARE: usize = 2048;
 
+/// Below how many records in its finish-time range a search with tags, labels or text checks
+/// every one of them rather than asking the full-text index first (see [`ConversionStore::list`]).
+const FEW_IN_RANGE: usize = 512;
+
+/// How many records lie in the query's finish-time range, if fewer than [`FEW_IN_RANGE`] (else
+/// NULL), as text in column `j`; `None` when the query has no such range. The tenant's
+/// `converto_conversions_tenant_finished` index (or without a tenant `_finished`) holds the
+/// range alone, and the count is an upper bound of the records every filter lets through.
+///
+/// Only finish-time ranges: records are stored in about the order they were created, so the
+/// full-text index's rowid order already follows a creation-time range, while finished records
+/// may lie anywhere.
+fn range_count(query: &ListQuery) -> Option<Statement> {
+    if query.finished_after.is_none() && query.finished_before.is_none() {
+        return None;
+    }
+    let mut sql = Statement::default();
+    sql.push("SELECT CASE WHEN count(*) < ")
+        .int(FEW_IN_RANGE as i64)
+        .push(" THEN CAST(count(*) AS TEXT) END AS j FROM (SELECT 1 FROM converto_conversions AS c WHERE 1 = 1");
+    if let Some(tenant) = &query.tenant {
+        sql.push(" AND c.tenant = ").text(tenant.as_str());
+    }
+    // The finish-time indexes hold finished records only.
+    sql.push(" AND c.finished_at IS NOT NULL");
+    if let Some(t) = query.finished_after {
+        sql.push(" AND c.finished_at >= ").int(to_nanos(t));
+    }
+    if let Some(t) = query.finished_before {
+        sql.push(" AND c.finished_at < ").int(to_nanos(t));
+    }
+    sql.push(" LIMIT ").int(FEW_IN_RANGE as i64).push(")");
+    Some(sql)
+}
+
 /// Below how many index matches a search gathers their rowids once, for the windows to check
 /// rows against, rather than asking the index again for each window.
 const GATHERED: i64 = 4096;
@@ -747,7 +808,7 @@ impl SqliteConversionStore {
     #[doc(hidden)]
     pub async fn explain_list(&self, query: &ListQuery) -> Result<Vec<String>, StoreError> {
         let mut plan = Vec::new();
-        let ways = if fts_match(query).is_some() {
+        let mut ways = if fts_match(query).is_some() {
             vec![
                 Matches::Newest,
                 Matches::Rowids("[1, 2, 3]"),
@@ -758,6 +819,20 @@ impl SqliteConversionStore {
         } else {
             vec![Matches::Every]
         };
+        if fts_match(query).is_some()
+            && let Some(mut count) = range_count(query)
+        {
+            ways.push(Matches::Range);
+            count.sql.insert_str(0, "EXPLAIN QUERY PLAN ");
+            for row in &count
+                .query()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("explain"))?
+            {
+                plan.push(column::<String>(row, "detail")?);
+            }
+        }
         for matches in ways {
             let rows = list_query(query, "EXPLAIN QUERY PLAN ", matches)?
                 .query()
@@ -882,6 +957,21 @@ impl ConversionStore for SqliteConversionStore {
         let Some(matcher) = fts_match(query) else {
             return page(self.select(list_query(query, "", Matches::Every)?).await?);
         };
+        // A short finish-time range: its records are few, and checking each (its tags and labels on
+        // the row, its text against the index's matches among their rowids) costs less than
+        // gathering the index's matches, which may be many and mostly outside the range.
+        if let Some(count) = range_count(query) {
+            match self.optional_text(count).await?.map(|n| n.parse::<usize>()) {
+                Some(Ok(0)) => return page(Vec::new()),
+                // The window holds every record the plain filters let through: it is the
+                // whole answer, however few of them match.
+                Some(Ok(_)) => {
+                    return page(self.select(list_query(query, "", Matches::Range)?).await?);
+                }
+                Some(Err(e)) => return Err(corrupt("range count", e)),
+                None => {}
+            }
+        }
         // By creation time, the index's newest matches are usually the page, and it can tell.
         if !query.sort.by_finished()
             && let Some(items) = self.proved(list_query(query, "", Matches::Newest)?).await?

@@ -936,6 +936,44 @@ pub async fn search_filters(store: &dyn ConversionStore) {
             vec![a, c],
         ),
         (
+            "created range AND text",
+            ListQuery {
+                created_after: Some(r0.created_at),
+                created_before: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+                text: text("rend"),
+                ..base.clone()
+            },
+            vec![a, c],
+        ),
+        (
+            "created range AND label",
+            ListQuery {
+                created_after: Some(r0.created_at),
+                created_before: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+                labels: vec![label("project", "apollo")],
+                ..base.clone()
+            },
+            vec![a, b],
+        ),
+        (
+            "finished range AND text",
+            ListQuery {
+                finished_after: Some(finished),
+                text: text("render"),
+                ..base.clone()
+            },
+            vec![c],
+        ),
+        (
+            "empty range AND tag",
+            ListQuery {
+                created_before: Some(r0.created_at),
+                tags: tags(&["red"]),
+                ..base.clone()
+            },
+            vec![],
+        ),
+        (
             "created before the first",
             ListQuery {
                 created_before: Some(r0.created_at),
