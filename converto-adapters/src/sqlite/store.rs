@@ -502,7 +502,7 @@ pub(super) fn list_query(
             // filters it holds) and keep the rows among them.
             outer(&mut sql);
             sql.push("SELECT c.rowid FROM converto_conversions AS c WHERE 1 = 1");
-            plain_filters(&mut sql, query)?;
+            plain_filters(&mut sql, &walk_filters(query))?;
             // `+`: the rowids are checked, not looked up, or the planner would read every
             // match's record and sort them.
             sql.push(" AND +c.rowid IN (SELECT value FROM json_each(")
@@ -533,7 +533,7 @@ pub(super) fn list_query(
                 .push(") ");
             outer(&mut sql);
             sql.push("SELECT c.rowid FROM converto_conversions AS c WHERE 1 = 1");
-            plain_filters(&mut sql, query)?;
+            plain_filters(&mut sql, &walk_filters(query))?;
             // Within the window: up to its last row, in list order.
             let within = if sort.descending() { ">=" } else { "<=" };
             sql.push(&format!(
@@ -545,6 +545,22 @@ pub(super) fn list_query(
     sql.push(&order).push(" LIMIT ").int(limit).push(")");
     sql.push(&format!(" ORDER BY {key} {dir}, id {dir}"));
     Ok(sql)
+}
+
+/// `query` for a walk of the list order that a row of its own order bounds on the far side (a
+/// window's or a page's last row): without the time range's bound on that side, which the row
+/// already satisfies. SQLite bounds an index walk by one condition on each side; given both
+/// `created_at >= ?` and `(created_at, id) >= (?, ?)`, it may take the first and walk every
+/// record of the range (10 ms over 75,000 records for a range since 2020, against 0.8 ms).
+fn walk_filters(query: &ListQuery) -> ListQuery {
+    let mut walk = query.clone();
+    match (query.sort.by_finished(), query.sort.descending()) {
+        (false, true) => walk.created_after = None,
+        (false, false) => walk.created_before = None,
+        (true, true) => walk.finished_after = None,
+        (true, false) => walk.finished_before = None,
+    }
+    walk
 }
 
 /// The conditions of `query`'s tags, labels and text on rows `c` drawn from a CTE `w` of their
@@ -636,7 +652,7 @@ fn newest_query(
          v AS MATERIALIZED (SELECT count(*) AS n, min(r) AS lo, max(r) AS hi FROM \
          (SELECT c.rowid AS r FROM converto_conversions AS c WHERE 1 = 1"
     ));
-    plain_filters(&mut sql, query)?;
+    plain_filters(&mut sql, &walk_filters(query))?;
     sql.push(&format!(
         " AND (c.created_at, c.id) {past} (SELECT k, i FROM p ORDER BY k {back}, i {back} LIMIT 1)"
     ))
@@ -957,14 +973,13 @@ impl ConversionStore for SqliteConversionStore {
         let Some(matcher) = fts_match(query) else {
             return page(self.select(list_query(query, "", Matches::Every)?).await?);
         };
-        // A short finish-time range: its records are few, and checking each (its tags and labels on
-        // the row, its text against the index's matches among their rowids) costs less than
-        // gathering the index's matches, which may be many and mostly outside the range.
+        // A short finish-time range: its records are few, and checking each (its tags and
+        // labels on the row, its text against the index's matches among their rowids) costs
+        // less than gathering the index's matches, which may be many and mostly outside it.
         if let Some(count) = range_count(query) {
             match self.optional_text(count).await?.map(|n| n.parse::<usize>()) {
                 Some(Ok(0)) => return page(Vec::new()),
-                // The window holds every record the plain filters let through: it is the
-                // whole answer, however few of them match.
+                // Every record of the range is checked: the answer is whole.
                 Some(Ok(_)) => {
                     return page(self.select(list_query(query, "", Matches::Range)?).await?);
                 }

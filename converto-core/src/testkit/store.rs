@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use crate::conversion::{Artifact, ErrorInfo, NewConversion, Status, Transition};
+use crate::conversion::{Artifact, Conversion, ErrorInfo, NewConversion, Status, Transition};
 use crate::store::{ConversionStore, ListQuery, StoreError, TenantUsage};
 use crate::{ConversionId, Format};
 
@@ -1029,11 +1029,26 @@ pub async fn search_sorts_and_pages(store: &dyn ConversionStore) {
     for id in &ids {
         records.push(store.get(*id).await.expect("get"));
     }
+    // Time ranges, each bounded on both sides: created from the third record to the eleventh,
+    // finished from the second cancelled to the fifth.
+    let created = (records[2].created_at, records[10].created_at);
+    let finished = |i: usize| records[i].finished_at.expect("cancelled");
+    let finished = (finished(2), finished(5));
+    let ranges = [None, Some((true, created)), Some((false, finished))];
     for sort in Sort::ALL {
-        for (filter, limit) in [(vec![], 3), (vec!["even".to_string()], 2)] {
+        for ((filter, limit), range) in [(vec![], 3), (vec!["even".to_string()], 2)]
+            .into_iter()
+            .flat_map(|f| ranges.map(|r| (f.clone(), r)))
+        {
+            let in_range = |c: &Conversion| match range {
+                None => true,
+                Some((true, (from, to))) => c.created_at >= from && c.created_at < to,
+                Some((false, (from, to))) => c.finished_at.is_some_and(|f| f >= from && f < to),
+            };
             let mut want: Vec<_> = records
                 .iter()
                 .filter(|c| filter.is_empty() || c.tags.iter().any(|t| filter.contains(t)))
+                .filter(|c| in_range(c))
                 .filter_map(|c| sort.key(c))
                 .collect();
             want.sort();
@@ -1048,6 +1063,15 @@ pub async fn search_sorts_and_pages(store: &dyn ConversionStore) {
                 limit,
                 ..ListQuery::default()
             };
+            match range {
+                None => {}
+                Some((true, (from, to))) => {
+                    (q.created_after, q.created_before) = (Some(from), Some(to))
+                }
+                Some((false, (from, to))) => {
+                    (q.finished_after, q.finished_before) = (Some(from), Some(to));
+                }
+            }
             let mut seen = Vec::new();
             for _ in 0..20 {
                 let page = store.list(&q).await.expect("list");
@@ -1061,7 +1085,7 @@ pub async fn search_sorts_and_pages(store: &dyn ConversionStore) {
                     None => break,
                 }
             }
-            assert_eq!(seen, want, "sort {sort} with tags {filter:?}");
+            assert_eq!(seen, want, "sort {sort} with tags {filter:?} in {range:?}");
         }
     }
 }
