@@ -293,6 +293,54 @@ async fn sqlite_searches_use_indexes() {
             .await
             .expect("plain scan");
             assert_eq!(got, want, "{q:?}");
+            // The next page, and a page past a cursor outside the range (made up: the range
+            // still holds).
+            let next = store.list(&q).await.expect("list").next_cursor;
+            let outside = Cursor {
+                at: if sort.descending() {
+                    at(hi + 3600)
+                } else {
+                    at(lo - 3600)
+                },
+                id: "01900000-0000-7000-8000-000000000000"
+                    .parse::<ConversionId>()
+                    .expect("id"),
+            };
+            for cursor in next.into_iter().chain([outside]) {
+                let q = ListQuery {
+                    cursor: Some(cursor),
+                    ..q.clone()
+                };
+                let got: Vec<String> = store
+                    .list(&q)
+                    .await
+                    .expect("list")
+                    .items
+                    .iter()
+                    .map(|c| c.id.to_string())
+                    .collect();
+                let past = if sort.descending() { "<" } else { ">" };
+                let want: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT id FROM converto_conversions NOT INDEXED WHERE tenant = ?1 \
+                     AND EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?2) \
+                     AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4) \
+                     AND (?5 IS NULL OR finished_at >= ?5) AND (?6 IS NULL OR finished_at < ?6) \
+                     AND {key} IS NOT NULL AND ({key}, id) {past} (?7, ?8) \
+                     ORDER BY {key} {dir}, id {dir} LIMIT 20"
+                )))
+                .bind(TENANT)
+                .bind(tag)
+                .bind(nanos(created.0))
+                .bind(nanos(created.1))
+                .bind(nanos(finished.0))
+                .bind(nanos(finished.1))
+                .bind(nanos(Some(cursor.at)))
+                .bind(cursor.id.to_string())
+                .fetch_all(backend.pool())
+                .await
+                .expect("plain scan");
+                assert_eq!(got, want, "{q:?}");
+            }
         }
     }
 

@@ -697,6 +697,34 @@ fn newest_query(
 /// longer than FTS5 compares, the label itself.
 fn plain_filters(sql: &mut Statement, query: &ListQuery) -> Result<(), StoreError> {
     let sort = query.sort;
+    // SQLite bounds an index walk by one condition on each side. Past a cursor inside the
+    // time range, the cursor bounds the walk on its side and the range's bound there follows
+    // from it: leave that out, or SQLite may take it and walk every record between the range's
+    // end and the cursor (5 ms for a page deep in a range of 75,000 records, against 20 us).
+    // A cursor outside the range (not one this query gave) keeps both.
+    let query = &match query.cursor {
+        Some(cursor) => {
+            let mut q = query.clone();
+            let at = cursor.at;
+            match (sort.by_finished(), sort.descending()) {
+                (false, true) if q.created_before.is_some_and(|t| at < t) => {
+                    q.created_before = None;
+                }
+                (false, false) if q.created_after.is_some_and(|t| at >= t) => {
+                    q.created_after = None;
+                }
+                (true, true) if q.finished_before.is_some_and(|t| at < t) => {
+                    q.finished_before = None;
+                }
+                (true, false) if q.finished_after.is_some_and(|t| at >= t) => {
+                    q.finished_after = None;
+                }
+                _ => {}
+            }
+            std::borrow::Cow::Owned(q)
+        }
+        None => std::borrow::Cow::Borrowed(query),
+    };
     if let Some(tenant) = &query.tenant {
         sql.push(" AND c.tenant = ").text(tenant.as_str());
     }
