@@ -8,7 +8,8 @@
 //! database the store also keeps a few plain connections that answer `get` on the caller's
 //! thread, without the pool's thread hop, and fall back to the pool whenever they cannot answer
 //! at once, and a few threads that read list and search pages, one message per page (`read.rs`:
-//! no cache, every read sees every committed write).
+//! no cache, every read sees every committed write), and a task that keeps the full-text
+//! index merged into few segments, a bounded amount a second (`merge.rs`).
 //!
 //! Several processes (or several backends in one process) may share a file: records are changed
 //! with compare-and-set on their version, and jobs are reserved inside `BEGIN IMMEDIATE`
@@ -17,6 +18,7 @@
 //! jobs enqueued by another process, by a re-check once a second.
 
 mod keys;
+mod merge;
 mod queue;
 mod read;
 mod store;
@@ -313,8 +315,11 @@ impl SqliteBackend {
                 .await
                 .ok()
                 .flatten();
-            backend.store =
-                Arc::new(SqliteConversionStore::new(backend.pool.clone()).with_reader(reader));
+            backend.store = Arc::new(
+                SqliteConversionStore::new(backend.pool.clone())
+                    .with_reader(reader)
+                    .with_merger(),
+            );
         }
         Ok(backend)
     }
