@@ -633,7 +633,9 @@ const NEWEST_PROOF_ROWS: i64 = 4096;
 /// filters. It is the page of all matches if the page is full and every record that passes the
 /// plain filters and sorts before the page's last row lies inside the rowid range read (any
 /// match there was read; a short page would claim that nothing follows it). That check walks
-/// the list order's index up to the page's last row, at most [`NEWEST_PROOF_ROWS`] rows. A
+/// the list order's index up to the page's last row's creation time (so through any record
+/// created in the same nanosecond too, which can only fail a proof that would have held), at
+/// most [`NEWEST_PROOF_ROWS`] rows. A
 /// first page (no cursor) needs no check when the index had no more matches than were read.
 fn newest_query(
     query: &ListQuery,
@@ -642,10 +644,10 @@ fn newest_query(
     limit: i64,
 ) -> Result<Statement, StoreError> {
     let descending = query.sort.descending();
-    let (dir, back, before, past, edge) = if descending {
-        ("DESC", "ASC", "<", ">=", "min")
+    let (dir, before, past, edge) = if descending {
+        ("DESC", "<", ">=", "min")
     } else {
-        ("ASC", "DESC", ">", "<=", "max")
+        ("ASC", ">", "<=", "max")
     };
     let order = format!(" ORDER BY c.created_at {dir}, c.id {dir}");
     let reads = limit.saturating_mul(NEWEST_PER_ROW);
@@ -672,15 +674,25 @@ fn newest_query(
         );
     plain_filters(&mut sql, query)?;
     sql.push(&order).push(" LIMIT ").int(limit);
+    // The walk's rowids: their count, and the lowest or highest, as the proof needs (each
+    // aggregate costs about a fifth of the walk).
+    let spread = match (descending, query.cursor.is_some()) {
+        (true, false) => "min(r) AS lo",
+        (false, false) => "max(r) AS hi",
+        (_, true) => "min(r) AS lo, max(r) AS hi",
+    };
     sql.push(&format!(
         "), s AS MATERIALIZED (SELECT (SELECT count(*) FROM m) AS read, \
          (SELECT {edge}(r) FROM m) AS edge, (SELECT count(*) FROM p) AS found), \
-         v AS MATERIALIZED (SELECT count(*) AS n, min(r) AS lo, max(r) AS hi FROM \
+         v AS MATERIALIZED (SELECT count(*) AS n, {spread} FROM \
          (SELECT c.rowid AS r FROM converto_conversions AS c WHERE 1 = 1"
     ));
     plain_filters(&mut sql, &walk_filters(query))?;
+    // Up to the page's last row's time: the walk may take in a few more rows created in the
+    // same nanosecond, which only makes the proof stricter, and bounds the walk's index range
+    // by a plain value instead of comparing a pair of values on every row (40% of the walk).
     sql.push(&format!(
-        " AND (c.created_at, c.id) {past} (SELECT k, i FROM p ORDER BY k {back}, i {back} LIMIT 1)"
+        " AND c.created_at {past} (SELECT {edge}(k) FROM p)"
     ))
     .push(&order)
     .push(" LIMIT ")
