@@ -322,6 +322,64 @@ async fn sqlite_searches_use_indexes() {
         }
     }
 
+    // Text searches pairing a word every record has with rarer words or a tag give what a plain
+    // scan gives, page after page, in every order: the rare part may lead (its matches read in
+    // list order and checked against the rest), and when most of its first matches fail the
+    // rest (`bracket`: a quarter of them), all of them are checked. The words here start no
+    // other word of the fixture's text, so a prefix match is a `LIKE` of the word's start.
+    for sort in Sort::ALL {
+        for (text, tag) in [
+            ("batch 42", None),
+            ("42 batch bracket", None),
+            ("batch", Some("tag7")),
+            ("lunar 42", None),
+        ] {
+            let key = if sort.by_finished() {
+                "finished_at"
+            } else {
+                "created_at"
+            };
+            let (dir, past) = if sort.descending() {
+                ("DESC", "<")
+            } else {
+                ("ASC", ">")
+            };
+            let words = text
+                .split(' ')
+                .map(|w| format!(" AND (' ' || search_text) LIKE '% {w}%'"))
+                .collect::<String>();
+            let mut q = ListQuery {
+                tenant: Some(TENANT.into()),
+                tags: tag.map(String::from).into_iter().collect(),
+                text: Some(text.into()),
+                sort,
+                limit: 20,
+                ..ListQuery::default()
+            };
+            for _ in 0..3 {
+                let page = store.list(&q).await.expect("list");
+                let got: Vec<String> = page.items.iter().map(|c| c.id.to_string()).collect();
+                let cursor = q.cursor;
+                let want: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT id FROM converto_conversions NOT INDEXED WHERE tenant = ?1 \
+                     AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?2)) \
+                     {words} AND {key} IS NOT NULL AND (?3 IS NULL OR ({key}, id) {past} (?3, ?4)) \
+                     ORDER BY {key} {dir}, id {dir} LIMIT 20"
+                )))
+                .bind(TENANT)
+                .bind(tag)
+                .bind(cursor.and_then(|c| c.at.timestamp_nanos_opt()))
+                .bind(cursor.map(|c| c.id.to_string()))
+                .fetch_all(backend.pool())
+                .await
+                .expect("plain scan");
+                assert_eq!(got, want, "{q:?}");
+                assert_eq!(got.len(), 20, "{q:?}: the fixture fills three pages");
+                q.cursor = page.next_cursor;
+            }
+        }
+    }
+
     let mut failures = Vec::new();
     for q in queries() {
         let plan = store.explain_list(&q).await.expect("explain");
