@@ -17,6 +17,21 @@ use converto_core::{ConversionId, Format, Status};
 /// The tenant most records belong to (the rest are in `other`).
 const TENANT: &str = "default";
 
+/// A plain scan's sort column, direction, and comparison past a cursor, for `sort`.
+#[cfg(feature = "sqlite")]
+fn order_sql(sort: Sort) -> (&'static str, &'static str, &'static str) {
+    let key = if sort.by_finished() {
+        "finished_at"
+    } else {
+        "created_at"
+    };
+    if sort.descending() {
+        (key, "DESC", "<")
+    } else {
+        (key, "ASC", ">")
+    }
+}
+
 fn records() -> i64 {
     std::env::var("CONVERTO_SEARCH_PLAN_RECORDS")
         .ok()
@@ -262,16 +277,7 @@ async fn sqlite_searches_use_indexes() {
                 ..ListQuery::default()
             };
             let nanos = |t: Option<DateTime<Utc>>| t.and_then(|t| t.timestamp_nanos_opt());
-            let key = if sort.by_finished() {
-                "finished_at"
-            } else {
-                "created_at"
-            };
-            let (dir, past) = if sort.descending() {
-                ("DESC", "<")
-            } else {
-                ("ASC", ">")
-            };
+            let (key, dir, past) = order_sql(sort);
             // The first page, the next, and a page past a cursor outside the range (made up:
             // the range still holds).
             let next = store.list(&q).await.expect("list").next_cursor;
@@ -334,16 +340,7 @@ async fn sqlite_searches_use_indexes() {
             ("batch", Some("tag7")),
             ("lunar 42", None),
         ] {
-            let key = if sort.by_finished() {
-                "finished_at"
-            } else {
-                "created_at"
-            };
-            let (dir, past) = if sort.descending() {
-                ("DESC", "<")
-            } else {
-                ("ASC", ">")
-            };
+            let (key, dir, past) = order_sql(sort);
             let words = text
                 .split(' ')
                 .map(|w| format!(" AND (' ' || search_text) LIKE '% {w}%'"))
