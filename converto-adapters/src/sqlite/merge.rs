@@ -10,8 +10,8 @@
 //! FTS5's `optimize` merges everything at once, holding the write lock meanwhile (0.7 s over
 //! 100,000 records), so the task here asks for `merge` instead: at most [`MERGE_PAGES`] pages
 //! written per statement, each its own short write transaction, a few statements a second at
-//! most, and none once nothing is left to merge. A negative page count merges segments of any
-//! size, down to one. The work is bounded per second whatever the write load: under steady
+//! most, and one a second once nothing is left to merge (it writes nothing then, and stops the
+//! round). A negative page count merges segments of any size, down to one. The work is bounded per second whatever the write load: under steady
 //! writes the index keeps a few young segments beside one large one.
 
 use std::time::Duration;
@@ -20,7 +20,7 @@ use sqlx::SqlitePool;
 use tokio::task::JoinHandle;
 
 /// Pages (FTS5's, 4,000 bytes by default) written at most by one merge statement.
-pub(super) const MERGE_PAGES: i64 = 32;
+const MERGE_PAGES: i64 = 32;
 
 /// Merge statements run at most per round.
 const STEPS_PER_ROUND: usize = 8;

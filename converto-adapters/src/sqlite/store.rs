@@ -272,25 +272,23 @@ fn fts_parts(query: &ListQuery) -> Vec<String> {
     for (key, value) in &query.labels {
         parts.push(format!("facets : \"{}\"", label_word(tenant, key, value)));
     }
-    parts.extend(
-        query
-            .text_terms()
-            .iter()
-            .map(|term| format!("search_text : \"{term}\"*")),
-    );
+    parts.extend(text_parts(query));
     parts
 }
 
 /// The FTS5 query for the full-text filter alone, or `None` without one.
 fn text_match(query: &ListQuery) -> Option<String> {
-    let terms = query.text_terms();
-    (!terms.is_empty()).then(|| {
-        terms
-            .iter()
-            .map(|term| format!("search_text : \"{term}\"*"))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    })
+    let parts = text_parts(query);
+    (!parts.is_empty()).then(|| parts.join(" AND "))
+}
+
+/// A part of the FTS5 query for each word of the full-text filter: a prefix of the text.
+fn text_parts(query: &ListQuery) -> Vec<String> {
+    query
+        .text_terms()
+        .iter()
+        .map(|term| format!("search_text : \"{term}\"*"))
+        .collect()
 }
 
 /// How many characters of a word FTS5 compares: longer words that agree on these are one
@@ -436,8 +434,9 @@ pub(super) enum Matches<'a> {
 /// and rare matches:
 /// - [`Matches::Newest`]: by creation time, the index's newest matches by rowid, if the
 ///   statement can prove them the page (see [`newest_query`]).
-/// - [`Matches::Rowids`]: few matches (fewer than [`rare_below`] the table's size), found first. The statement reads the
-///   sort keys of those records, sorts them, and only then reads the page's records whole.
+/// - [`Matches::Rowids`]: few matches (fewer than [`rare_below`] the table's size), found
+///   first. The statement reads the sort keys of those records, sorts them, and only then
+///   reads the page's records whole.
 /// - [`Matches::Window`]: many matches. The statement walks the list order, stopping after a
 ///   page, but only within its first `window` rows, and checks each row: its tags and labels
 ///   on the row, its text against the index's matches among the window's rowids (FTS5 seeks to
@@ -693,8 +692,8 @@ const NEWEST_PROOF_ROWS: i64 = 4096;
 /// match there was read; a short page would claim that nothing follows it). That check walks
 /// the list order's index up to the page's last row's creation time (so through any record
 /// created in the same nanosecond too, which can only fail a proof that would have held), at
-/// most [`NEWEST_PROOF_ROWS`] rows. A
-/// first page (no cursor) needs no check when the index had no more matches than were read.
+/// most [`NEWEST_PROOF_ROWS`] rows. A first page (no cursor) needs no check when the index had
+/// no more matches than were read.
 fn newest_query(
     query: &ListQuery,
     prefix: &str,
@@ -916,15 +915,15 @@ const LEAD_SAMPLE: i64 = 512;
 /// rowids, a sample that the index seeks to and reads alone.
 fn part_counts(parts: &[String]) -> Statement {
     let mut sql = Statement::default();
-    sql.push("SELECT json_array((SELECT max(rowid) FROM converto_conversions)");
+    sql.push("SELECT json_array(t.n");
     for part in parts {
         sql.push(", (SELECT count(*) FROM converto_conversions_fts(")
             .text(part.as_str())
-            .push(") WHERE rowid > (SELECT max(rowid) FROM converto_conversions) - ")
+            .push(") WHERE rowid > t.n - ")
             .int(LEAD_SAMPLE)
             .push(")");
     }
-    sql.push(") AS j");
+    sql.push(") AS j FROM (SELECT max(rowid) AS n FROM converto_conversions) AS t");
     sql
 }
 
@@ -1086,7 +1085,6 @@ impl SqliteConversionStore {
         from_rows(&rows)
     }
 
-    /// The text or NULL (column `j`) `statement` selects.
     /// A search page (with one row more than the page, if there is one) led by the part of
     /// its index query with the fewest matches, when the others have far more (see
     /// [`lead_estimate`]) and it has fewer than [`GATHERED`]; `None` otherwise.
@@ -1145,6 +1143,7 @@ impl SqliteConversionStore {
         Ok(rare_below(records))
     }
 
+    /// The text or NULL (column `j`) `statement` selects.
     async fn optional_text(&self, statement: Statement) -> Result<Option<String>, StoreError> {
         self.read_or_pool(statement, super::read::optional_text, |rows| {
             match rows.first() {
