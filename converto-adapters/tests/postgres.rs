@@ -226,7 +226,7 @@ async fn two_backends_on_one_schema_act_as_one() {
     db.cleanup().await;
 }
 
-/// The reserve statement keeps walking the partial `jobs_tenant_reserve` index however many dead
+/// The reserve statement keeps walking the partial `jobs_tenant_ready` index however many dead
 /// letters (and deleted, acked rows) the table holds, and still reserves in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserve_uses_its_index_after_many_finished_jobs() {
@@ -268,8 +268,8 @@ async fn reserve_uses_its_index_after_many_finished_jobs() {
     for batch in [1, 64] {
         let plan = q.explain_reserve(batch).await.expect("explain");
         assert!(
-            plan.contains("jobs_tenant_reserve"),
-            "reserve does not use the jobs_tenant_reserve index:\n{plan}"
+            plan.contains("jobs_tenant_ready"),
+            "reserve does not use the jobs_tenant_ready index:\n{plan}"
         );
         assert!(
             !plan.contains("Seq Scan on jobs"),
@@ -314,8 +314,8 @@ async fn reserve_uses_its_index_after_many_finished_jobs() {
         .expect("analyze");
     let plan = q.explain_reserve(64).await.expect("explain");
     assert!(
-        plan.contains("Index Scan using jobs_tenant_reserve"),
-        "a backlog is not reserved by walking jobs_tenant_reserve:\n{plan}"
+        plan.contains("Index Scan using jobs_tenant_ready"),
+        "a backlog is not reserved by walking jobs_tenant_ready:\n{plan}"
     );
     assert!(!plan.contains("Seq Scan on jobs"), "{plan}");
     let t = Instant::now();
@@ -333,7 +333,99 @@ async fn reserve_uses_its_index_after_many_finished_jobs() {
     db.cleanup().await;
 }
 
-/// A backlog enqueued through the queue is reserved by walking `jobs_tenant_reserve` in
+/// Jobs in flight stay out of the reserves' way, and jobs whose lease ran out come back among
+/// the ready ones in delivery order, for one tenant (the single-tenant statement) and for two
+/// (the fair one). A thousand long leases are held throughout: none of them is delivered again,
+/// and the reserve plans walk `jobs_tenant_ready`, which leased jobs leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_in_flight_are_skipped_and_expired_ones_come_back_in_order() {
+    let Some(db) = server().await else { return };
+    let pg = db.backend().await;
+    let q = pg.queue();
+    let long = Duration::from_secs(3600);
+    // The held jobs outrank every other, so they sit at the front of any index in delivery order.
+    let held: Vec<JobSpec> = (0..1_000)
+        .map(|_| JobSpec::now(ConversionId::new(), 10))
+        .collect();
+    for chunk in held.chunks(250) {
+        let done = futures::future::join_all(chunk.iter().map(|j| q.enqueue(j.clone()))).await;
+        assert!(done.into_iter().all(|r| r.expect("enqueue")));
+    }
+    let mut in_flight = Vec::new();
+    while in_flight.len() < held.len() {
+        let got = q
+            .reserve(1_000, long, Duration::ZERO)
+            .await
+            .expect("reserve");
+        assert!(!got.is_empty(), "the held jobs were not all leased");
+        in_flight.extend(got);
+    }
+    let held_ids: std::collections::HashSet<ConversionId> = held.iter().map(|j| j.id).collect();
+
+    for tenants in [&["default"][..], &["default", "other"][..]] {
+        // A job whose lease runs out at once, then ready jobs below and above its priority.
+        let lapsed = ConversionId::new();
+        q.enqueue(JobSpec::now(lapsed, 5).for_tenant(tenants[0]))
+            .await
+            .expect("enqueue");
+        let short = q
+            .reserve(1, Duration::from_millis(1), Duration::ZERO)
+            .await
+            .expect("reserve the short lease");
+        assert_eq!(short.iter().map(|l| l.id).collect::<Vec<_>>(), [lapsed]);
+        let (low, high) = (ConversionId::new(), ConversionId::new());
+        q.enqueue(JobSpec::now(low, 1).for_tenant(tenants[tenants.len() - 1]))
+            .await
+            .expect("enqueue");
+        q.enqueue(JobSpec::now(high, 7).for_tenant(tenants[0]))
+            .await
+            .expect("enqueue");
+        // The expired lease counts as ready again once it has run out.
+        let expired = async {
+            while q.stats().await.expect("stats").ready < 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), expired)
+            .await
+            .expect("the short lease never ran out");
+
+        let plan = q.explain_reserve(8).await.expect("explain");
+        assert!(plan.contains("jobs_tenant_ready"), "{plan}");
+        let mut got = Vec::new();
+        loop {
+            let leases = q.reserve(8, long, Duration::ZERO).await.expect("reserve");
+            if leases.is_empty() {
+                break;
+            }
+            got.extend(leases);
+        }
+        assert!(
+            got.iter().all(|l| !held_ids.contains(&l.id)),
+            "a held job came back"
+        );
+        let ids: Vec<ConversionId> = got.iter().map(|l| l.id).collect();
+        if tenants.len() == 1 {
+            assert_eq!(ids, [high, lapsed, low], "not in delivery order");
+        } else {
+            // Two tenants take turns: each one's best job first, then the rest.
+            assert_eq!(ids.len(), 3, "{ids:?}");
+            assert!(
+                ids[..2].contains(&high) && ids[..2].contains(&low),
+                "{ids:?}"
+            );
+            assert_eq!(ids[2], lapsed);
+        }
+        let again = got.iter().find(|l| l.id == lapsed).expect("the lapsed job");
+        assert_eq!(again.attempt, 2, "the lapsed job's delivery is not counted");
+        assert!(q.ack_many(&got).await.expect("ack").is_empty());
+    }
+    let stats = q.stats().await.expect("stats");
+    assert_eq!((stats.ready, stats.leased), (0, 1_000));
+    db.cleanup().await;
+}
+
+/// A backlog enqueued through the queue is reserved by walking `jobs_tenant_ready` in
 /// delivery order, without anyone analysing the table (autovacuum may be off, as in the
 /// benches, or lag behind a burst). Without statistics PostgreSQL takes `tenant = …` to match
 /// half a percent of the jobs, and planned the reserve as a bitmap scan of the tenant's every
@@ -374,9 +466,9 @@ async fn a_backlog_enqueued_through_the_queue_is_reserved_in_index_order() {
         .expect("the queue's maintenance never analysed the jobs table");
     let plan = q.explain_reserve(48).await.expect("explain");
     assert!(
-        plan.contains("Index Scan using jobs_tenant_reserve")
-            && !plan.contains("Bitmap Index Scan on jobs_tenant_reserve"),
-        "a backlog is not reserved by walking jobs_tenant_reserve:\n{plan}"
+        plan.contains("Index Scan using jobs_tenant_ready")
+            && !plan.contains("Bitmap Index Scan on jobs_tenant_ready"),
+        "a backlog is not reserved by walking jobs_tenant_ready:\n{plan}"
     );
     db.cleanup().await;
 }

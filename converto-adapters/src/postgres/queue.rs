@@ -74,15 +74,60 @@ async fn enqueue_many(
     Ok(inserted)
 }
 
+/// The leased jobs whose lease has run out: a range of `jobs_lease_expiry`, empty unless a
+/// worker died or stalled. The last term is a one-time check of that index's first entry, so a
+/// reserve looks no further when no lease has run out, whatever plan PostgreSQL picks for the
+/// rest.
+macro_rules! lease_expired {
+    () => {
+        "state = 'leased' AND token IS NOT NULL AND expires_at <= now() \
+         AND (SELECT min(expires_at) FROM jobs WHERE state = 'leased' AND token IS NOT NULL) \
+             <= now()"
+    };
+}
+
+/// One tenant's first `N` deliverable jobs in delivery order, locked `FOR UPDATE SKIP LOCKED`:
+/// its ready and due jobs, walked in `jobs_tenant_ready`, and its jobs whose lease has run out
+/// ([`lease_expired`]). `$tenant` is the SQL expression for the tenant.
+///
+/// Ready jobs have an index of their own, which leased jobs leave: with one index for both
+/// (`jobs_tenant_reserve`, before), every reserve read and filtered out each leased job ahead
+/// of the first ready one, a running engine's whole concurrency and prefetch (about 600 rows
+/// at concurrency 512, two thirds of a reserve's work), and every lease wrote an entry into it.
+macro_rules! due_jobs {
+    ($tenant:literal) => {
+        concat!(
+            "SELECT * FROM ( \
+                 SELECT id, priority, not_before, seq FROM jobs \
+                 WHERE tenant = ",
+            $tenant,
+            " AND state = 'ready' AND not_before <= now() \
+                 ORDER BY priority DESC, not_before, seq \
+                 LIMIT {N} FOR UPDATE SKIP LOCKED) AS ready \
+             UNION ALL \
+             SELECT * FROM ( \
+                 SELECT id, priority, not_before, seq FROM jobs \
+                 WHERE tenant = ",
+            $tenant,
+            " AND ",
+            lease_expired!(),
+            " \
+                 ORDER BY priority DESC, not_before, seq \
+                 LIMIT {N} FOR UPDATE SKIP LOCKED) AS expired"
+        )
+    };
+}
+
 /// Leases up to `N` deliverable jobs in the fair order of [`converto_core::queue`], in one
 /// statement. `$1` holds one fresh token per row, `$2` the lease in microseconds, `$3` the
 /// tenants to skip ([`ReserveOptions::skip_tenants`], usually none).
 ///
-/// - `live`: the tenants with a ready or leased job, found by skipping through the
-///   `jobs_tenant_reserve` index (one probe per tenant, however long their backlogs);
-/// - `candidates`: each tenant's first `N` deliverable jobs (ready and due, or leased with an
-///   expired lease), walked in that index's order and locked `FOR UPDATE SKIP LOCKED`, so
-///   concurrent reservers never wait for or share a job, with the tenant's turn count;
+/// - `live`: the tenants with work: those with a ready job, found by skipping through the
+///   `jobs_tenant_ready` index (one probe per tenant, however long their backlogs), and those
+///   with a lease that has run out;
+/// - `candidates`: each tenant's first `N` deliverable jobs ([`due_jobs`]), locked
+///   `FOR UPDATE SKIP LOCKED`, so concurrent reservers never wait for or share a job, with the
+///   tenant's turn count;
 /// - `ranked`: each candidate's turn (the count, lifted to the highest count minus one, plus its
 ///   place among its tenant's candidates); `numbered`: the first `N` by turn, priority,
 ///   not-before and enqueue order;
@@ -95,26 +140,29 @@ async fn enqueue_many(
 /// limit PostgreSQL re-plans the statement on every call (its generic plan, which must guess the
 /// limit, loses to a custom one), and planning cost more than running it. With a literal limit,
 /// each batch size's prepared statement switches to its cached generic plan after five calls.
-const RESERVE: &str = "WITH RECURSIVE live AS ( \
-         (SELECT tenant FROM jobs WHERE state IN ('ready', 'leased') ORDER BY tenant LIMIT 1) \
+const RESERVE: &str = concat!(
+    "WITH RECURSIVE ready_tenants AS ( \
+         (SELECT tenant FROM jobs WHERE state = 'ready' ORDER BY tenant LIMIT 1) \
        UNION ALL \
          SELECT (SELECT j.tenant FROM jobs AS j \
-                 WHERE j.state IN ('ready', 'leased') AND j.tenant > live.tenant \
+                 WHERE j.state = 'ready' AND j.tenant > r.tenant \
                  ORDER BY j.tenant LIMIT 1) \
-         FROM live WHERE live.tenant IS NOT NULL), \
+         FROM ready_tenants AS r WHERE r.tenant IS NOT NULL), \
+     live AS ( \
+         SELECT tenant FROM ready_tenants WHERE tenant IS NOT NULL \
+       UNION \
+         SELECT tenant FROM jobs WHERE ",
+    lease_expired!(),
+    "), \
      candidates AS ( \
          SELECT live.tenant, c.id, c.priority, c.not_before, c.seq, \
                 coalesce(t.turns, 0) AS turns \
          FROM live \
          LEFT JOIN job_tenants AS t ON t.tenant = live.tenant \
-         CROSS JOIN LATERAL ( \
-             SELECT id, priority, not_before, seq FROM jobs \
-             WHERE jobs.tenant = live.tenant AND state IN ('ready', 'leased') \
-               AND ((state = 'ready' AND not_before <= now()) \
-                 OR (state = 'leased' AND expires_at <= now())) \
-             ORDER BY priority DESC, not_before, seq \
-             LIMIT {N} FOR UPDATE SKIP LOCKED) AS c \
-         WHERE live.tenant IS NOT NULL AND live.tenant <> ALL($3::text[])), \
+         CROSS JOIN LATERAL (",
+    due_jobs!("live.tenant"),
+    ") AS c \
+         WHERE live.tenant <> ALL($3::text[])), \
      ranked AS ( \
          SELECT id, tenant, priority, not_before, seq, \
                 greatest(turns, max(turns) OVER () - 1) - 1 + row_number() OVER ( \
@@ -130,41 +178,46 @@ const RESERVE: &str = "WITH RECURSIVE live AS ( \
          WHERE (SELECT count(DISTINCT tenant) FROM candidates) > 1 \
          GROUP BY tenant \
          ON CONFLICT (tenant) DO UPDATE SET turns = greatest(t.turns, EXCLUDED.turns)), \
-     tenants AS (SELECT count(*) AS n FROM live WHERE live.tenant IS NOT NULL) \
+     tenants AS (SELECT count(*) AS n FROM live) \
      UPDATE jobs AS j \
      SET state = 'leased', deliveries = j.deliveries + 1, token = ($1::bigint[])[numbered.n], \
          expires_at = now() + $2 * interval '1 microsecond' \
      FROM numbered, tenants WHERE j.id = numbered.id \
      RETURNING j.id, j.deliveries, j.priority, j.token, j.expires_at, numbered.n, \
-         tenants.n AS tenants";
+         tenants.n AS tenants"
+);
 
-/// [`RESERVE`] when a single tenant has ready or leased jobs, which is what it then does: that
-/// tenant's first `N` deliverable jobs in delivery order, its turn count untouched. It finds
-/// the lowest and the highest tenant with work (two probes of `jobs_tenant_reserve`) and
-/// leases nothing unless they are the same, so it never serves one tenant while another
-/// waits: the queue then falls back to [`RESERVE`]. The fair statement's windows, sorts,
-/// join and upsert cost about three times the plain claim's execution; this one about as much
-/// as the claim. `$1` and `$2` as in [`RESERVE`] (no tenant is skipped).
-const RESERVE_SOLO: &str = "WITH span AS MATERIALIZED ( \
-         SELECT (SELECT tenant FROM jobs WHERE state IN ('ready', 'leased') \
-                 ORDER BY tenant LIMIT 1) AS lo, \
-                (SELECT tenant FROM jobs WHERE state IN ('ready', 'leased') \
-                 ORDER BY tenant DESC LIMIT 1) AS hi), \
+/// [`RESERVE`] when a single tenant has work, which is what it then does: that tenant's first
+/// `N` deliverable jobs in delivery order ([`due_jobs`]), its turn count untouched. It finds
+/// the lowest and the highest tenant with a ready job (two probes of `jobs_tenant_ready`) or a
+/// lease that has run out, and leases nothing unless they are the same, so it never serves one
+/// tenant while another waits: the queue then falls back to [`RESERVE`]. The fair statement's
+/// windows, sorts, join and upsert cost about three times the plain claim's execution; this
+/// one about as much as the claim. `$1` and `$2` as in [`RESERVE`] (no tenant is skipped).
+const RESERVE_SOLO: &str = concat!(
+    "WITH span AS MATERIALIZED ( \
+         SELECT least(r.lo, e.lo) AS lo, greatest(r.hi, e.hi) AS hi \
+         FROM (SELECT (SELECT tenant FROM jobs WHERE state = 'ready' \
+                       ORDER BY tenant LIMIT 1) AS lo, \
+                      (SELECT tenant FROM jobs WHERE state = 'ready' \
+                       ORDER BY tenant DESC LIMIT 1) AS hi) AS r, \
+              (SELECT min(tenant) AS lo, max(tenant) AS hi FROM jobs \
+               WHERE ",
+    lease_expired!(),
+    ") AS e), \
      numbered AS ( \
          SELECT id, row_number() OVER (ORDER BY priority DESC, not_before, seq) AS n FROM ( \
-             SELECT id, priority, not_before, seq FROM jobs \
-             WHERE tenant = (SELECT lo FROM span WHERE lo = hi) \
-               AND state IN ('ready', 'leased') \
-               AND ((state = 'ready' AND not_before <= now()) \
-                 OR (state = 'leased' AND expires_at <= now())) \
-             ORDER BY priority DESC, not_before, seq \
-             LIMIT {N} FOR UPDATE SKIP LOCKED) AS c) \
+             SELECT id, priority, not_before, seq FROM (",
+    due_jobs!("(SELECT lo FROM span WHERE lo = hi)"),
+    ") AS due \
+             ORDER BY priority DESC, not_before, seq LIMIT {N}) AS c) \
      UPDATE jobs AS j \
      SET state = 'leased', deliveries = j.deliveries + 1, token = ($1::bigint[])[numbered.n], \
          expires_at = now() + $2 * interval '1 microsecond' \
      FROM numbered WHERE j.id = numbered.id \
      RETURNING j.id, j.deliveries, j.priority, j.token, j.expires_at, numbered.n, \
-         1::bigint AS tenants";
+         1::bigint AS tenants"
+);
 
 /// A reserve statement ([`RESERVE`] or [`RESERVE_SOLO`]) for batches of `n` (already clamped to `1..=MAX_BATCH`: a number we
 /// chose, never text from outside).
@@ -272,7 +325,7 @@ const DUE_SLACK: Duration = Duration::from_millis(1);
 /// The same maintenance analyses the two tables. Without statistics, PostgreSQL takes a
 /// tenant to hold half a percent of the jobs, and plans a reserve from a backlog as a bitmap
 /// scan of all the tenant's jobs and a sort of them (which cannot stop early under
-/// `FOR UPDATE SKIP LOCKED`) instead of a walk of `jobs_tenant_reserve` that stops after the
+/// `FOR UPDATE SKIP LOCKED`) instead of a walk of `jobs_tenant_ready` that stops after the
 /// batch: measured, 43 ms a reserve with 80,000 jobs queued instead of well under one.
 #[derive(Debug)]
 pub struct PostgresJobQueue {
@@ -471,7 +524,7 @@ impl PostgresJobQueue {
 
     /// The plans PostgreSQL would use for the reserve statements now (`EXPLAIN` output, one
     /// line per row: the fair statement's, then the single-tenant one's), for checking that
-    /// reserves walk the `jobs_tenant_reserve` index.
+    /// reserves walk the `jobs_tenant_ready` index.
     pub async fn explain_reserve(&self, max: usize) -> Result<String, QueueError> {
         let n = max.clamp(1, MAX_BATCH);
         let mut lines: Vec<String> = Vec::new();
