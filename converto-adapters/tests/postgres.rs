@@ -334,9 +334,10 @@ async fn reserve_uses_its_index_after_many_finished_jobs() {
 }
 
 /// Jobs in flight stay out of the reserves' way, and jobs whose lease ran out come back among
-/// the ready ones in delivery order, for one tenant (the single-tenant statement) and for two
-/// (the fair one). A thousand long leases are held throughout: none of them is delivered again,
-/// and the reserve plans walk `jobs_tenant_ready`, which leased jobs leave.
+/// the ready ones in delivery order, for one tenant and for two (the single-tenant statement
+/// declines while a lease has run out, and the fair one takes it back in its place). A
+/// thousand long leases are held throughout: none of them is delivered again, and the reserve
+/// plans walk `jobs_tenant_ready`, which leased jobs leave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_in_flight_are_skipped_and_expired_ones_come_back_in_order() {
     let Some(db) = server().await else { return };
