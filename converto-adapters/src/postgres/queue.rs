@@ -97,38 +97,6 @@ macro_rules! lease_expired {
     };
 }
 
-/// One tenant's first `N` deliverable jobs in delivery order, locked `FOR UPDATE SKIP LOCKED`:
-/// its ready and due jobs, walked in `jobs_tenant_ready`, and its jobs whose lease has run out
-/// ([`lease_expired`]). `$tenant` is the SQL expression for the tenant.
-///
-/// Ready jobs have an index of their own, which leased jobs leave: with one index for both
-/// (`jobs_tenant_reserve`, before), every reserve read and filtered out each leased job ahead
-/// of the first ready one, a running engine's whole concurrency and prefetch (about 600 rows
-/// at concurrency 512, two thirds of a reserve's work), and every lease wrote an entry into it.
-macro_rules! due_jobs {
-    ($tenant:literal) => {
-        concat!(
-            "SELECT * FROM ( \
-                 SELECT id, priority, not_before, seq FROM jobs \
-                 WHERE tenant = ",
-            $tenant,
-            " AND state = 'ready' AND not_before <= now() \
-                 ORDER BY priority DESC, not_before, seq \
-                 LIMIT {N} FOR UPDATE SKIP LOCKED) AS ready \
-             UNION ALL \
-             SELECT * FROM ( \
-                 SELECT id, priority, not_before, seq FROM jobs \
-                 WHERE tenant = ",
-            $tenant,
-            " AND ",
-            lease_expired!(),
-            " \
-                 ORDER BY priority DESC, not_before, seq \
-                 LIMIT {N} FOR UPDATE SKIP LOCKED) AS expired"
-        )
-    };
-}
-
 /// Leases up to `N` deliverable jobs in the fair order of [`converto_core::queue`], in one
 /// statement. `$1` holds one fresh token per row, `$2` the lease in microseconds, `$3` the
 /// tenants to skip ([`ReserveOptions::skip_tenants`], usually none).
@@ -136,9 +104,11 @@ macro_rules! due_jobs {
 /// - `live`: the tenants with work: those with a ready job, found by skipping through the
 ///   `jobs_tenant_ready` index (one probe per tenant, however long their backlogs), and those
 ///   with a lease that has run out;
-/// - `candidates`: each tenant's first `N` deliverable jobs ([`due_jobs`]), locked
-///   `FOR UPDATE SKIP LOCKED`, so concurrent reservers never wait for or share a job, with the
-///   tenant's turn count;
+/// - `candidates`: each tenant's first `N` deliverable jobs, locked `FOR UPDATE SKIP LOCKED`,
+///   so concurrent reservers never wait for or share a job, with the tenant's turn count: its
+///   ready and due jobs, walked in `jobs_tenant_ready`, and its jobs whose lease has run out
+///   ([`lease_expired`]). Leased jobs are not in that index, so a reserve never steps over the
+///   jobs being worked on (see the migration `20261210000000_ready_jobs_index.sql`);
 /// - `ranked`: each candidate's turn (the count, lifted to the highest count minus one, plus its
 ///   place among its tenant's candidates); `numbered`: the first `N` by turn, priority,
 ///   not-before and enqueue order;
@@ -170,9 +140,20 @@ const RESERVE: &str = concat!(
                 coalesce(t.turns, 0) AS turns \
          FROM live \
          LEFT JOIN job_tenants AS t ON t.tenant = live.tenant \
-         CROSS JOIN LATERAL (",
-    due_jobs!("live.tenant"),
-    ") AS c \
+         CROSS JOIN LATERAL ( \
+             SELECT * FROM ( \
+                 SELECT id, priority, not_before, seq FROM jobs \
+                 WHERE tenant = live.tenant AND state = 'ready' AND not_before <= now() \
+                 ORDER BY priority DESC, not_before, seq \
+                 LIMIT {N} FOR UPDATE SKIP LOCKED) AS ready \
+             UNION ALL \
+             SELECT * FROM ( \
+                 SELECT id, priority, not_before, seq FROM jobs \
+                 WHERE tenant = live.tenant AND ",
+    lease_expired!(),
+    " \
+                 ORDER BY priority DESC, not_before, seq \
+                 LIMIT {N} FOR UPDATE SKIP LOCKED) AS expired) AS c \
          WHERE live.tenant <> ALL($3::text[])), \
      ranked AS ( \
          SELECT id, tenant, priority, not_before, seq, \
@@ -205,7 +186,7 @@ const RESERVE: &str = concat!(
 /// tenant while another waits, and nothing while some lease has run out ([`a_lease_lapsed`]):
 /// the queue then falls back to [`RESERVE`], which takes such jobs back in their place in the
 /// delivery order. A walk of the ready jobs alone is what makes this statement cheap: taking
-/// lapsed leases here too (the union of [`due_jobs`]) cost one-job reserves 8% of their rate.
+/// lapsed leases here too (the fair statement's union) cost one-job reserves 8% of their rate.
 /// The fair statement's windows, sorts, join and upsert cost about three times the plain
 /// claim's execution; this one about as much as the claim. `$1` and `$2` as in [`RESERVE`] (no
 /// tenant is skipped).
